@@ -1,0 +1,31 @@
+"""The project's exception types.
+
+Callers decide what to do from the type alone: a `TransientError` is worth
+retrying later, a `PermanentError` is not, a `ConfigError` stops the process.
+"""
+
+from __future__ import annotations
+
+
+class OcrPoolError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class ConfigError(OcrPoolError):
+    """Bad configuration: the process must stop with this one line."""
+
+
+class TransientError(OcrPoolError):
+    """Network, 5xx, serialization failure, outage: retry later."""
+
+
+class PermanentError(OcrPoolError):
+    """Retrying cannot help (bad document, bad request, missing row)."""
+
+
+class RequestTooLargeError(PermanentError):
+    """A single request needs more tokens than the whole per-window budget."""
+
+
+class AcquireTimeoutError(TransientError):
+    """The limiter could not grant a request within the caller's timeout."""

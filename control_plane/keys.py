@@ -1,0 +1,135 @@
+"""Every Redis key the project uses, in one place: the redis-cli contract.
+
+Keys marked CONTRACT are public (DESIGN.md section 5): operators and dashboards
+read them by name. The others are ours, kept under the same prefixes.
+
+`OCR_REDIS_PREFIX` (default empty) is put in front of every key; production
+leaves it empty so the contract names are exact, tests and the demo use it to
+share one Redis without touching each other's state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# --- TTLs (milliseconds) ---
+# Sliding-window bookkeeping lives one window plus this margin past its last write.
+WINDOW_TTL_MARGIN_MS = 5_000
+# A worker that has not heartbeaten for this long is dropped from gemini:workers.
+WORKER_STALE_MS = 60_000
+# The scheduler leader lock; a standby takes over once it lapses.
+LEADER_LOCK_TTL_MS = 10_000
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix."""
+
+    prefix: str = ""
+
+    def _k(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    # --- Gemini limiter ---
+    @property
+    def rpm_current(self) -> str:
+        """CONTRACT string(int): requests admitted in the current sliding window."""
+        return self._k("gemini:rpm:current")
+
+    @property
+    def tpm_current(self) -> str:
+        """CONTRACT string(int): tokens admitted in the current sliding window."""
+        return self._k("gemini:tpm:current")
+
+    @property
+    def limiter_log(self) -> str:
+        """zset grant id -> admission time (µs, Redis TIME): the sliding log."""
+        return self._k("gemini:limiter:log")
+
+    @property
+    def limiter_tokens(self) -> str:
+        """hash grant id -> tokens charged (estimate, then the settled actual)."""
+        return self._k("gemini:limiter:tokens")
+
+    @property
+    def limiter_waiting(self) -> str:
+        """zset waiter id -> (tokens): large requests holding a reservation."""
+        return self._k("gemini:limiter:waiting")
+
+    @property
+    def cooldown_until(self) -> str:
+        """string: Redis-time ms until which no worker may call Gemini (after a 429)."""
+        return self._k("gemini:cooldown:until")
+
+    @property
+    def cooldown_reason(self) -> str:
+        """string: why the current cooldown was set (quota id, retry delay)."""
+        return self._k("gemini:cooldown:reason")
+
+    @property
+    def stats(self) -> str:
+        """hash: counters (grants, denials, 429s, cooldowns, waits) for status and metrics."""
+        return self._k("gemini:stats")
+
+    def tokens_per_page(self, document_type: str) -> str:
+        """string(float): learned input tokens per PDF page for a document type."""
+        return self._k(f"gemini:tokens_per_page:{document_type}")
+
+    # --- workers ---
+    @property
+    def workers(self) -> str:
+        """CONTRACT hash: worker id -> JSON (host, pid, mode, document, heartbeat)."""
+        return self._k("gemini:workers")
+
+    # --- pool ---
+    @property
+    def allocation(self) -> str:
+        """CONTRACT string(JSON): {"index": n, "acte": m, "total": N, ...} + when and why."""
+        return self._k("worker_pool:allocation")
+
+    @property
+    def assignments(self) -> str:
+        """CONTRACT hash: slot id (ocr-worker-1..N) -> mode (index / acte)."""
+        return self._k("worker_pool:assignments")
+
+    @property
+    def slot_holders(self) -> str:
+        """hash: slot id -> JSON holder (worker id, document, mode held)."""
+        return self._k("worker_pool:holders")
+
+    @property
+    def slot_leases(self) -> str:
+        """zset: slot id -> Redis-time ms when its holder's lease lapses."""
+        return self._k("worker_pool:slot_leases")
+
+    @property
+    def pending_modes(self) -> str:
+        """hash: slot id -> mode it switches to once its current job ends."""
+        return self._k("worker_pool:pending_modes")
+
+    # --- capacity ---
+    @property
+    def cpu_allocated(self) -> str:
+        """CONTRACT string(number): vCPUs held by busy slots and external work."""
+        return self._k("server:cpu:allocated")
+
+    @property
+    def ram_allocated(self) -> str:
+        """CONTRACT string(number): GB held by busy slots and external work."""
+        return self._k("server:ram:allocated")
+
+    @property
+    def external_usage(self) -> str:
+        """hash: external holder id (e.g. registre-1) -> JSON {cpu, ram, kind}."""
+        return self._k("server:external")
+
+    # --- scheduler ---
+    @property
+    def leader(self) -> str:
+        """string: the scheduler instance that holds leadership (PX LEADER_LOCK_TTL_MS)."""
+        return self._k("scheduler:leader")
+
+    @property
+    def scheduler_stats(self) -> str:
+        """hash: scheduler counters (fed, reaped, rebalances) and last queue counts."""
+        return self._k("scheduler:stats")

@@ -1,0 +1,47 @@
+"""Building Redis clients that survive restarts and never print the URL."""
+
+from __future__ import annotations
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from control_plane.errors import ConfigError, TransientError
+
+
+def redis_client(url: str, *, decode_responses: bool = True) -> redis.Redis:
+    """A client that retries connection errors with backoff (Redis restarts, failovers)."""
+    retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8)
+    return redis.Redis.from_url(
+        url,
+        decode_responses=decode_responses,
+        retry=retry,
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        socket_connect_timeout=5,
+        socket_timeout=10,
+        health_check_interval=15,
+    )
+
+
+def describe_redis(url: str) -> str:
+    """host:port/db for banners, without user or password."""
+    rest = url.split("://", 1)[-1]
+    rest = rest.rsplit("@", 1)[-1]
+    return rest or "localhost:6379"
+
+
+def check_redis(client: redis.Redis, url: str) -> None:
+    """Ping once at start; an unreachable Redis is a configuration error (REDIS_URL)."""
+    try:
+        client.ping()
+    except redis.AuthenticationError:
+        raise ConfigError(f"REDIS_URL: authentication refused by {describe_redis(url)}") from None
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        raise ConfigError(f"REDIS_URL: cannot reach Redis at {describe_redis(url)}") from None
+
+
+def is_transient_redis_error(exc: BaseException) -> bool:
+    """True for errors a retry can cure (restart, failover, loading)."""
+    return isinstance(exc, redis.ConnectionError | redis.TimeoutError | TransientError) or (
+        isinstance(exc, redis.ResponseError) and str(exc).startswith(("LOADING", "BUSY", "TRYAGAIN"))
+    )

@@ -1,0 +1,49 @@
+"""Lua scripts: loaded from the `lua` package with importlib.resources.
+
+Each `.lua` file in `lua/` is one operation. Scripts are registered once per
+Redis client; redis-py's `Script` runs EVALSHA and reloads on NOSCRIPT, so a
+Redis restart or `SCRIPT FLUSH` is invisible to callers.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import redis
+from redis.commands.core import Script
+
+
+@cache
+def lua_source(name: str) -> str:
+    """The text of `lua/<name>.lua` (works from a checkout and from a wheel)."""
+    return resources.files("lua").joinpath(f"{name}.lua").read_text(encoding="utf-8")
+
+
+def available_scripts() -> list[str]:
+    """Names of every shipped script (without `.lua`)."""
+    return sorted(
+        entry.name.removesuffix(".lua")
+        for entry in resources.files("lua").iterdir()
+        if entry.name.endswith(".lua")
+    )
+
+
+class ScriptSet:
+    """The shipped scripts registered on one client, called by name."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._scripts: dict[str, Script] = {}
+
+    def get(self, name: str) -> Script:
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._client.register_script(lua_source(name))
+            self._scripts[name] = script
+        return script
+
+    def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run script `name`; EVALSHA with automatic reload after NOSCRIPT."""
+        return self.get(name)(keys=keys, args=args)

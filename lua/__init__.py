@@ -1,0 +1,1 @@
+"""Lua scripts of the Redis control plane, one per operation (see control_plane.scripts)."""

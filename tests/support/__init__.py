@@ -1,0 +1,1 @@
+"""Test support: service fixtures, private servers, generated PDFs."""
