@@ -107,6 +107,11 @@ class Keys:
         """hash: slot id -> mode it switches to once its current job ends."""
         return self._k("worker_pool:pending_modes")
 
+    def enqueued(self, document_type: str) -> str:
+        """zset: documents enqueued on the type's Dramatiq queue, not yet picked up
+        (member env/id, score Redis-time ms of the enqueue)."""
+        return self._k(f"worker_pool:enqueued:{document_type}")
+
     # --- capacity ---
     @property
     def cpu_allocated(self) -> str:
@@ -128,6 +133,11 @@ class Keys:
     def leader(self) -> str:
         """string: the scheduler instance that holds leadership (PX LEADER_LOCK_TTL_MS)."""
         return self._k("scheduler:leader")
+
+    @property
+    def leader_epoch(self) -> str:
+        """string(int): incremented by each new leader; allocation versions start from it."""
+        return self._k("scheduler:epoch")
 
     @property
     def scheduler_stats(self) -> str:
