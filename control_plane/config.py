@@ -58,6 +58,9 @@ class Settings(BaseSettings):
         extra="ignore",
         case_sensitive=False,
         hide_input_in_errors=True,
+        # `GEMINI_API_KEY=` (as in .env.example) or compose's `${X:-}` means "not set",
+        # not an empty key / an empty directory / an unparsable number.
+        env_ignore_empty=True,
     )
 
     # --- the seed's names and defaults (contract, DESIGN.md section 4) ---
