@@ -12,7 +12,7 @@ evenly; an odd remainder goes the same way (index first), so N=5 gives 3/2.
 Optional strategies, all default-off, all pure:
 
 - ``weights``: per-type relative cost of one document (e.g. observed seconds per
-  document). Demand becomes ``queued × weight``, so 10 actes that each take 4×
+  document). Demand becomes ``queued * weight``, so 10 actes that each take 4 times
   longer than an index document weigh like 40 index documents.
 - ``previous`` + ``hysteresis`` (slots, > 0): keep the previous allocation while
   every type's ideal (unrounded, minimum-clamped) share stays within
@@ -115,7 +115,8 @@ def decide_allocation(
         prev = _previous(previous, pool_size, floors)
         if prev is not None and prev != allocation:
             clamped = _clamp_ideal(ideal, floors, pool_size)
-            if all(abs(clamped[t] - prev[t]) <= Fraction(1, 2) + hysteresis for t in DOCUMENT_TYPES):
+            tolerance = Fraction(1, 2) + hysteresis
+            if all(abs(clamped[t] - prev[t]) <= tolerance for t in DOCUMENT_TYPES):
                 allocation = prev
                 reasons.append(f"hysteresis: kept previous {_fmt(prev)}")
 
@@ -199,10 +200,12 @@ def _previous(raw: object, pool_size: int, floors: Mapping[str, int]) -> dict[st
     """The previous allocation if it is still a valid answer for this pool, else None."""
     if not isinstance(raw, Mapping):
         raise ValueError(f"previous must be a mapping of document type to slots, got {raw!r}")
-    prev = {t: raw.get(t) for t in DOCUMENT_TYPES}
-    if not all(_is_int(v) and v >= 0 for v in prev.values()):
-        return None
-    checked = {t: int(v) for t, v in prev.items()}  # type: ignore[call-overload]
+    checked: dict[str, int] = {}
+    for t in DOCUMENT_TYPES:
+        v = raw.get(t)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            return None
+        checked[t] = v
     # A pool resize or a raised minimum makes the old plan invalid: recompute.
     if sum(checked.values()) != pool_size or any(checked[t] < floors[t] for t in DOCUMENT_TYPES):
         return None

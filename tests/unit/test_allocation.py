@@ -12,6 +12,8 @@ pytestmark = pytest.mark.unit
 
 M11 = {"index": 1, "acte": 1}
 M00 = {"index": 0, "acte": 0}
+P31 = {"index": 3, "acte": 1}
+P22 = {"index": 2, "acte": 2}
 
 SEED = [
     # (queued, pool, minimums, expected index/acte) -- DESIGN.md section 8, must hold
@@ -100,11 +102,11 @@ EXTRAS = [
     ({"index": 30, "acte": 10}, M11, {"weights": {"acte": 0.1}}, (3, 1)),
     ({}, M11, {"weights": {"index": 5, "acte": 1}}, (2, 2)),
     # hysteresis: keep the previous plan while the ideal stays near it
-    ({"index": 60, "acte": 40}, M11, {"previous": {"index": 3, "acte": 1}}, (2, 2)),
-    ({"index": 60, "acte": 40}, M11, {"previous": {"index": 3, "acte": 1}, "hysteresis": 0}, (2, 2)),
-    ({"index": 60, "acte": 40}, M11, {"previous": {"index": 3, "acte": 1}, "hysteresis": 0.25}, (3, 1)),
-    ({"index": 50, "acte": 50}, M11, {"previous": {"index": 3, "acte": 1}, "hysteresis": 0.25}, (2, 2)),
-    ({"index": 50, "acte": 50}, M11, {"previous": {"index": 3, "acte": 1}, "hysteresis": 0.5}, (3, 1)),
+    ({"index": 60, "acte": 40}, M11, {"previous": P31}, (2, 2)),
+    ({"index": 60, "acte": 40}, M11, {"previous": P31, "hysteresis": 0}, (2, 2)),
+    ({"index": 60, "acte": 40}, M11, {"previous": P31, "hysteresis": 0.25}, (3, 1)),
+    ({"index": 50, "acte": 50}, M11, {"previous": P31, "hysteresis": 0.25}, (2, 2)),
+    ({"index": 50, "acte": 50}, M11, {"previous": P31, "hysteresis": 0.5}, (3, 1)),
     # previous from the published JSON (extra fields ignored)
     (
         {"index": 60, "acte": 40},
@@ -113,11 +115,16 @@ EXTRAS = [
         (3, 1),
     ),
     # a previous plan that no longer fits the pool or the minimums is ignored
-    ({"index": 60, "acte": 40}, M11, {"previous": {"index": 4, "acte": 1}, "hysteresis": 5}, (2, 2)),
+    (
+        {"index": 60, "acte": 40},
+        M11,
+        {"previous": {"index": 4, "acte": 1}, "hysteresis": 5},
+        (2, 2),
+    ),
     ({"index": 99, "acte": 1}, M11, {"previous": {"index": 4, "acte": 0}, "hysteresis": 5}, (3, 1)),
     # the minimum clamps the ideal before comparing: 100/0 ideal is 3/1 under mins 1/1
-    ({"index": 100, "acte": 0}, M11, {"previous": {"index": 2, "acte": 2}, "hysteresis": 0.4}, (3, 1)),
-    ({"index": 100, "acte": 0}, M11, {"previous": {"index": 2, "acte": 2}, "hysteresis": 0.5}, (2, 2)),
+    ({"index": 100, "acte": 0}, M11, {"previous": P22, "hysteresis": 0.4}, (3, 1)),
+    ({"index": 100, "acte": 0}, M11, {"previous": P22, "hysteresis": 0.5}, (2, 2)),
     # lending: an idle type lends its minimum while the other has work
     ({"index": 100, "acte": 0}, M11, {"lend_idle": True}, (4, 0)),
     ({"index": 0, "acte": 7}, M11, {"lend_idle": True}, (0, 4)),
@@ -139,14 +146,17 @@ def test_invariants_hold_for_random_inputs():
         pool = rng.randint(1, 40)
         mi = rng.randint(0, pool)
         ma = rng.randint(0, pool - mi)
-        queued = {"index": rng.choice([0, rng.randint(0, 100), rng.randint(0, 10**15)]),
-                  "acte": rng.choice([0, rng.randint(0, 100), rng.randint(0, 10**15)])}
+        queued = {
+            "index": rng.choice([0, rng.randint(0, 100), rng.randint(0, 10**15)]),
+            "acte": rng.choice([0, rng.randint(0, 100), rng.randint(0, 10**15)]),
+        }
         got = compute_allocation(queued, pool, {"index": mi, "acte": ma})
         assert got["index"] + got["acte"] == pool
         assert got["index"] >= mi and got["acte"] >= ma
         # Monotone: more index work never gives index fewer slots.
-        more = compute_allocation({**queued, "index": queued["index"] + 1000}, pool,
-                                  {"index": mi, "acte": ma})
+        more = compute_allocation(
+            {**queued, "index": queued["index"] + 1000}, pool, {"index": mi, "acte": ma}
+        )
         assert more["index"] >= got["index"]
 
 
