@@ -113,7 +113,9 @@ class Settings(BaseSettings):
     ocr_heartbeat_interval_ms: int = Field(5_000, ge=100)
     ocr_redis_prefix: str = ""
     ocr_dramatiq_namespace: str = "dramatiq"
-    ocr_scheduler_metrics_port: int = Field(0, ge=0, le=65535)
+    ocr_scheduler_metrics_port: int = Field(9300, ge=0, le=65535)
+    ocr_worker_metrics_port: int = Field(9191, ge=0, le=65535)
+    ocr_job_time_limit_ms: int = Field(3 * 3_600_000, ge=1000)
     ocr_log_level: str = "INFO"
     ocr_log_json: bool = False
 

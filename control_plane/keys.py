@@ -19,6 +19,10 @@ WINDOW_TTL_MARGIN_MS = 5_000
 WORKER_STALE_MS = 60_000
 # The scheduler leader lock; a standby takes over once it lapses.
 LEADER_LOCK_TTL_MS = 10_000
+# The limiter epoch outlives idle periods so a quiet night is not mistaken for a lost state.
+LIMITER_EPOCH_TTL_MS = 86_400_000
+# Limiter counters (gemini:stats) survive this long without any activity.
+STATS_TTL_MS = 7 * 86_400_000
 
 
 @dataclass(frozen=True)
@@ -53,8 +57,23 @@ class Keys:
 
     @property
     def limiter_waiting(self) -> str:
-        """zset waiter id -> (tokens): large requests holding a reservation."""
+        """zset waiter id -> first-denial time (µs): the FIFO queue of reservations."""
         return self._k("gemini:limiter:waiting")
+
+    @property
+    def limiter_waiters(self) -> str:
+        """hash waiter id -> "tokens:expires_ms": what each queued waiter reserves, until when."""
+        return self._k("gemini:limiter:waiters")
+
+    @property
+    def limiter_token_sum(self) -> str:
+        """string(int): running sum of the tokens hash (kept incrementally, never re-summed)."""
+        return self._k("gemini:limiter:token_sum")
+
+    @property
+    def limiter_epoch(self) -> str:
+        """string: Redis-time ms when the log started; missing = state lost, restart conservatively."""
+        return self._k("gemini:limiter:epoch")
 
     @property
     def cooldown_until(self) -> str:
@@ -112,6 +131,11 @@ class Keys:
         (member env/id, score Redis-time ms of the enqueue)."""
         return self._k(f"worker_pool:enqueued:{document_type}")
 
+    @property
+    def pool_stats(self) -> str:
+        """hash: documents completed / failed / released per type (fields like completed:index)."""
+        return self._k("worker_pool:stats")
+
     # --- capacity ---
     @property
     def cpu_allocated(self) -> str:
@@ -127,6 +151,11 @@ class Keys:
     def external_usage(self) -> str:
         """hash: external holder id (e.g. registre-1) -> JSON {cpu, ram, kind}."""
         return self._k("server:external")
+
+    @property
+    def external_leases(self) -> str:
+        """zset: external holder id -> Redis-time ms its registration lapses (if it has a TTL)."""
+        return self._k("server:external:leases")
 
     # --- scheduler ---
     @property

@@ -1,0 +1,47 @@
+"""`dramatiq actors`: set the Redis broker first, then declare the actors.
+
+Dramatiq binds an actor to `get_broker()` when it is decorated, so the broker
+(with our middleware) must be set before `actors.ocr` is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import dramatiq
+from dramatiq.middleware import Retries, TimeLimit
+
+from control_plane.config import load_settings
+from control_plane.dispatch import make_broker
+from control_plane.errors import ConfigError
+from control_plane.logs import setup_logging
+
+try:
+    _settings = load_settings()
+except ConfigError as _exc:
+    print(f"configuration error: {_exc}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+setup_logging(_settings.ocr_log_level, json_lines=_settings.ocr_log_json, secrets=_settings.secrets)
+
+broker = make_broker(_settings.redis_url.get_secret_value(), _settings.ocr_dramatiq_namespace)
+for _mw in list(broker.middleware):
+    # Leases, not broker retries, bring a document back; a rate-limit wait must never
+    # consume a retry. Long actes need more than the default 10-minute time limit.
+    if isinstance(_mw, Retries):
+        _mw.max_retries = 0
+    if isinstance(_mw, TimeLimit):
+        _mw.time_limit = _settings.ocr_job_time_limit_ms
+
+from actors.runtime import OcrRuntime  # noqa: E402 - after the broker exists
+
+broker.add_middleware(OcrRuntime())
+if _settings.ocr_worker_metrics_port > 0:
+    os.environ.setdefault("dramatiq_prom_port", str(_settings.ocr_worker_metrics_port))
+    from dramatiq.middleware.prometheus import Prometheus  # noqa: E402 - reads the env at import
+
+    broker.add_middleware(Prometheus())
+dramatiq.set_broker(broker)
+
+from actors import ocr  # noqa: E402,F401 - declares the actors on the broker above

@@ -1,0 +1,211 @@
+"""One OCR job: slot, fenced lease, fetch, chunk, OCR through the limiter, write back.
+
+The order matters for "nothing lost, nothing written twice":
+1. take a pool slot of the document's type (capacity checked atomically);
+2. `start` the lease, fenced on its token: a stale message (lease reaped and
+   re-claimed since it was enqueued) is dropped here;
+3. fetch, inspect and split the PDF; OCR chunk by chunk through the limiter;
+4. `complete` or `fail`, fenced on the token (a lost lease writes nothing);
+5. release the slot, always.
+What to do with an error is decided by `outcome_for_error`, a pure function.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from enum import StrEnum
+
+from control_plane.dispatch import DocumentMessage
+from control_plane.errors import (
+    AcquireTimeoutError,
+    OcrPoolError,
+    PermanentError,
+    TransientError,
+)
+from control_plane.gemini.engine import OcrResult
+from control_plane.logs import log_event
+from control_plane.pool import SlotLease, SlotRefusal
+from control_plane.queue.models import ClaimedDocument, FailOutcome
+from control_plane.queue.pdf import inspect_pdf, split_pdf
+
+from actors.runtime import ActiveJob, WorkerRuntime
+
+try:  # the engine's auth error stops the worker loudly
+    from control_plane.errors import GeminiAuthError
+except ImportError:  # pragma: no cover - older engine without the class
+    GeminiAuthError = type("GeminiAuthError", (OcrPoolError,), {})  # type: ignore[misc,assignment]
+
+
+class Outcome(StrEnum):
+    """What happens to a document after an error."""
+
+    FAIL_PERMANENT = "fail_permanent"  # status 4 at once, precise message
+    FAIL_RETRY = "fail_retry"  # back to ready, counts an attempt (error after the max)
+    RELEASE = "release"  # back to ready, no attempt counted (shutdown, our own wait)
+    FATAL = "fatal"  # back to ready, and this worker stops (bad API key)
+
+
+def outcome_for_error(exc: BaseException, *, stopping: bool) -> Outcome:
+    """Pure: how an exception raised while processing a document is handled."""
+    if isinstance(exc, GeminiAuthError):
+        return Outcome.FATAL
+    if isinstance(exc, AcquireTimeoutError):
+        return Outcome.RELEASE
+    if isinstance(exc, PermanentError):
+        return Outcome.FAIL_PERMANENT
+    if stopping and isinstance(exc, TransientError):
+        return Outcome.RELEASE
+    return Outcome.FAIL_RETRY
+
+
+def describe_error(exc: BaseException) -> str:
+    """The error_message written to the row: precise, one line, bounded."""
+    if isinstance(exc, OcrPoolError):
+        text = str(exc) or type(exc).__name__
+    else:
+        text = f"unexpected {type(exc).__name__}: {exc}"
+    return " ".join(text.split())[:1000]
+
+
+# How long a job waits for a slot of its type before giving the document back.
+SLOT_WAIT_S = 60.0
+
+
+def process_document(rt: WorkerRuntime, message: DocumentMessage) -> str:
+    """Run one job; returns what happened (for logs and tests)."""
+    worker_id = rt.worker_id()
+    rt.enqueued.remove(message.document_source, message.ref)
+    slot = _wait_for_slot(rt, message, worker_id)
+    if slot is None:
+        _release(rt, message, "no slot of its type became free")
+        return "released"
+    job = ActiveJob(message.environment, message.id, message.lease_token,
+                    message.document_source, slot=slot)
+    try:
+        return _run(rt, message, job, worker_id)
+    finally:
+        rt.track(None)
+        try:
+            rt.pool.release_slot(slot)
+        except Exception as exc:  # noqa: BLE001 - the slot lapses by TTL anyway
+            log_event("job.slot_release_failed", "slot not released; it lapses by TTL",
+                      level="WARNING", slot=slot.slot_id, error=type(exc).__name__)
+
+
+def _run(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob, worker_id: str) -> str:
+    store = rt.environments.store(message.environment)
+    lease_ms = rt.settings.ocr_lease_ms
+    if not store.start(message.id, message.lease_token, worker_id, lease_ms):
+        log_event("job.stale", "lease no longer ours; message dropped", document=message.ref)
+        return "stale"
+    rt.track(job)
+    started = time.monotonic()
+    log_event("job.started", "OCR started", document=message.ref,
+              document_source=message.document_source, attempt=message.attempts,
+              slot=job.slot.slot_id if job.slot else None)
+    try:
+        result = _ocr(rt, message)
+    except Exception as exc:  # noqa: BLE001 - every error ends in a decided outcome
+        return _handle_error(rt, message, exc)
+    return _complete(rt, message, job, result, time.monotonic() - started)
+
+
+def _ocr(rt: WorkerRuntime, message: DocumentMessage) -> OcrResult:
+    doc = ClaimedDocument(
+        environment=message.environment, id=message.id,
+        document_source=message.document_source, storage_path=message.storage_path,
+        lease_token=message.lease_token, lease_expires_at=None,  # type: ignore[arg-type]
+        attempts=message.attempts,
+    )
+    data = rt.fetcher.fetch(doc)
+    inspect_pdf(data, max_pages=rt.settings.ocr_max_pages)
+    chunks = split_pdf(data, rt.settings.ocr_pages_per_chunk)
+    return rt.engine.ocr_chunks(message.document_source, chunks, stop_event=rt.stop_event)
+
+
+def _complete(
+    rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob, result: OcrResult, elapsed: float
+) -> str:
+    """Write the text; hold it and retry while the database is unreachable."""
+    store = rt.environments.store(message.environment)
+    delay = 0.5
+    deadline = time.monotonic() + rt.settings.ocr_lease_ms / 1000
+    while True:
+        try:
+            written = store.complete(message.id, message.lease_token, result.text,
+                                     result.prompt_tokens, result.output_tokens)
+            break
+        except TransientError as exc:
+            if time.monotonic() > deadline:
+                log_event("job.result_dropped", "database unreachable for a whole lease; the "
+                          "document will be reclaimed and redone", level="ERROR",
+                          document=message.ref, error=str(exc)[:200])
+                return "dropped"
+            log_event("job.complete_retry", f"database unavailable; result held, retry in "
+                      f"{delay:.1f}s", level="WARNING", document=message.ref)
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+    if not written:
+        log_event("job.stale_result", "lease lost before completion; result not written",
+                  level="WARNING", document=message.ref)
+        return "stale"
+    rt.client.hincrby(rt.keys.pool_stats, f"completed:{message.document_source}", 1)
+    log_event("job.completed", "OCR complete", document=message.ref,
+              document_source=message.document_source, pages=result.pages, calls=result.calls,
+              prompt_tokens=result.prompt_tokens, output_tokens=result.output_tokens,
+              seconds=round(elapsed, 3))
+    return "completed"
+
+
+def _handle_error(rt: WorkerRuntime, message: DocumentMessage, exc: BaseException) -> str:
+    outcome = outcome_for_error(exc, stopping=rt.stop_event.is_set())
+    text = describe_error(exc)
+    if outcome in (Outcome.RELEASE, Outcome.FATAL):
+        _release(rt, message, text)
+        if outcome is Outcome.FATAL:
+            log_event("worker.fatal", f"Gemini refused our credentials: {text}; stopping this "
+                      "worker (fix GEMINI_API_KEY)", level="CRITICAL")
+            os.kill(os.getppid(), signal.SIGTERM)
+        return outcome.value
+    permanent = outcome is Outcome.FAIL_PERMANENT
+    store = rt.environments.store(message.environment)
+    try:
+        result = store.fail(message.id, message.lease_token, text, permanent=permanent,
+                            max_attempts=rt.settings.ocr_max_attempts)
+    except TransientError:
+        log_event("job.fail_unrecorded", "could not record the failure; the lease will lapse "
+                  "and the document be retried", level="WARNING", document=message.ref)
+        return "unrecorded"
+    if result is FailOutcome.ERROR:
+        rt.client.hincrby(rt.keys.pool_stats, f"failed:{message.document_source}", 1)
+    log_event("job.failed", text, level="WARNING" if result is FailOutcome.RETRY else "ERROR",
+              document=message.ref, outcome=str(result), permanent=permanent,
+              attempt=message.attempts)
+    return f"fail_{result}"
+
+
+def _release(rt: WorkerRuntime, message: DocumentMessage, why: str) -> None:
+    try:
+        rt.environments.store(message.environment).release(message.id, message.lease_token)
+        log_event("job.released", f"document back to ready: {why}", document=message.ref)
+    except OcrPoolError as exc:
+        log_event("job.release_failed", "could not release; the lease will lapse",
+                  level="WARNING", document=message.ref, error=type(exc).__name__)
+
+
+def _wait_for_slot(rt: WorkerRuntime, message: DocumentMessage, worker_id: str) -> SlotLease | None:
+    deadline = time.monotonic() + SLOT_WAIT_S
+    delay = 0.05
+    while True:
+        taken = rt.pool.take_slot(message.document_source, worker_id, message.ref)
+        if isinstance(taken, SlotLease):
+            return taken
+        assert isinstance(taken, SlotRefusal)
+        if rt.stop_event.is_set() or time.monotonic() > deadline:
+            log_event("job.no_slot", f"no {message.document_source} slot ({taken.reason})",
+                      level="WARNING", document=message.ref)
+            return None
+        rt.stop_event.wait(delay)
+        delay = min(delay * 2, 1.0)

@@ -1,0 +1,129 @@
+"""Command line of `python scheduler.py`: run (default), status, migrate, seed, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from control_plane.config import Settings, load_settings
+from control_plane.errors import ConfigError, OcrPoolError
+from control_plane.keys import Keys
+from control_plane.logs import log_event, setup_logging
+from control_plane.redis_conn import check_redis, redis_client
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python scheduler.py",
+        description="Control process of the OCR pool (configuration from the environment or .env).",
+    )
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("run", help="run the scheduler until SIGINT/SIGTERM (the default)")
+    sub.add_parser("status", help="print the status block once from live state and exit")
+    sub.add_parser("migrate", help="apply the schema to every environment with a *_DATABASE_URL")
+    seed = sub.add_parser("seed", help="write sample PDFs and queue them as ready documents")
+    seed.add_argument("--index", type=int, default=20, help="index documents to add")
+    seed.add_argument("--acte", type=int, default=10, help="acte documents to add")
+    seed.add_argument("--environment", default=None, help="environment name (default: first)")
+    seed.add_argument("--start", type=int, default=1, help="first sample number (seed)")
+    demo = sub.add_parser("demo", help="run the pool end to end on sample documents, then stop")
+    demo.add_argument("--index", type=int, default=60)
+    demo.add_argument("--acte", type=int, default=30)
+    demo.add_argument("--real-gemini", action="store_true",
+                      help="use the real Gemini API (needs GEMINI_API_KEY) instead of the emulator")
+    demo.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(list(argv) if argv is not None else None)
+    command = args.command or "run"
+    if command == "demo":
+        from control_plane.demo import run_demo
+
+        return run_demo(args)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.ocr_log_level, json_lines=settings.ocr_log_json, secrets=settings.secrets)
+    try:
+        if command == "migrate":
+            return _migrate(settings)
+        if command == "seed":
+            return _seed(settings, args)
+        return _run(settings, status_only=command == "status")
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except OcrPoolError as exc:
+        log_event("scheduler.fatal", str(exc), level="CRITICAL")
+        return 1
+
+
+def _migrate(settings: Settings) -> int:
+    from control_plane.queue.migrate import migrate
+
+    applied = migrate(settings)
+    if not applied:
+        print("migrate: no environment has a *_DATABASE_URL; apply the Supabase migrations "
+              "(supabase/migrations) with the Supabase CLI instead", file=sys.stderr)
+        return 2
+    for name in applied:
+        print(f"migrate: schema up to date in {name}")
+    return 0
+
+
+def _seed(settings: Settings, args: argparse.Namespace) -> int:
+    from control_plane.seeding import seed_documents
+
+    added = seed_documents(settings, index=args.index, acte=args.acte,
+                           environment=args.environment, start=args.start)
+    print(f"seed: {added['index']} index and {added['acte']} acte document(s) queued in "
+          f"{added['environment']}")
+    return 0
+
+
+def _run(settings: Settings, *, status_only: bool) -> int:
+    from control_plane.queue.environments import Environments
+    from control_plane.scheduler.banner import render_banner
+    from control_plane.scheduler.service import Scheduler
+
+    url = settings.redis_url.get_secret_value()
+    client = redis_client(url)
+    check_redis(client, url)
+    keys = Keys(prefix=settings.ocr_redis_prefix)
+    environments = Environments.from_settings(settings)
+    scheduler = Scheduler(settings, client, keys, environments)
+    if status_only:
+        try:
+            print(scheduler.status_text(), flush=True)
+        finally:
+            environments.close()
+        return 0
+    leading = scheduler.tick_leadership()
+    print(
+        render_banner(
+            settings,
+            owner=scheduler.owner,
+            allocation=scheduler.pool.read_allocation(),
+            assignments=scheduler.pool.assignments(),
+            leading=leading,
+        ),
+        flush=True,
+    )
+    snap = scheduler.snapshot()
+    from control_plane.scheduler.status import warn_thin_pool
+
+    warning = warn_thin_pool(settings.ocr_worker_pool_size, snap.registered_threads)
+    if warning:
+        log_event("scheduler.thin_pool", warning, level="WARNING")
+    scheduler.metrics.serve(settings.ocr_scheduler_metrics_port)
+    log_event("scheduler.started", "scheduler running", owner=scheduler.owner,
+              role="leader" if leading else "standby")
+    scheduler.run_forever()
+    print("Scheduler stopped: feeding stopped, leadership released, connections closed.",
+          flush=True)
+    return 0

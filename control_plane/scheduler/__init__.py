@@ -1,0 +1,1 @@
+"""The control process (`python scheduler.py`): leadership, rebalance, feed, reap, status."""

@@ -1,0 +1,91 @@
+"""Prometheus metrics of the scheduler, on OCR_SCHEDULER_METRICS_PORT (0 = off).
+
+Gauges are refreshed from the status snapshot (live Redis and queue state);
+counters count what this process did (documents fed, leases reaped) or mirror
+the limiter's shared counters in Redis (429s, wait time).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from control_plane.config import DOCUMENT_TYPES
+from control_plane.logs import log_event
+
+if TYPE_CHECKING:
+    from control_plane.scheduler.status import StatusSnapshot
+
+
+class SchedulerMetrics:
+    """The scheduler's series, in a registry of their own."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.allocation_slots = Gauge("ocr_allocation_slots", "Slots allocated per type", ["type"], registry=r)
+        self.queue_ready = Gauge("ocr_queue_ready", "Documents ready for OCR", ["type", "environment"], registry=r)
+        self.queue_in_flight = Gauge("ocr_queue_in_flight", "Documents claimed", ["type", "environment"], registry=r)
+        self.slots_busy = Gauge("ocr_slots_busy", "Busy slots per type", ["type"], registry=r)
+        self.requests_window = Gauge("ocr_gemini_requests_window", "Gemini requests in the sliding window", registry=r)
+        self.tokens_window = Gauge("ocr_gemini_tokens_window", "Gemini input tokens in the sliding window", registry=r)
+        self.rpm_limit = Gauge("ocr_gemini_rpm_limit", "Requests per window the limiter enforces", registry=r)
+        self.tpm_limit = Gauge("ocr_gemini_tpm_limit", "Input tokens per window the limiter enforces", registry=r)
+        self.cooldown = Gauge("ocr_gemini_cooldown_seconds", "Remaining shared cooldown", registry=r)
+        self.quota_429 = Gauge("ocr_gemini_429_total", "429 answers seen by all workers", registry=r)
+        self.wait_seconds = Gauge("ocr_limiter_wait_seconds_total", "Seconds workers waited on the limiter", registry=r)
+        self.cpu_allocated = Gauge("ocr_capacity_cpu_allocated", "vCPU held", registry=r)
+        self.ram_allocated = Gauge("ocr_capacity_ram_allocated", "GB held", registry=r)
+        self.cpu_budget = Gauge("ocr_capacity_cpu_budget", "vCPU budget", registry=r)
+        self.ram_budget = Gauge("ocr_capacity_ram_budget", "GB budget", registry=r)
+        self.leases_reaped = Counter("ocr_leases_reaped", "Expired leases reaped", ["environment"], registry=r)
+        self.documents_fed = Counter("ocr_documents_fed", "Documents claimed and enqueued", ["type"], registry=r)
+        self.completed = Gauge("ocr_documents_completed_total", "Documents completed (workers' shared count)", ["type"], registry=r)
+        self.failed = Gauge("ocr_documents_failed_total", "Documents failed (workers' shared count)", ["type"], registry=r)
+        self._server: Any = None
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from other hosts
+        if port <= 0:
+            return
+        try:
+            self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            log_event("metrics.unavailable", f"metrics port {port} not served: {exc.strerror}",
+                      level="WARNING", port=port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def allocation(self, allocation: dict[str, int]) -> None:
+        for t in DOCUMENT_TYPES:
+            self.allocation_slots.labels(type=t).set(allocation.get(t, 0))
+
+    def fed(self, document_type: str, count: int) -> None:
+        self.documents_fed.labels(type=document_type).inc(count)
+
+    def reaped(self, environment: str, count: int) -> None:
+        self.leases_reaped.labels(environment=environment).inc(count)
+
+    def observe(self, snap: StatusSnapshot, limiter: Any) -> None:
+        """Refresh the gauges from a status snapshot and the limiter's shared counters."""
+        for t in DOCUMENT_TYPES:
+            self.slots_busy.labels(type=t).set(snap.busy.get(t, 0))
+        for t, counts in snap.queue.items():
+            self.queue_ready.labels(type=t, environment="all").set(counts.get("ready", 0))
+            self.queue_in_flight.labels(type=t, environment="all").set(counts.get("in_flight", 0))
+        self.requests_window.set(snap.rpm_used)
+        self.tokens_window.set(snap.tpm_used)
+        self.rpm_limit.set(snap.rpm_limit)
+        self.tpm_limit.set(snap.tpm_limit)
+        self.cooldown.set(snap.cooldown_ms / 1000)
+        self.cpu_allocated.set(snap.cpu_used)
+        self.ram_allocated.set(snap.ram_used)
+        self.cpu_budget.set(snap.cpu_budget)
+        self.ram_budget.set(snap.ram_budget)
+        stats = getattr(limiter, "stats", None)
+        if callable(stats):
+            values = stats()
+            self.quota_429.set(float(values.get("quota_429", values.get("cooldowns", 0))))
+            self.wait_seconds.set(float(values.get("wait_ms", 0)) / 1000)

@@ -1,0 +1,133 @@
+"""The status block: a snapshot of live state (thin shell) and its rendering (pure).
+
+Printed every OCR_STATUS_INTERVAL_MS by the leader and once by
+`python scheduler.py status`. Human output, separate from the event logs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from control_plane.config import DOCUMENT_TYPES
+
+RULE = "=" * 78
+
+
+@dataclass
+class StatusSnapshot:
+    """Everything the status block shows, read from Redis and the queue."""
+
+    taken_at: datetime
+    pool_size: int
+    allocation: dict[str, Any] | None
+    assignments: dict[str, str]
+    busy: dict[str, int]
+    registered_threads: int
+    workers_by_mode: dict[str, int]
+    external: dict[str, dict[str, Any]]
+    rpm_used: int
+    tpm_used: int
+    rpm_limit: int
+    tpm_limit: int
+    cooldown_ms: int
+    cpu_used: float
+    ram_used: float
+    cpu_budget: float
+    ram_budget: float
+    queue: dict[str, dict[str, int]] = field(default_factory=dict)  # type -> ready / in_flight
+    queue_error: str | None = None
+    leader: str | None = None
+    enqueued: dict[str, int] = field(default_factory=dict)
+
+
+def _pct(used: float, limit: float) -> str:
+    return f"{(100.0 * used / limit) if limit else 0.0:.1f}%"
+
+
+def _num(value: float) -> str:
+    return f"{value:,.2f}".rstrip("0").rstrip(".")
+
+
+def warn_thin_pool(pool_size: int, registered_threads: int) -> str | None:
+    """The warning shown when the registered worker threads cannot fill the pool."""
+    if registered_threads >= pool_size:
+        return None
+    return (
+        f"WARNING: {registered_threads} worker thread(s) registered for a pool of {pool_size}: "
+        f"start more (dramatiq actors -p P -t T with P x T >= {pool_size} across hosts)"
+    )
+
+
+def render_status(s: StatusSnapshot) -> str:
+    """The status block as text."""
+    alloc = s.allocation or {}
+    lines = [RULE, f"OCR pool status  {s.taken_at:%Y-%m-%d %H:%M:%S} UTC", RULE]
+    if alloc:
+        parts = "  ".join(f"{t} {alloc.get(t, 0)}" for t in DOCUMENT_TYPES)
+        lines.append(f"Worker allocation : {parts}  (pool {alloc.get('total', s.pool_size)})")
+        if alloc.get("reason"):
+            lines.append(f"  reason          : {alloc['reason']}")
+    else:
+        lines.append(f"Worker allocation : not published yet (pool {s.pool_size})")
+    busy = "  ".join(f"{t} {s.busy.get(t, 0)}" for t in DOCUMENT_TYPES)
+    lines.append(f"Active workers    : {busy}  (busy slots)")
+    if s.queue_error:
+        lines.append(f"Queue             : unavailable ({s.queue_error})")
+    else:
+        q = "  ".join(
+            f"{t} ready {s.queue.get(t, {}).get('ready', 0):,} / in flight "
+            f"{s.queue.get(t, {}).get('in_flight', 0):,}"
+            for t in DOCUMENT_TYPES
+        )
+        lines.append(f"Queue             : {q}")
+    cooldown = f"cooldown {s.cooldown_ms / 1000:.1f}s" if s.cooldown_ms > 0 else "no cooldown"
+    lines.append(
+        f"Gemini            : RPM {s.rpm_used:,}/{s.rpm_limit:,} ({_pct(s.rpm_used, s.rpm_limit)})"
+        f"  TPM {s.tpm_used:,}/{s.tpm_limit:,} ({_pct(s.tpm_used, s.tpm_limit)})  {cooldown}"
+    )
+    lines.append(
+        f"Server capacity   : CPU {_num(s.cpu_used)}/{_num(s.cpu_budget)} vCPU "
+        f"({_pct(s.cpu_used, s.cpu_budget)})  RAM {_num(s.ram_used)}/{_num(s.ram_budget)} GB "
+        f"({_pct(s.ram_used, s.ram_budget)})"
+    )
+    registre = sum(1 for e in s.external.values() if e.get("kind", "registre") == "registre")
+    by_type = "  ".join(f"{t} {s.workers_by_mode.get(t, 0)}" for t in DOCUMENT_TYPES)
+    lines.append(
+        f"Workers by type   : {by_type}  registre {registre}  "
+        f"(threads registered {s.registered_threads})"
+    )
+    if s.assignments:
+        slots = "  ".join(f"{k.removeprefix('ocr-worker-')}:{v}" for k, v in _slot_order(s))
+        lines.append(f"Slots             : {slots}")
+    if s.leader:
+        lines.append(f"Scheduler leader  : {s.leader}")
+    warning = warn_thin_pool(s.pool_size, s.registered_threads)
+    if warning:
+        lines.append(warning)
+    lines.append(RULE)
+    return "\n".join(lines)
+
+
+def _slot_order(s: StatusSnapshot) -> list[tuple[str, str]]:
+    def number(slot: str) -> int:
+        tail = slot.rsplit("-", 1)[-1]
+        return int(tail) if tail.isdigit() else 0
+
+    return sorted(s.assignments.items(), key=lambda kv: number(kv[0]))
+
+
+def parse_allocation(raw: str | None) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
