@@ -1,0 +1,331 @@
+"""The shared Gemini rate limiter: requests and input tokens per window, on Redis time.
+
+Every admission is one Lua call (`lua/limiter_acquire.lua`) that checks both windows at once
+against an exact sliding log (a zset of grant id -> admission time in µs from Redis `TIME`,
+plus a hash of tokens per grant and a running token sum kept incrementally, so a call costs
+O(log n + expired entries), never a re-sum). Requests in the last window + 1 must stay within
+RPM and tokens in the last window + the estimate within TPM. A denial carries the server's
+`retry_after_ms`: when enough of the log expires for this request to fit.
+
+No starvation (reservations): an `acquire` that is denied joins a FIFO queue in Redis
+(`gemini:limiter:waiting`, ordered by first denial) with the tokens it needs. A queued waiter
+must leave room only for the waiters ahead of it; a request that is not queued (a newcomer or
+`try_acquire`) must leave room for every queued waiter. A 40%-of-TPM request therefore stops
+small newcomers from eating the headroom it waits for, and is admitted as soon as the tokens
+ahead of it expire: within one window plus the needs of the waiters queued before it. A
+reservation lapses `reserve_grace_ms` after the waiter's next expected retry, so a waiter that
+died blocks others only briefly; a waiter that times out or is stopped withdraws it at once.
+
+Crash safety: grant ids are made here, so a script that redis-py re-runs after a lost reply
+finds its grant already in the log and returns it (no double charge). If the state is lost
+(Redis restarted without persistence, or flushed), the epoch key is missing: the next call
+starts a new epoch and, for one window, admits only `restart_fraction` (default half) of each
+limit, since grants admitted just before the loss may still count at Gemini. Scripts reload
+on NOSCRIPT (redis-py `Script`); connection errors are retried by `redis_conn.redis_client`.
+
+All keys expire: the log, tokens and sum one window (+ margin) after the last grant,
+reservations shortly after their last retry, the epoch after a day idle, counters after a week.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from control_plane.errors import AcquireTimeoutError, RequestTooLargeError
+from control_plane.keys import (
+    LIMITER_EPOCH_TTL_MS,
+    STATS_TTL_MS,
+    WINDOW_TTL_MARGIN_MS,
+    Keys,
+)
+from control_plane.logs import log_event
+from control_plane.scripts import ScriptSet
+
+if TYPE_CHECKING:
+    from control_plane.config import Settings
+
+
+class AcquireCancelledError(AcquireTimeoutError):
+    """The caller's stop event was set while it waited for a grant (worker shutting down)."""
+
+
+@dataclass(frozen=True)
+class Grant:
+    """An admitted request; pass it to `settle` with the actual token count."""
+
+    grant_id: str
+    tokens: int
+    granted_at_ms: int
+    granted_at_us: int = 0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one admission attempt."""
+
+    granted: bool
+    retry_after_ms: int
+    grant_id: str | None
+    reason: str  # ok | rpm | tpm | reserved | cooldown
+    tokens: int = 0
+    granted_at_us: int = 0
+    window_requests: int = 0
+    window_tokens: int = 0
+
+    @property
+    def grant(self) -> Grant | None:
+        """The `Grant` to settle, when granted."""
+        if not self.granted or self.grant_id is None:
+            return None
+        return Grant(self.grant_id, self.tokens, self.granted_at_us // 1000, self.granted_at_us)
+
+
+def parse_decision(raw: list[Any], grant_id: str, tokens: int) -> Decision:
+    """Turn the acquire script's reply into a `Decision`."""
+    granted = int(raw[0]) == 1
+    reason = raw[2].decode() if isinstance(raw[2], bytes) else str(raw[2])
+    return Decision(
+        granted=granted,
+        retry_after_ms=int(raw[1]),
+        grant_id=grant_id if granted else None,
+        reason=reason,
+        tokens=tokens,
+        granted_at_us=int(raw[3]),
+        window_requests=int(raw[4]),
+        window_tokens=int(raw[5]),
+    )
+
+
+def wait_seconds(retry_after_ms: int, jitter: float, max_jitter_ms: int) -> float:
+    """Sleep before the next attempt: the server's hint plus jitter in [0, 1) scaled.
+
+    Jitter is at most `max_jitter_ms` and at most a tenth of the hint, so short hints stay
+    precise (utilization) while waiters woken by the same expiry do not stampede. Never 0.
+    """
+    hint = max(1, retry_after_ms)
+    spread = min(float(max_jitter_ms), hint / 10)
+    return (hint + jitter * spread) / 1000.0
+
+
+def peak_window_load(
+    events: list[tuple[int, int]], window_us: int
+) -> tuple[int, int]:
+    """Largest (requests, tokens) over every sliding window (t - window, t] ending at an event.
+
+    `events` are (admission time µs, tokens). Used by tests and the bench to audit limiters.
+    """
+    ordered = sorted(events)
+    peak_req = peak_tok = 0
+    start = 0
+    tokens = 0
+    for end, (at, weight) in enumerate(ordered):
+        tokens += weight
+        while ordered[start][0] <= at - window_us:
+            tokens -= ordered[start][1]
+            start += 1
+        peak_req = max(peak_req, end - start + 1)
+        peak_tok = max(peak_tok, tokens)
+    return peak_req, peak_tok
+
+
+class GeminiRateLimiter:
+    """One RPM + TPM budget shared by every worker through Redis."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        rpm_limit: int,
+        tpm_limit: int,
+        window_ms: int = 60_000,
+        keys: Keys = Keys(),  # noqa: B008 - Keys is a frozen dataclass, safe as a default
+        restart_fraction: float = 0.5,
+        reserve_grace_ms: int = 2_000,
+        max_jitter_ms: int = 25,
+        rng: random.Random | None = None,
+    ) -> None:
+        if rpm_limit < 1 or tpm_limit < 1 or window_ms < 1:
+            raise ValueError("rpm_limit, tpm_limit and window_ms must be positive")
+        if not 0 < restart_fraction <= 1:
+            raise ValueError("restart_fraction must be in (0, 1]")
+        self.rpm_limit = rpm_limit
+        self.tpm_limit = tpm_limit
+        self.window_ms = window_ms
+        self.keys = keys
+        self.restart_fraction = restart_fraction
+        self.reserve_grace_ms = reserve_grace_ms
+        self.max_jitter_ms = max_jitter_ms
+        self._client = client
+        self._scripts = ScriptSet(client)
+        self._rng = rng or random.Random()
+        self._acquire_keys = [
+            keys.limiter_log,
+            keys.limiter_tokens,
+            keys.limiter_token_sum,
+            keys.limiter_epoch,
+            keys.limiter_waiting,
+            keys.limiter_waiters,
+            keys.cooldown_until,
+            keys.rpm_current,
+            keys.tpm_current,
+            keys.stats,
+        ]
+
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: Settings, keys: Keys) -> GeminiRateLimiter:
+        """The limiter configured by GEMINI_RPM_LIMIT / GEMINI_TPM_LIMIT / GEMINI_RATE_WINDOW_MS."""
+        return cls(
+            client,
+            rpm_limit=settings.gemini_rpm_limit,
+            tpm_limit=settings.gemini_tpm_limit,
+            window_ms=settings.gemini_rate_window_ms,
+            keys=keys,
+        )
+
+    # --- admission ---
+    def try_acquire(self, tokens: int) -> Decision:
+        """One admission attempt; never waits, never queues a reservation."""
+        self._check_size(tokens)
+        return self._attempt(tokens, uuid.uuid4().hex, register=False, waited_ms=0)
+
+    def acquire(
+        self,
+        tokens: int,
+        timeout: float | None = None,
+        *,
+        stop_event: threading.Event | None = None,
+    ) -> Grant:
+        """Wait (server hints + jitter, FIFO reservation) until granted.
+
+        Raises `RequestTooLargeError` at once if `tokens` exceeds the TPM limit,
+        `AcquireTimeoutError` after `timeout` seconds, `AcquireCancelledError` if `stop_event` is set.
+        """
+        self._check_size(tokens)
+        grant_id = uuid.uuid4().hex
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
+        while True:
+            waited_ms = int((time.monotonic() - started) * 1000)
+            decision = self._attempt(tokens, grant_id, register=True, waited_ms=waited_ms)
+            grant = decision.grant
+            if grant is not None:
+                return grant
+            delay = wait_seconds(decision.retry_after_ms, self._rng.random(), self.max_jitter_ms)
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._give_up(grant_id, "acquire_timeout")
+                    raise AcquireTimeoutError(
+                        f"no Gemini capacity for {tokens} tokens within {timeout:g}s "
+                        f"(last denial: {decision.reason}, retry in {decision.retry_after_ms} ms)"
+                    )
+                delay = min(delay, remaining)  # one last attempt right at the deadline
+            if stop_event is None:
+                time.sleep(delay)
+            elif stop_event.wait(delay):
+                self._give_up(grant_id, "acquire_cancelled")
+                raise AcquireCancelledError("stopped while waiting for Gemini capacity")
+
+    def _check_size(self, tokens: int) -> None:
+        if tokens < 0:
+            raise ValueError("tokens must be >= 0")
+        if tokens > self.tpm_limit:
+            raise RequestTooLargeError(
+                f"request needs {tokens} input tokens, more than the whole per-window budget "
+                f"GEMINI_TPM_LIMIT={self.tpm_limit}: split the document"
+            )
+
+    def _attempt(self, tokens: int, grant_id: str, *, register: bool, waited_ms: int) -> Decision:
+        raw = self._scripts.run(
+            "limiter_acquire",
+            self._acquire_keys,
+            [
+                grant_id,
+                tokens,
+                self.rpm_limit,
+                self.tpm_limit,
+                self.window_ms,
+                repr(self.restart_fraction),
+                1 if register else 0,
+                waited_ms,
+                self.reserve_grace_ms,
+                LIMITER_EPOCH_TTL_MS,
+                STATS_TTL_MS,
+                WINDOW_TTL_MARGIN_MS,
+            ],
+        )
+        return parse_decision(raw, grant_id, tokens)
+
+    def _give_up(self, grant_id: str, event: str) -> None:
+        """Withdraw a reservation so nobody keeps leaving room for us; count it."""
+        self._scripts.run(
+            "limiter_cancel", [self.keys.limiter_waiting, self.keys.limiter_waiters], [grant_id]
+        )
+        self._client.hincrby(self.keys.stats, event.removeprefix("acquire_") + "s", 1)
+        log_event(event, "gave up waiting for Gemini capacity", grant_id=grant_id)
+
+    # --- accounting ---
+    def settle(self, grant: Grant, actual_tokens: int) -> None:
+        """Replace the grant's estimate with the actual count; idempotent, harmless once expired."""
+        if actual_tokens < 0:
+            raise ValueError("actual_tokens must be >= 0")
+        self._scripts.run(
+            "limiter_settle",
+            [
+                self.keys.limiter_log,
+                self.keys.limiter_tokens,
+                self.keys.limiter_token_sum,
+                self.keys.tpm_current,
+            ],
+            [grant.grant_id, actual_tokens, self.window_ms, self.window_ms + WINDOW_TTL_MARGIN_MS],
+        )
+
+    def cooldown(self, seconds: float, reason: str = "") -> None:
+        """Pause every worker for `seconds` (a 429); never shortens a longer cooldown."""
+        duration_ms = max(1, int(seconds * 1000))
+        remaining, extended = self._scripts.run(
+            "limiter_cooldown",
+            [self.keys.cooldown_until, self.keys.cooldown_reason, self.keys.stats],
+            [duration_ms, reason, STATS_TTL_MS],
+        )
+        if int(extended):
+            log_event("gemini_cooldown", "all workers pause", seconds=seconds, reason=reason)
+
+    def _status(self) -> tuple[int, int, int]:
+        count, tokens, remaining = self._scripts.run(
+            "limiter_status",
+            [
+                self.keys.limiter_log,
+                self.keys.limiter_tokens,
+                self.keys.limiter_token_sum,
+                self.keys.rpm_current,
+                self.keys.tpm_current,
+                self.keys.cooldown_until,
+            ],
+            [self.window_ms, WINDOW_TTL_MARGIN_MS],
+        )
+        return int(count), int(tokens), int(remaining)
+
+    def cooldown_remaining_ms(self) -> int:
+        """Milliseconds (Redis time) until the shared cooldown ends; 0 when none."""
+        return self._status()[2]
+
+    def usage(self) -> tuple[int, int]:
+        """(requests, tokens) in the current window; refreshes gemini:rpm:current / tpm:current."""
+        count, tokens, _ = self._status()
+        return count, tokens
+
+    def stats(self) -> dict[str, int]:
+        """Counters: grants, denials, denied_<reason>, waits, wait_ms_total, cooldowns, timeouts."""
+        raw = self._client.hgetall(self.keys.stats)
+        return {
+            (k.decode() if isinstance(k, bytes) else str(k)): int(v)
+            for k, v in raw.items()  # type: ignore[union-attr]
+        }
