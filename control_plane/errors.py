@@ -29,3 +29,7 @@ class RequestTooLargeError(PermanentError):
 
 class AcquireTimeoutError(TransientError):
     """The limiter could not grant a request within the caller's timeout."""
+
+
+class GeminiAuthError(OcrPoolError):
+    """Gemini refused our credentials (401/403, invalid key): the worker must stop loudly."""

@@ -1,0 +1,309 @@
+"""What to do after a Gemini call: pure functions from an exception or a response to a decision.
+
+- COOLDOWN: a quota 429. Every worker pauses for the delay (RetryInfo, or until the daily
+  reset for a per-day quota); the retry does not consume an attempt.
+- RETRY: worth trying again after a backoff (5xx, timeouts, connection errors, empty answers).
+- PERMANENT: this document cannot succeed (bad PDF, blocked content); fail it with the message.
+- FATAL: our credentials or configuration are wrong; every call would fail, so stop the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import pydantic
+from google.genai import errors as genai_errors
+
+PACIFIC = ZoneInfo("America/Los_Angeles")
+# A 429 without RetryInfo: Google's own examples suggest retrying after tens of seconds.
+DEFAULT_COOLDOWN_S = 15.0
+# Never pause the whole pool for less than this, whatever retryDelay says ("0s" happens).
+MIN_COOLDOWN_S = 1.0
+# Finish reasons that mean the answer was withheld: retrying the same pages gives the same.
+_BLOCKING_FINISH = {
+    "SAFETY",
+    "RECITATION",
+    "PROHIBITED_CONTENT",
+    "BLOCKLIST",
+    "SPII",
+    "IMAGE_SAFETY",
+    "IMAGE_PROHIBITED_CONTENT",
+    "LANGUAGE",
+}
+_RETRYABLE_STATUS = {408, 500, 502, 503, 504}
+# Everything a generate_content call may raise that classify_exception understands;
+# anything else is a bug and should propagate.
+CALL_ERRORS: tuple[type[BaseException], ...] = (
+    genai_errors.APIError,
+    httpx.HTTPError,
+    OSError,
+    json.JSONDecodeError,
+    pydantic.ValidationError,
+)
+try:  # google-genai prefers httpx2 when present
+    import httpx2
+
+    CALL_ERRORS += (httpx2.HTTPError,)
+except ImportError:  # pragma: no cover - depends on the environment
+    pass
+_DELAY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+
+
+class Action(StrEnum):
+    COOLDOWN = "cooldown"
+    RETRY = "retry"
+    PERMANENT = "permanent"
+    FATAL = "fatal"
+
+
+@dataclass(frozen=True)
+class CallDecision:
+    """One decision: the action, how long to wait first, and a precise human message."""
+
+    action: Action
+    delay_s: float
+    message: str
+    per_day: bool = False
+
+
+def backoff_delay(
+    attempt: int, *, base: float = 1.0, cap: float = 60.0, rng: random.Random | None = None
+) -> float:
+    """Exponential backoff after failed attempt `attempt` (1-based); jitter only with an rng."""
+    delay = min(cap, base * 2.0 ** max(0, attempt - 1))
+    if rng is not None:
+        # "equal jitter": keep at least half, so a retry never comes back immediately
+        delay = delay / 2 + rng.uniform(0, delay / 2)
+    return delay
+
+
+def seconds_until_daily_reset(now: datetime) -> float:
+    """Seconds from `now` (aware) to the next midnight, Pacific time (Gemini's daily reset)."""
+    local = now.astimezone(PACIFIC)
+    next_midnight = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), PACIFIC)
+    return max(0.0, (next_midnight - local).total_seconds())
+
+
+def parse_retry_delay(value: Any) -> float | None:
+    """A google.protobuf.Duration in JSON form ("26s", "45.83s") as seconds."""
+    if not isinstance(value, str):
+        return None
+    found = _DELAY_RE.match(value)
+    return float(found.group(1)) if found else None
+
+
+def error_details(body: Any) -> list[dict[str, Any]]:
+    """The `details` list of a Google error body (whole body or its `error` member)."""
+    if not isinstance(body, dict):
+        return []
+    inner = body.get("error", body)
+    details = inner.get("details") if isinstance(inner, dict) else None
+    return [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
+
+
+@dataclass(frozen=True)
+class QuotaInfo:
+    """What a 429 body says: which quotas, and how long Google asks us to wait."""
+
+    quota_ids: tuple[str, ...]
+    retry_delay_s: float | None
+
+    @property
+    def per_day(self) -> bool:
+        return any("PerDay" in q for q in self.quota_ids)
+
+
+def parse_quota_error(body: Any) -> QuotaInfo:
+    """Read QuotaFailure and RetryInfo from a 429 body (both optional)."""
+    quota_ids: list[str] = []
+    delay: float | None = None
+    for detail in error_details(body):
+        kind = str(detail.get("@type", ""))
+        if kind.endswith("google.rpc.QuotaFailure"):
+            for violation in detail.get("violations") or []:
+                if isinstance(violation, dict) and violation.get("quotaId"):
+                    quota_ids.append(str(violation["quotaId"]))
+        elif kind.endswith("google.rpc.RetryInfo"):
+            delay = parse_retry_delay(detail.get("retryDelay"))
+    return QuotaInfo(tuple(quota_ids), delay)
+
+
+def _error_reasons(body: Any) -> set[str]:
+    return {
+        str(d.get("reason"))
+        for d in error_details(body)
+        if str(d.get("@type", "")).endswith("google.rpc.ErrorInfo") and d.get("reason")
+    }
+
+
+def classify_exception(
+    exc: BaseException,
+    *,
+    attempt: int,
+    now: datetime | None = None,
+    rng: random.Random | None = None,
+    backoff_base: float = 1.0,
+) -> CallDecision:
+    """Decide what follows a failed call; `attempt` is the 1-based attempt that just failed."""
+    backoff = backoff_delay(attempt, base=backoff_base, rng=rng)
+    if isinstance(exc, genai_errors.APIError):
+        return _classify_api_error(exc, backoff=backoff, now=now)
+    http_kinds = _httpx_kinds(exc)
+    if "TimeoutException" in http_kinds or isinstance(exc, TimeoutError):
+        return CallDecision(Action.RETRY, backoff, f"Gemini call timed out ({type(exc).__name__})")
+    if "DecodingError" in http_kinds or isinstance(
+        exc, json.JSONDecodeError | pydantic.ValidationError
+    ):
+        return CallDecision(
+            Action.RETRY, backoff, f"Gemini answered with a malformed body ({type(exc).__name__})"
+        )
+    if http_kinds or isinstance(exc, ConnectionError):
+        return CallDecision(
+            Action.RETRY, backoff, f"cannot reach Gemini ({type(exc).__name__}: {exc})"
+        )
+    if isinstance(exc, OSError):
+        return CallDecision(Action.RETRY, backoff, f"network error ({type(exc).__name__}: {exc})")
+    # Not an answer from Gemini at all: a bug here, not something a retry would cure.
+    return CallDecision(Action.PERMANENT, 0.0, f"unexpected {type(exc).__name__}: {exc}")
+
+
+def _httpx_kinds(exc: BaseException) -> set[str]:
+    """Class names in the exception's MRO that come from httpx or httpx2.
+
+    google-genai uses httpx2 (a fork with the same class names) when it is installed,
+    httpx otherwise: matching by name covers both.
+    """
+    return {
+        cls.__name__
+        for cls in type(exc).__mro__
+        if cls.__module__.split(".")[0] in ("httpx", "httpx2")
+    }
+
+
+def _classify_api_error(
+    exc: genai_errors.APIError, *, backoff: float, now: datetime | None
+) -> CallDecision:
+    code = int(exc.code or 0)
+    status = exc.status or ""
+    message = (exc.message or "").strip()
+    said = f"Gemini {code} {status}: {message}".rstrip(": ")
+    if code == 429:
+        quota = parse_quota_error(exc.details)
+        if quota.per_day:
+            wait = seconds_until_daily_reset(now or datetime.now(UTC))
+            reset_at = ((now or datetime.now(UTC)) + timedelta(seconds=wait)).astimezone(PACIFIC)
+            return CallDecision(
+                Action.COOLDOWN,
+                wait,
+                f"daily Gemini quota exhausted ({', '.join(quota.quota_ids)}): waiting "
+                f"{wait / 3600:.1f} h for the reset at {reset_at:%Y-%m-%d %H:%M} Pacific",
+                per_day=True,
+            )
+        delay = quota.retry_delay_s if quota.retry_delay_s is not None else DEFAULT_COOLDOWN_S
+        delay = max(MIN_COOLDOWN_S, delay)
+        which = ", ".join(quota.quota_ids) or "quota not named"
+        return CallDecision(
+            Action.COOLDOWN,
+            delay,
+            f"Gemini rate limit hit ({which}): every worker pauses {delay:g} s",
+        )
+    if code in (401, 403) or "API_KEY_INVALID" in _error_reasons(exc.details):
+        # Google answers a wrong key with 400 INVALID_ARGUMENT + ErrorInfo API_KEY_INVALID.
+        return CallDecision(
+            Action.FATAL, 0.0, f"Gemini refused the credentials ({said}); check GEMINI_API_KEY"
+        )
+    if code == 404:
+        return CallDecision(
+            Action.FATAL,
+            0.0,
+            f"Gemini model or endpoint not found ({said}); check GEMINI_MODEL and GEMINI_BASE_URL",
+        )
+    if code in _RETRYABLE_STATUS or code >= 500:
+        return CallDecision(Action.RETRY, backoff, said)
+    if code == 400:
+        return CallDecision(Action.PERMANENT, 0.0, _invalid_argument_message(message, said))
+    if code == 413:
+        return CallDecision(Action.PERMANENT, 0.0, f"request too large for Gemini ({said})")
+    return CallDecision(Action.PERMANENT, 0.0, said)
+
+
+def _invalid_argument_message(message: str, said: str) -> str:
+    lowered = message.lower()
+    if "no pages" in lowered:
+        return f"the PDF is corrupt, empty or not a PDF ({said})"
+    if "token" in lowered and ("exceed" in lowered or "maximum" in lowered):
+        return (
+            f"the chunk is larger than the model's input limit ({said}); lower OCR_PAGES_PER_CHUNK"
+        )
+    if "mime" in lowered:
+        return f"unsupported document format ({said})"
+    return f"Gemini rejected the request ({said})"
+
+
+def _name(value: Any) -> str:
+    """An SDK enum or a raw string as its wire name."""
+    return str(getattr(value, "value", value) or "")
+
+
+def answer_text(response: Any) -> str:
+    """The answer's text (first candidate, thought parts left out)."""
+    candidates = getattr(response, "candidates", None) or []
+    if not candidates:
+        return ""
+    content = getattr(candidates[0], "content", None)
+    parts = getattr(content, "parts", None) or []
+    return "".join(
+        p.text for p in parts if getattr(p, "text", None) and not getattr(p, "thought", False)
+    )
+
+
+def classify_response(
+    response: Any, *, attempt: int = 1, backoff_base: float = 1.0
+) -> CallDecision | None:
+    """None when the answer is usable; otherwise why not and what to do."""
+    backoff = backoff_delay(attempt, base=backoff_base)
+    feedback = getattr(response, "prompt_feedback", None)
+    block = _name(getattr(feedback, "block_reason", None))
+    if block and block != "BLOCKED_REASON_UNSPECIFIED":
+        detail = getattr(feedback, "block_reason_message", None)
+        return CallDecision(
+            Action.PERMANENT,
+            0.0,
+            f"Gemini blocked the document (promptFeedback.blockReason={block}"
+            + (f": {detail}" if detail else "")
+            + ")",
+        )
+    candidates = getattr(response, "candidates", None) or []
+    if not candidates:
+        return CallDecision(
+            Action.RETRY, backoff, "Gemini returned no candidate and no block reason"
+        )
+    finish = _name(getattr(candidates[0], "finish_reason", None))
+    text = answer_text(response)
+    if finish in _BLOCKING_FINISH:
+        return CallDecision(
+            Action.PERMANENT, 0.0, f"Gemini withheld the text (finishReason={finish})"
+        )
+    if not text.strip():
+        if finish == "MAX_TOKENS":
+            return CallDecision(
+                Action.PERMANENT,
+                0.0,
+                "Gemini spent the whole output budget without text (finishReason=MAX_TOKENS, "
+                "thinking may have used it); raise GEMINI_MAX_OUTPUT_TOKENS or lower "
+                "OCR_PAGES_PER_CHUNK",
+            )
+        return CallDecision(
+            Action.RETRY,
+            backoff,
+            f"Gemini returned an empty answer (finishReason={finish or 'none'})",
+        )
+    return None

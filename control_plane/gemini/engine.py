@@ -1,0 +1,346 @@
+"""The Gemini OCR engine: one document's chunks, each gated by the shared limiter.
+
+Per chunk: estimate input tokens -> `limiter.acquire(estimate)` -> `generate_content`
+(the chunk inline as application/pdf + the type's prompt) -> classify -> settle the grant
+with the actual `prompt_token_count` -> learn tokens-per-page. The SDK's own retries are
+off (`HttpRetryOptions(attempts=1)`): it would retry 429s blindly, ignoring RetryInfo and
+the other workers. Our policy instead: a quota 429 pauses every worker (shared cooldown)
+and is retried without consuming an attempt; 5xx/timeouts back off up to
+GEMINI_MAX_CALL_ATTEMPTS; a bad document fails at once; bad credentials stop the worker.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from google import genai
+from google.genai import types
+
+from control_plane.errors import (
+    AcquireTimeoutError,
+    ConfigError,
+    GeminiAuthError,
+    PermanentError,
+    RequestTooLargeError,
+    TransientError,
+)
+from control_plane.gemini.classify import (
+    CALL_ERRORS,
+    Action,
+    CallDecision,
+    answer_text,
+    classify_exception,
+    classify_response,
+)
+from control_plane.gemini.estimate import TokensPerPage, estimate_prompt_tokens, estimate_tokens
+from control_plane.gemini.prompts import prompt_for
+from control_plane.logs import log_event
+
+if TYPE_CHECKING:
+    import redis
+
+    from control_plane.config import Settings
+    from control_plane.keys import Keys
+
+
+class Limiter(Protocol):
+    """The part of control_plane.rate_limiter.GeminiRateLimiter the engine uses."""
+
+    def acquire(self, tokens: int, timeout: float | None = None) -> Any: ...
+    def settle(self, grant: Any, actual_tokens: int) -> None: ...
+    def cooldown(self, seconds: float, reason: str = "") -> None: ...
+    def cooldown_remaining_ms(self) -> int: ...
+
+
+class Chunk(Protocol):
+    """A page range of a PDF as its own small PDF (control_plane.queue.pdf.PdfChunk)."""
+
+    @property
+    def first_page(self) -> int: ...
+    @property
+    def last_page(self) -> int: ...
+    @property
+    def total_pages(self) -> int: ...
+    @property
+    def data(self) -> bytes: ...
+
+
+class OcrInterrupted(TransientError):
+    """The stop event was set (shutdown) before the document was done."""
+
+
+@dataclass(frozen=True)
+class OcrResult:
+    """A whole document's text (chunks joined in page order) and what it cost."""
+
+    text: str
+    prompt_tokens: int
+    output_tokens: int
+    calls: int
+    pages: int
+
+
+@dataclass(frozen=True)
+class _ChunkText:
+    text: str
+    prompt_tokens: int
+    output_tokens: int
+    calls: int
+
+
+def make_client(settings: Settings) -> genai.Client:
+    """A google-genai client for the configured endpoint, with SDK retries off."""
+    if settings.gemini_api_key is None:
+        raise ConfigError("GEMINI_API_KEY: not set (needed to call Gemini or the emulator)")
+    return genai.Client(
+        api_key=settings.gemini_api_key.get_secret_value(),
+        http_options=types.HttpOptions(
+            base_url=settings.gemini_base_url,
+            api_version=settings.gemini_api_version,
+            timeout=settings.gemini_timeout_ms,  # milliseconds, as the SDK expects
+            retry_options=types.HttpRetryOptions(attempts=1),
+        ),
+    )
+
+
+class GeminiOcrEngine:
+    """OCR of one document at a time (thread-safe: share one engine between threads)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        limiter: Limiter,
+        tokens_per_page: TokensPerPage,
+        *,
+        client: genai.Client | None = None,
+        wait_slice_s: float = 5.0,
+        backoff_base_s: float = 1.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._settings = settings
+        self._limiter = limiter
+        self._tpp = tokens_per_page
+        self._client = client if client is not None else make_client(settings)
+        # on_progress is called at least this often while we wait (the actor renews its lease)
+        self._wait_slice_s = wait_slice_s
+        self._backoff_base_s = backoff_base_s
+        self._rng = rng if rng is not None else random.Random()
+        self._generation = types.GenerateContentConfig(
+            temperature=settings.gemini_temperature,
+            max_output_tokens=settings.gemini_max_output_tokens,
+        )
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, redis_client: redis.Redis, keys: Keys
+    ) -> GeminiOcrEngine:
+        """The production wiring: the shared Redis limiter and the learned tokens-per-page."""
+        from control_plane.rate_limiter import GeminiRateLimiter
+
+        limiter = GeminiRateLimiter(
+            redis_client,
+            rpm_limit=settings.gemini_rpm_limit,
+            tpm_limit=settings.gemini_tpm_limit,
+            window_ms=settings.gemini_rate_window_ms,
+            keys=keys,
+        )
+        tpp = TokensPerPage(redis_client, keys, default=float(settings.gemini_tokens_per_page))
+        return cls(settings, limiter, tpp)
+
+    def close(self) -> None:
+        """Close the HTTP client."""
+        self._client.close()
+
+    def ocr_chunks(
+        self,
+        document_type: str,
+        chunks: Sequence[Chunk],
+        *,
+        on_progress: Callable[[], None] | None = None,
+        stop_event: threading.Event | None = None,
+    ) -> OcrResult:
+        """OCR every chunk in page order and join the texts; raises on failure (see module doc)."""
+        if not chunks:
+            raise PermanentError("the document has no pages to OCR")
+        progress = on_progress or (lambda: None)
+        texts: list[str] = []
+        prompt_tokens = output_tokens = calls = pages = 0
+        for chunk in sorted(chunks, key=lambda c: c.first_page):
+            done = self._ocr_chunk(document_type, chunk, progress, stop_event)
+            texts.append(done.text.strip("\n"))
+            prompt_tokens += done.prompt_tokens
+            output_tokens += done.output_tokens
+            calls += done.calls
+            pages += chunk.last_page - chunk.first_page + 1
+            progress()
+        return OcrResult("\n\n".join(texts), prompt_tokens, output_tokens, calls, pages)
+
+    # --- one chunk ---------------------------------------------------------------------
+
+    def _ocr_chunk(
+        self,
+        document_type: str,
+        chunk: Chunk,
+        progress: Callable[[], None],
+        stop_event: threading.Event | None,
+    ) -> _ChunkText:
+        pages = chunk.last_page - chunk.first_page + 1
+        where = f"pages {chunk.first_page}-{chunk.last_page} of {chunk.total_pages}"
+        prompt = prompt_for(document_type, chunk.first_page, chunk.last_page, chunk.total_pages)
+        prompt_tokens = estimate_prompt_tokens(prompt)
+        contents = [
+            types.Content(
+                role="user",
+                parts=[
+                    types.Part.from_bytes(data=chunk.data, mime_type="application/pdf"),
+                    types.Part.from_text(text=prompt),
+                ],
+            )
+        ]
+        calls = 0
+        attempt = 1
+        while True:
+            self._check_stop(stop_event)
+            estimate = estimate_tokens(pages, self._tpp.get(document_type), prompt_tokens)
+            grant = self._acquire(estimate, where, progress, stop_event)
+            calls += 1
+            decision: CallDecision | None
+            try:
+                response = self._client.models.generate_content(
+                    model=self._settings.gemini_model, contents=contents, config=self._generation
+                )
+            except CALL_ERRORS as exc:
+                # The grant keeps its estimate: we cannot know what Gemini counted.
+                decision = classify_exception(
+                    exc, attempt=attempt, rng=self._rng, backoff_base=self._backoff_base_s
+                )
+            else:
+                usage = response.usage_metadata
+                actual = (usage.prompt_token_count if usage else None) or 0
+                if actual > 0:
+                    self._limiter.settle(grant, actual)
+                    self._tpp.observe(
+                        document_type, pages, prompt_tokens, actual, _document_tokens(usage)
+                    )
+                decision = classify_response(
+                    response, attempt=attempt, backoff_base=self._backoff_base_s
+                )
+                if decision is None:
+                    output = (usage.candidates_token_count if usage else None) or 0
+                    self._note_truncation(response, where)
+                    return _ChunkText(answer_text(response), actual or estimate, output, calls)
+            attempt = self._follow(decision, attempt, where, progress, stop_event)
+
+    def _follow(
+        self,
+        decision: CallDecision,
+        attempt: int,
+        where: str,
+        progress: Callable[[], None],
+        stop_event: threading.Event | None,
+    ) -> int:
+        """Act on a failed call's decision; returns the next attempt number or raises."""
+        if decision.action is Action.FATAL:
+            log_event("gemini_fatal", decision.message, level="ERROR", where=where)
+            raise GeminiAuthError(decision.message)
+        if decision.action is Action.PERMANENT:
+            log_event("gemini_permanent", decision.message, level="WARNING", where=where)
+            raise PermanentError(f"{where}: {decision.message}")
+        if decision.action is Action.COOLDOWN:
+            self._cooldown(decision, where, progress, stop_event)
+            return attempt  # a quota pause is not the call's fault: same attempt again
+        if attempt >= self._settings.gemini_max_call_attempts:
+            log_event(
+                "gemini_gave_up", decision.message, level="WARNING", where=where, attempts=attempt
+            )
+            raise TransientError(f"{where}: gave up after {attempt} attempts: {decision.message}")
+        log_event(
+            "gemini_retry", decision.message, where=where, attempt=attempt, delay_s=decision.delay_s
+        )
+        self._pause(decision.delay_s, progress, stop_event)
+        return attempt + 1
+
+    def _cooldown(
+        self,
+        decision: CallDecision,
+        where: str,
+        progress: Callable[[], None],
+        stop_event: threading.Event | None,
+    ) -> None:
+        remaining_ms = self._limiter.cooldown_remaining_ms()
+        # A burst of 429s across workers asks for one shared pause, not one per answer.
+        if remaining_ms + 1000 < decision.delay_s * 1000:
+            log_event(
+                "gemini_cooldown",
+                decision.message,
+                level="WARNING",
+                where=where,
+                delay_s=decision.delay_s,
+                per_day=decision.per_day,
+            )
+            self._limiter.cooldown(decision.delay_s, decision.message)
+        while (remaining_ms := self._limiter.cooldown_remaining_ms()) > 0:
+            self._pause(min(remaining_ms / 1000, self._wait_slice_s), progress, stop_event)
+
+    def _acquire(
+        self,
+        estimate: int,
+        where: str,
+        progress: Callable[[], None],
+        stop_event: threading.Event | None,
+    ) -> Any:
+        while True:
+            self._check_stop(stop_event)
+            try:
+                return self._limiter.acquire(estimate, timeout=self._wait_slice_s)
+            except AcquireTimeoutError:
+                progress()  # still waiting our turn: keep the lease alive
+            except RequestTooLargeError as exc:
+                raise RequestTooLargeError(
+                    f"{where}: needs ~{estimate} input tokens, more than the whole "
+                    f"GEMINI_TPM_LIMIT; lower OCR_PAGES_PER_CHUNK ({exc})"
+                ) from exc
+
+    def _pause(
+        self, seconds: float, progress: Callable[[], None], stop_event: threading.Event | None
+    ) -> None:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            step = min(left, self._wait_slice_s)
+            if stop_event is not None:
+                if stop_event.wait(step):
+                    raise OcrInterrupted("stopped while waiting to retry Gemini")
+            else:
+                time.sleep(step)
+            progress()
+
+    @staticmethod
+    def _check_stop(stop_event: threading.Event | None) -> None:
+        if stop_event is not None and stop_event.is_set():
+            raise OcrInterrupted("stopped before the document was done")
+
+    @staticmethod
+    def _note_truncation(response: Any, where: str) -> None:
+        candidates = response.candidates or []
+        finish = getattr(candidates[0].finish_reason, "value", None) if candidates else None
+        if finish == "MAX_TOKENS":
+            # Usable but cut short: keep it (the text so far is right) and say so loudly.
+            log_event(
+                "gemini_truncated",
+                "answer cut at GEMINI_MAX_OUTPUT_TOKENS; text kept",
+                level="WARNING",
+                where=where,
+            )
+
+
+def _document_tokens(usage: Any) -> int | None:
+    """The DOCUMENT modality's share of the prompt tokens, when Gemini reports it."""
+    for detail in getattr(usage, "prompt_tokens_details", None) or []:
+        if getattr(detail.modality, "value", detail.modality) == "DOCUMENT":
+            return int(detail.token_count or 0) or None
+    return None
