@@ -1,0 +1,233 @@
+"""The host's CPU/RAM budget: plan within it (pure) and account for it (Redis).
+
+Budget = max x (1 - reserve%) (`Settings.cpu_budget` / `ram_budget`). Busy pool
+slots and registered external work (e.g. registre workers) are summed in
+`server:cpu:allocated` / `server:ram:allocated`; every change to those sums is a
+Lua script that checks the budget and writes in one step, so concurrent takers
+can never push them over. Sums are stored rounded to 6 decimals ("5.5", not
+"5.499999999") and clamped at 0.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from math import isfinite
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from control_plane.keys import Keys
+from control_plane.logs import log_event
+from control_plane.scripts import ScriptSet
+
+if TYPE_CHECKING:
+    from control_plane.config import Settings
+
+# Float sums are compared with this slack so 4 x 1.6 fits a budget of 6.4.
+EPSILON = 1e-9
+
+
+def fits(
+    allocation: Mapping[str, int],
+    costs: Mapping[str, tuple[float, float]],
+    cpu_budget: float,
+    ram_budget: float,
+) -> bool:
+    """True if every slot of `allocation` busy at once stays within both budgets."""
+    cpu, ram = plan_cost(allocation, costs)
+    return cpu <= cpu_budget + EPSILON and ram <= ram_budget + EPSILON
+
+
+def plan_cost(
+    allocation: Mapping[str, int], costs: Mapping[str, tuple[float, float]]
+) -> tuple[float, float]:
+    """(vCPU, GB) the plan uses with every slot busy."""
+    cpu = sum(n * costs[t][0] for t, n in allocation.items())
+    ram = sum(n * costs[t][1] for t, n in allocation.items())
+    return cpu, ram
+
+
+def fit_allocation(
+    allocation: Mapping[str, int],
+    costs: Mapping[str, tuple[float, float]],
+    cpu_budget: float,
+    ram_budget: float,
+    minimums: Mapping[str, int] | None = None,
+) -> tuple[dict[str, int], bool]:
+    """Shrink a plan until all its slots busy at once fit the budget.
+
+    Returns ``(fitted, capacity_bound)``. Slots are removed one at a time from a
+    type whose removal relieves an exceeded dimension, preferring types above
+    their minimum (minimums are kept while the budget allows), then the type that
+    has lost the smallest share of its planned slots (so the queue's split is kept
+    as far as possible). A final pass adds back any removed slot that fits again,
+    so no budget is left unused by an early coarse removal.
+    """
+    mins = dict(minimums or {})
+    _validate(allocation, costs, cpu_budget, ram_budget, mins)
+    planned = {t: int(n) for t, n in allocation.items()}
+    fitted = dict(planned)
+    order = list(planned)  # ties: the caller's order (index before acte)
+
+    def kept_share(t: str) -> float:
+        return fitted[t] / planned[t] if planned[t] else 0.0
+
+    while not fits(fitted, costs, cpu_budget, ram_budget):
+        cpu, ram = plan_cost(fitted, costs)
+        over_cpu, over_ram = cpu > cpu_budget + EPSILON, ram > ram_budget + EPSILON
+
+        def relieves(t: str, over_cpu: bool = over_cpu, over_ram: bool = over_ram) -> bool:
+            c, r = costs[t]
+            return fitted[t] > 0 and ((over_cpu and c > 0) or (over_ram and r > 0))
+
+        helpful = [t for t in order if relieves(t)]
+        above_min = [t for t in helpful if fitted[t] > mins.get(t, 0)]
+        candidates = above_min or helpful
+        if not candidates:  # pragma: no cover - only zero-cost slots left, which always fit
+            break
+        victim = max(
+            candidates,
+            key=lambda t: (kept_share(t), _relief(t, costs, over_cpu, over_ram), -order.index(t)),
+        )
+        fitted[victim] -= 1
+
+    # Add back what fits again, most-shrunk type first.
+    grew = True
+    while grew:
+        grew = False
+        for t in sorted((t for t in order if fitted[t] < planned[t]), key=kept_share):
+            trial = {**fitted, t: fitted[t] + 1}
+            if fits(trial, costs, cpu_budget, ram_budget):
+                fitted = trial
+                grew = True
+                break
+    return fitted, fitted != planned
+
+
+def _relief(
+    t: str, costs: Mapping[str, tuple[float, float]], over_cpu: bool, over_ram: bool
+) -> float:
+    c, r = costs[t]
+    return (c if over_cpu else 0.0) + (r if over_ram else 0.0)
+
+
+def _validate(
+    allocation: Mapping[str, int],
+    costs: Mapping[str, tuple[float, float]],
+    cpu_budget: float,
+    ram_budget: float,
+    mins: Mapping[str, int],
+) -> None:
+    for name, budget in (("cpu_budget", cpu_budget), ("ram_budget", ram_budget)):
+        if not isfinite(budget) or budget < 0:
+            raise ValueError(f"{name} must be a non-negative number, got {budget!r}")
+    for t, n in allocation.items():
+        if t not in costs:
+            raise ValueError(f"no cost configured for document type {t!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"allocation[{t!r}] must be a non-negative integer, got {n!r}")
+        c, r = costs[t]
+        if not (isfinite(c) and isfinite(r)) or c < 0 or r < 0:
+            raise ValueError(f"costs[{t!r}] must be non-negative numbers, got {costs[t]!r}")
+    for t, n in mins.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"minimums[{t!r}] must be a non-negative integer, got {n!r}")
+
+
+def format_amount(value: float) -> str:
+    """The way the Lua scripts store sums: 6 decimals, trailing zeros dropped."""
+    text = f"{max(value, 0.0):.6f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+class Capacity:
+    """Reads the host's allocated CPU/RAM and lets external work register its share."""
+
+    def __init__(
+        self, client: redis.Redis, keys: Keys, *, cpu_budget: float, ram_budget: float
+    ) -> None:
+        self._client = client
+        self._keys = keys
+        self._scripts = ScriptSet(client)
+        self.cpu_budget = float(cpu_budget)
+        self.ram_budget = float(ram_budget)
+
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: Settings, keys: Keys) -> Capacity:
+        return cls(client, keys, cpu_budget=settings.cpu_budget, ram_budget=settings.ram_budget)
+
+    @property
+    def _external_keys(self) -> list[str]:
+        k = self._keys
+        return [k.cpu_allocated, k.ram_allocated, k.external_usage, k.external_leases]
+
+    def usage(self) -> tuple[float, float]:
+        """(vCPU, GB) currently allocated to busy slots and external work."""
+        cpu, ram = self._client.mget([self._keys.cpu_allocated, self._keys.ram_allocated])
+        return float(cpu or 0), float(ram or 0)
+
+    def register_external(
+        self,
+        holder_id: str,
+        cpu: float,
+        ram: float,
+        kind: str = "registre",
+        ttl_ms: int | None = None,
+    ) -> bool:
+        """Reserve (cpu, ram) for external work if it fits; registering again replaces
+        (and renews) the holder's previous registration. With `ttl_ms` it lapses by
+        itself unless registered again in time."""
+        if not holder_id:
+            raise ValueError("holder_id must not be empty")
+        for name, value in (("cpu", cpu), ("ram", ram)):
+            if not isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+        if ttl_ms is not None and ttl_ms <= 0:
+            raise ValueError(f"ttl_ms must be positive, got {ttl_ms!r}")
+        ok, cpu_now, ram_now = self._scripts.run(
+            "capacity_register",
+            self._external_keys,
+            [
+                holder_id,
+                repr(float(cpu)),
+                repr(float(ram)),
+                kind,
+                ttl_ms or 0,
+                repr(self.cpu_budget),
+                repr(self.ram_budget),
+            ],
+        )
+        log_event(
+            "capacity.external_registered" if ok else "capacity.external_refused",
+            holder=holder_id,
+            kind=kind,
+            cpu=cpu,
+            ram=ram,
+            cpu_allocated=_str(cpu_now),
+            ram_allocated=_str(ram_now),
+            level="INFO" if ok else "WARNING",
+        )
+        return bool(ok)
+
+    def release_external(self, holder_id: str) -> None:
+        """Give back an external holder's share (idempotent)."""
+        released = self._scripts.run("capacity_release", self._external_keys, [holder_id])
+        if released:
+            log_event("capacity.external_released", holder=holder_id)
+
+    def reap_expired(self) -> list[str]:
+        """Drop external registrations whose TTL lapsed; return their holder ids."""
+        reaped = [_str(h) for h in self._scripts.run("capacity_reap", self._external_keys, [])]
+        for holder in reaped:
+            log_event("capacity.external_expired", holder=holder, level="WARNING")
+        return reaped
+
+    def external(self) -> dict[str, dict[str, Any]]:
+        """Registered external work: holder id -> {cpu, ram, kind, since_ms, expires_at_ms}."""
+        raw = self._client.hgetall(self._keys.external_usage)
+        return {_str(k): json.loads(v) for k, v in raw.items()}
+
+
+def _str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
