@@ -56,10 +56,20 @@ def explain_allocation(
     queued: Mapping[str, int],
     pool_size: int,
     minimums: Mapping[str, int],
+    allocation: Mapping[str, int] | None = None,
     **extras: object,
 ) -> str:
-    """Why `compute_allocation` gives what it gives (e.g. "queue shares 91%/9%")."""
-    return decide_allocation(queued, pool_size, minimums, **extras).reason
+    """Why `compute_allocation` gives what it gives (e.g. "queue shares 91%/9%").
+
+    `allocation`, if given, is the result the caller already computed with the same
+    inputs; a mismatch (the caller changed it afterwards) is said in the reason.
+    """
+    decision = decide_allocation(queued, pool_size, minimums, **extras)
+    if allocation is not None and any(
+        allocation.get(t) != decision.allocation[t] for t in DOCUMENT_TYPES
+    ):
+        return f"{decision.reason}; adjusted to {_fmt(allocation)}"
+    return decision.reason
 
 
 _EXTRAS = frozenset({"weights", "previous", "hysteresis", "lend_idle"})

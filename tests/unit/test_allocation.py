@@ -172,3 +172,13 @@ def test_explanation_names_shares_and_minimums():
     )
     assert decision.allocation == {"index": 3, "acte": 1}
     assert "hysteresis" in decision.reason
+
+
+def test_explanation_accepts_the_computed_allocation():
+    planned = compute_allocation({"index": 50, "acte": 5}, 4, M11)
+    assert explain_allocation({"index": 50, "acte": 5}, 4, M11, planned) == (
+        "queue shares 91%/9%; minimum enforced for acte"
+    )
+    assert explain_allocation({"index": 50, "acte": 5}, 4, M11, {"index": 2, "acte": 2}).endswith(
+        "adjusted to 2/2"
+    )
