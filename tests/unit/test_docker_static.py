@@ -291,6 +291,16 @@ def test_worker_metrics_store_is_fresh_and_shared() -> None:
     assert store in workers.get("tmpfs", []), "the multiprocess directory must start empty"
 
 
+def test_local_documents_are_shared_by_scheduler_and_workers() -> None:
+    svc = services()
+    directory = environment(svc["workers"])["OCR_LOCAL_DOCUMENTS_DIR"]
+    for name in ("scheduler", "workers"):
+        targets = {str(v).split(":")[1] for v in svc[name].get("volumes", [])}
+        assert directory in targets, f"{name}: {directory} is not on the shared volume"
+    runs = " ".join(args for op, args in dockerfile_instructions() if op == "RUN")
+    assert f"-o ocr -g ocr {directory}" in runs, "the service user must own the directory"
+
+
 def test_mounted_files_exist() -> None:
     for name, service in services().items():
         for volume in service.get("volumes", []):
