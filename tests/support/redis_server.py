@@ -53,7 +53,7 @@ class PrivateRedis:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not on PATH")
-        log = open(self.directory / "redis.log", "ab")  # noqa: SIM115 - kept for the process lifetime
+        log = open(self.directory / "redis.log", "ab")
         self._process = subprocess.Popen(
             [
                 binary,
