@@ -89,7 +89,8 @@ def seconds_until_daily_reset(now: datetime) -> float:
     """Seconds from `now` (aware) to the next midnight, Pacific time (Gemini's daily reset)."""
     local = now.astimezone(PACIFIC)
     next_midnight = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), PACIFIC)
-    return max(0.0, (next_midnight - local).total_seconds())
+    # Subtract in UTC: same-zone aware datetimes subtract wall clocks and miss DST days.
+    return max(0.0, (next_midnight.astimezone(UTC) - now.astimezone(UTC)).total_seconds())
 
 
 def parse_retry_delay(value: Any) -> float | None:

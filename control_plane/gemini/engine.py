@@ -11,6 +11,7 @@ GEMINI_MAX_CALL_ATTEMPTS; a bad document fails at once; bad credentials stop the
 
 from __future__ import annotations
 
+import inspect
 import random
 import threading
 import time
@@ -118,7 +119,7 @@ class GeminiOcrEngine:
         tokens_per_page: TokensPerPage,
         *,
         client: genai.Client | None = None,
-        wait_slice_s: float = 5.0,
+        wait_slice_s: float = 30.0,
         backoff_base_s: float = 1.0,
         rng: random.Random | None = None,
     ) -> None:
@@ -128,6 +129,8 @@ class GeminiOcrEngine:
         self._client = client if client is not None else make_client(settings)
         # on_progress is called at least this often while we wait (the actor renews its lease)
         self._wait_slice_s = wait_slice_s
+        # The shared limiter can stop waiting on our stop event; a test double may not.
+        self._acquire_takes_stop = "stop_event" in inspect.signature(limiter.acquire).parameters
         self._backoff_base_s = backoff_base_s
         self._rng = rng if rng is not None else random.Random()
         self._generation = types.GenerateContentConfig(
@@ -142,13 +145,7 @@ class GeminiOcrEngine:
         """The production wiring: the shared Redis limiter and the learned tokens-per-page."""
         from control_plane.rate_limiter import GeminiRateLimiter
 
-        limiter = GeminiRateLimiter(
-            redis_client,
-            rpm_limit=settings.gemini_rpm_limit,
-            tpm_limit=settings.gemini_tpm_limit,
-            window_ms=settings.gemini_rate_window_ms,
-            keys=keys,
-        )
+        limiter = GeminiRateLimiter.from_settings(redis_client, settings, keys)
         tpp = TokensPerPage(redis_client, keys, default=float(settings.gemini_tokens_per_page))
         return cls(settings, limiter, tpp)
 
@@ -276,7 +273,7 @@ class GeminiOcrEngine:
         # A burst of 429s across workers asks for one shared pause, not one per answer.
         if remaining_ms + 1000 < decision.delay_s * 1000:
             log_event(
-                "gemini_cooldown",
+                "gemini_429",
                 decision.message,
                 level="WARNING",
                 where=where,
@@ -297,8 +294,12 @@ class GeminiOcrEngine:
         while True:
             self._check_stop(stop_event)
             try:
+                if self._acquire_takes_stop:
+                    return self._limiter.acquire(
+                        estimate, timeout=self._wait_slice_s, stop_event=stop_event
+                    )
                 return self._limiter.acquire(estimate, timeout=self._wait_slice_s)
-            except AcquireTimeoutError:
+            except AcquireTimeoutError:  # includes the limiter's AcquireCancelledError
                 progress()  # still waiting our turn: keep the lease alive
             except RequestTooLargeError as exc:
                 raise RequestTooLargeError(
