@@ -26,7 +26,7 @@ TRANSPORTS = ["postgres", "supabase"]
 def sql(dsn: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """Run one statement directly (test set-up and inspection); rows if any."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        cur = conn.execute(query, params)  # type: ignore[arg-type]
+        cur = conn.execute(query, params or None)  # type: ignore[arg-type]
         return cur.fetchall() if cur.description else []
 
 

@@ -30,12 +30,13 @@ def claim_until_empty(store: QueueStore, worker_id: str, batch: int) -> list[int
         got.extend(d.id for d in docs)
 
 
-def process_claimer(spec: dict[str, str], worker_id: str, batch: int, start: Any,
+def process_claimer(spec: dict[str, str], worker_id: str, batch: int, ready: Any, start: Any,
                     results: Any) -> None:
-    """Process entry point: wait for the start signal, claim, report the ids."""
+    """Process entry point: say ready, wait for the start signal, claim, report the ids."""
     store = open_store(spec)
     try:
         store.counts()  # connect before the race starts
+        ready.put(worker_id)
         start.wait(60)
         results.put((worker_id, claim_until_empty(store, worker_id, batch)))
     finally:
