@@ -60,7 +60,9 @@ def test_zero_cost_type_is_never_shrunk_for_the_dimension_it_does_not_use():
 
 def test_fitted_plan_is_maximal_and_within_the_plan():
     """No slot removed by the fit could be added back without breaking the budget."""
-    for i, a, cpu, ram in itertools.product(range(7), range(7), (0.0, 2.0, 4.5, 6.4), (1.0, 3.3, 12.8)):
+    for i, a, cpu, ram in itertools.product(
+        range(7), range(7), (0.0, 2.0, 4.5, 6.4), (1.0, 3.3, 12.8)
+    ):
         plan = {"index": i, "acte": a}
         fitted, bound = fit_allocation(plan, COSTS, cpu, ram, M11)
         assert fits(fitted, COSTS, cpu, ram)
