@@ -103,8 +103,9 @@ class WorkerPool:
     ) -> bool:
         """Publish the plan and reassign slots to match; False if `version` is not newer."""
         counts = self._validated(allocation)
-        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-            raise ValueError(f"version must be a non-negative integer, got {version!r}")
+        # Lua numbers are doubles: versions stay exact (and comparable) below 2**53.
+        if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version < 2**53:
+            raise ValueError(f"version must be an integer in [0, 2**53), got {version!r}")
         clash = _RESERVED_FIELDS.intersection(fields) | set(self.modes).intersection(fields)
         if clash:
             raise ValueError(f"fields may not replace {sorted(clash)}")
