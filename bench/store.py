@@ -18,8 +18,8 @@ import psycopg.conninfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from control_plane.queue.migrate import apply_schema  # noqa: E402
-from control_plane.queue.postgres import PostgresStore  # noqa: E402
+from control_plane.queue.migrate import apply_schema
+from control_plane.queue.postgres import PostgresStore
 
 
 def _dsn_for(admin_dsn: str, dbname: str) -> str:
@@ -47,7 +47,8 @@ def bench_throughput(store: PostgresStore, dsn: str, batch: int, documents: int)
     done = 0
     while done < documents:
         docs = store.claim("index", batch, "bench", 600_000) or store.claim(
-            "acte", batch, "bench", 600_000)
+            "acte", batch, "bench", 600_000
+        )
         if not docs:
             break
         for doc in docs:

@@ -29,8 +29,8 @@ __all__ = [
     "DocumentLocation",
     "PdfChunk",
     "inspect_pdf",
-    "locate",
     "local_path",
+    "locate",
     "split_pdf",
 ]
 

@@ -44,7 +44,8 @@ def store_for(env: EnvironmentConfig) -> QueueStore:
     if env.database_url is not None:
         return PostgresStore(env.name, env.database_url.get_secret_value())
     if env.supabase_url and env.supabase_service_key is not None:
-        return SupabaseStore(env.name, env.supabase_url, env.supabase_service_key.get_secret_value())
+        key = env.supabase_service_key.get_secret_value()
+        return SupabaseStore(env.name, env.supabase_url, key)
     raise PermanentError(f"{env.name}: neither a database URL nor a Supabase URL and key")
 
 
@@ -134,8 +135,9 @@ class Environments:
                     got = self._stores[name].claim(document_source, share, worker_id, lease_ms)
                 except TransientError as exc:
                     failures.append(exc)
-                    log_event("queue.claim_unavailable", str(exc), level="WARNING",
-                              environment=name)
+                    log_event(
+                        "queue.claim_unavailable", str(exc), level="WARNING", environment=name
+                    )
                     continue
                 claimed.extend(got)
                 if len(got) == share:

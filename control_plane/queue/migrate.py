@@ -25,9 +25,7 @@ _MIGRATION_LOCK_KEY = 0x0C5_0001
 def schema_files() -> list[tuple[str, str]]:
     """(file name, SQL text) of every shipped schema file, in order."""
     folder = resources.files("control_plane").joinpath("sql")
-    entries = sorted(
-        (e for e in folder.iterdir() if e.name.endswith(".sql")), key=lambda e: e.name
-    )
+    entries = sorted((e for e in folder.iterdir() if e.name.endswith(".sql")), key=lambda e: e.name)
     return [(e.name, e.read_text(encoding="utf-8")) for e in entries]
 
 
@@ -55,7 +53,8 @@ def migrate(settings: Settings) -> list[str]:
             apply_schema(env.database_url.get_secret_value())
         except (TransientError, PermanentError) as exc:
             raise type(exc)(f"{env.name}: {exc}") from exc
-        log_event("queue.migrated", "schema applied", environment=env.name,
-                  files=len(schema_files()))
+        log_event(
+            "queue.migrated", "schema applied", environment=env.name, files=len(schema_files())
+        )
         done.append(env.name)
     return done

@@ -56,7 +56,7 @@ class PostgresStore:
     def _query(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         try:
             with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-                cur.execute(sql, params)  # type: ignore[arg-type]
+                cur.execute(sql, params)
                 return cur.fetchall()
         except PoolTimeout as exc:
             raise TransientError(
@@ -124,14 +124,10 @@ class PostgresStore:
         )
 
     def release(self, doc_id: int, lease_token: str) -> bool:
-        return bool(
-            self._scalar("SELECT ocr_release(%s::bigint, %s::uuid)", (doc_id, lease_token))
-        )
+        return bool(self._scalar("SELECT ocr_release(%s::bigint, %s::uuid)", (doc_id, lease_token)))
 
     def reap(self, max_attempts: int) -> ReapResult:
-        return rows.reap_result(
-            self._query("SELECT * FROM ocr_reap(%s::integer)", (max_attempts,))
-        )
+        return rows.reap_result(self._query("SELECT * FROM ocr_reap(%s::integer)", (max_attempts,)))
 
     def counts(self) -> dict[str, QueueCounts]:
         return rows.queue_counts(self._query("SELECT * FROM ocr_counts()", ()))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -33,7 +33,7 @@ def queue_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, QueueCounts]:
     }
 
 
-def reap_result(rows: list[Mapping[str, Any]]) -> ReapResult:
+def reap_result(rows: Sequence[Mapping[str, Any]]) -> ReapResult:
     """The single row of `ocr_reap`."""
     if not rows:
         return ReapResult()

@@ -13,13 +13,13 @@ from typing import Any
 import httpx
 from postgrest.exceptions import APIError
 from storage3.exceptions import StorageApiError
-from supabase import Client, create_client
 from supabase.lib.client_options import SyncClientOptions
 
 from control_plane.errors import PermanentError, TransientError
 from control_plane.queue import rows
 from control_plane.queue.models import ClaimedDocument, FailOutcome, QueueCounts, ReapResult
 from control_plane.queue.store import is_transient_sqlstate
+from supabase import Client, create_client
 
 
 def make_supabase_client(
@@ -104,34 +104,43 @@ class SupabaseStore:
         return [rows.claimed_document(self.environment, r) for r in found or []]
 
     def start(self, doc_id: int, lease_token: str, worker_id: str, lease_ms: int) -> bool:
-        return self._rpc(
-            "ocr_start",
-            {
-                "p_id": doc_id,
-                "p_lease_token": lease_token,
-                "p_worker_id": worker_id,
-                "p_lease_ms": lease_ms,
-            },
-        ) is True
+        return (
+            self._rpc(
+                "ocr_start",
+                {
+                    "p_id": doc_id,
+                    "p_lease_token": lease_token,
+                    "p_worker_id": worker_id,
+                    "p_lease_ms": lease_ms,
+                },
+            )
+            is True
+        )
 
     def renew(self, doc_id: int, lease_token: str, lease_ms: int) -> bool:
-        return self._rpc(
-            "ocr_renew", {"p_id": doc_id, "p_lease_token": lease_token, "p_lease_ms": lease_ms}
-        ) is True
+        return (
+            self._rpc(
+                "ocr_renew", {"p_id": doc_id, "p_lease_token": lease_token, "p_lease_ms": lease_ms}
+            )
+            is True
+        )
 
     def complete(
         self, doc_id: int, lease_token: str, text: str, prompt_tokens: int, output_tokens: int
     ) -> bool:
-        return self._rpc(
-            "ocr_complete",
-            {
-                "p_id": doc_id,
-                "p_lease_token": lease_token,
-                "p_text": rows.clean_text(text),
-                "p_prompt_tokens": prompt_tokens,
-                "p_output_tokens": output_tokens,
-            },
-        ) is True
+        return (
+            self._rpc(
+                "ocr_complete",
+                {
+                    "p_id": doc_id,
+                    "p_lease_token": lease_token,
+                    "p_text": rows.clean_text(text),
+                    "p_prompt_tokens": prompt_tokens,
+                    "p_output_tokens": output_tokens,
+                },
+            )
+            is True
+        )
 
     def fail(
         self, doc_id: int, lease_token: str, message: str, *, permanent: bool, max_attempts: int

@@ -6,6 +6,7 @@ a TransientError.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -43,7 +44,7 @@ class _Files(BaseHTTPRequestHandler):
         "/boom.pdf": (503, b"busy"),
     }
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def do_GET(self) -> None:
@@ -62,8 +63,9 @@ class _Files(BaseHTTPRequestHandler):
 def http_base() -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Files)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
@@ -85,8 +87,11 @@ def docs_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def fetcher(docs_dir: Path) -> Iterator[DocumentFetcher]:
-    settings = Settings(_env_file=None, ocr_local_documents_dir=str(docs_dir),  # type: ignore[call-arg]
-                        ocr_max_document_mb=0.25)
+    settings = Settings(
+        _env_file=None,
+        ocr_local_documents_dir=str(docs_dir),  # type: ignore[call-arg]
+        ocr_max_document_mb=0.25,
+    )
     fetcher = DocumentFetcher(settings, timeout_s=5)
     yield fetcher
     fetcher.close()
@@ -104,7 +109,10 @@ def test_fetches_over_http_and_from_the_documents_dir(
 @pytest.mark.parametrize(
     ("path", "message"),
     [
-        ("{http}/missing.pdf?token=s3cret", "HTTP 404 fetching http://127.0.0.1:{port}/missing.pdf"),
+        (
+            "{http}/missing.pdf?token=s3cret",
+            "HTTP 404 fetching http://127.0.0.1:{port}/missing.pdf",
+        ),
         ("{http}/forbidden.pdf", "HTTP 403 fetching"),
         ("{http}/empty.pdf", "empty document (0 bytes)"),
         ("{http}/big.pdf", "too large: 0.3 MB > limit 0.25 MB"),
@@ -145,7 +153,9 @@ def test_server_errors_and_network_failures_are_transient(
 ) -> None:
     with pytest.raises(TransientError, match="HTTP 503"):
         fetcher.fetch(doc(f"{http_base}/boom.pdf"))
-    with pytest.raises(TransientError, match="network error fetching http://127.0.0.1:1/a.pdf"):
+    with pytest.raises(
+        TransientError, match=re.escape("network error fetching http://127.0.0.1:1/a.pdf")
+    ):
         fetcher.fetch(doc("http://127.0.0.1:1/a.pdf"))
 
 
@@ -161,7 +171,7 @@ def test_supabase_storage_download_and_missing_object(
         fetcher = DocumentFetcher(Settings(_env_file=None), envs)  # type: ignore[call-arg]
         try:
             assert fetcher.fetch(doc("actes/2024/a.pdf", "prod")) == PDF
-            with pytest.raises(PermanentError, match="HTTP 404 fetching actes/nope.pdf"):
+            with pytest.raises(PermanentError, match=re.escape("HTTP 404 fetching actes/nope.pdf")):
                 fetcher.fetch(doc("actes/nope.pdf", "prod"))
             with pytest.raises(DocumentError, match="not a PDF"):
                 inspect_pdf(fetcher.fetch(doc("actes/bad.pdf", "prod")), max_pages=10)
@@ -180,9 +190,12 @@ def test_settings_storage_client_is_built_next_to_a_postgres_queue(
     (tmp_path / "index" / "p.pdf").write_bytes(PDF)
     dsn = pg_database_factory("mixed")
     with supabase_endpoint(dsn, storage_dir=tmp_path) as endpoint:
-        settings = Settings(_env_file=None, dev_database_url=SecretStr(dsn),  # type: ignore[call-arg]
-                            dev_supabase_url=endpoint.url,
-                            dev_supabase_service_key=SecretStr(endpoint.service_key))
+        settings = Settings(
+            _env_file=None,
+            dev_database_url=SecretStr(dsn),  # type: ignore[call-arg]
+            dev_supabase_url=endpoint.url,
+            dev_supabase_service_key=SecretStr(endpoint.service_key),
+        )
         envs = Environments.from_settings(settings)
         fetcher = DocumentFetcher(settings, envs)
         try:

@@ -12,22 +12,28 @@ from control_plane.errors import PermanentError, TransientError
 from control_plane.queue.models import FailOutcome, QueueCounts, ReapResult
 from control_plane.queue.postgres import PostgresStore
 from control_plane.queue.supabase import SupabaseStore
-from tests.support.queue_fixtures import (  # noqa: F401 - fixtures
-    StoreCase,
-    add_ready,
-    expire_leases,
-    queue_dsn,
-    sql,
-    store_case,
-)
+from tests.support import queue_fixtures
+from tests.support.queue_fixtures import StoreCase, add_ready, expire_leases, sql
+
+# Fixtures shared with the other queue modules.
+queue_dsn = queue_fixtures.queue_dsn
+store_case = queue_fixtures.store_case
 
 pytestmark = pytest.mark.integration
 LEASE = 60_000
 
 
 def row(dsn: str, doc_id: int) -> dict[str, object]:
-    cols = ["status_id", "worker_id", "lease_token", "attempts", "file_content",
-            "error_message", "prompt_tokens", "output_tokens"]
+    cols = [
+        "status_id",
+        "worker_id",
+        "lease_token",
+        "attempts",
+        "file_content",
+        "error_message",
+        "prompt_tokens",
+        "output_tokens",
+    ]
     found = sql(dsn, f"SELECT {', '.join(cols)} FROM extraction_queue WHERE id = %s", (doc_id,))
     return dict(zip(cols, found[0], strict=True))
 
@@ -52,7 +58,9 @@ def test_claim_takes_oldest_first_and_only_the_asked_type(store_case: StoreCase)
     assert [d.id for d in docs] == [3, 4]
     assert {d.document_source for d in docs} == {"index"}
     assert store_case.store.counts() == {
-        "index": QueueCounts(ready=3, in_flight=2), "acte": QueueCounts(ready=2, in_flight=0)}
+        "index": QueueCounts(ready=3, in_flight=2),
+        "acte": QueueCounts(ready=2, in_flight=0),
+    }
 
 
 def test_lifecycle_start_renew_complete_writes_once(store_case: StoreCase) -> None:
@@ -81,8 +89,10 @@ def test_stale_token_after_reap_and_reclaim_changes_nothing(store_case: StoreCas
 
     before = row(store_case.dsn, old.id)
     assert not store.complete(old.id, old.lease_token, "old text", 1, 1)
-    assert store.fail(old.id, old.lease_token, "old failure", permanent=True,
-                      max_attempts=3) is FailOutcome.STALE
+    assert (
+        store.fail(old.id, old.lease_token, "old failure", permanent=True, max_attempts=3)
+        is FailOutcome.STALE
+    )
     assert not store.start(old.id, old.lease_token, "w-old", LEASE)
     assert not store.renew(old.id, old.lease_token, LEASE)
     assert not store.release(old.id, old.lease_token)
@@ -99,8 +109,15 @@ def test_fail_retries_then_errors_after_max_attempts(store_case: StoreCase) -> N
     outcomes = []
     for _ in range(3):
         (doc,) = store.claim("index", 1, "w1", LEASE)
-        outcomes.append(store.fail(doc.id, doc.lease_token, f"Gemini 503 on attempt {doc.attempts}",
-                                   permanent=False, max_attempts=3))
+        outcomes.append(
+            store.fail(
+                doc.id,
+                doc.lease_token,
+                f"Gemini 503 on attempt {doc.attempts}",
+                permanent=False,
+                max_attempts=3,
+            )
+        )
     assert outcomes == [FailOutcome.RETRY, FailOutcome.RETRY, FailOutcome.ERROR]
     final = row(store_case.dsn, doc.id)
     assert final["status_id"] == 4 and final["attempts"] == 3
@@ -111,8 +128,9 @@ def test_fail_retries_then_errors_after_max_attempts(store_case: StoreCase) -> N
 def test_permanent_failure_goes_to_error_at_once(store_case: StoreCase) -> None:
     add_ready(store_case.dsn, 1)
     (doc,) = store_case.store.claim("index", 1, "w1", LEASE)
-    outcome = store_case.store.fail(doc.id, doc.lease_token, "not a PDF (starts with b'<html>')",
-                                    permanent=True, max_attempts=3)
+    outcome = store_case.store.fail(
+        doc.id, doc.lease_token, "not a PDF (starts with b'<html>')", permanent=True, max_attempts=3
+    )
     assert outcome is FailOutcome.ERROR
     assert row(store_case.dsn, doc.id)["status_id"] == 4
     assert row(store_case.dsn, doc.id)["error_message"] == "not a PDF (starts with b'<html>')"
@@ -143,7 +161,8 @@ def test_reap_requeues_expired_leases_then_errors_after_max_attempts(
     dead = row(store_case.dsn, docs[0].id)
     assert dead["status_id"] == 4 and dead["attempts"] == 3
     assert dead["error_message"] == (
-        "lease expired on attempt 3 of 3 (last worker w-crashed): giving up")
+        "lease expired on attempt 3 of 3 (last worker w-crashed): giving up"
+    )
     assert row(store_case.dsn, 2)["status_id"] == 3, "the other document is untouched"
 
 
@@ -164,10 +183,15 @@ def test_a_malformed_lease_token_is_a_permanent_error(store_case: StoreCase) -> 
 
 @pytest.mark.parametrize(
     ("status", "code", "expected"),
-    [(503, "PGRST001", TransientError), (503, "08006", TransientError),
-     (500, "40001", TransientError), (502, "502", TransientError),
-     (400, "P0001", PermanentError), (409, "23505", PermanentError),
-     (404, "PGRST202", PermanentError)],
+    [
+        (503, "PGRST001", TransientError),
+        (503, "08006", TransientError),
+        (500, "40001", TransientError),
+        (502, "502", TransientError),
+        (400, "P0001", PermanentError),
+        (409, "23505", PermanentError),
+        (404, "PGRST202", PermanentError),
+    ],
 )
 def test_supabase_errors_map_to_transient_or_permanent(
     queue_dsn: str, status: int, code: str, expected: type[Exception]
@@ -206,8 +230,9 @@ def test_supabase_wrong_key_is_permanent_and_unreachable_is_transient(queue_dsn:
 
 
 def test_postgres_unreachable_is_transient_and_never_shows_the_password() -> None:
-    store = PostgresStore("dev", "postgresql://postgres:s3cretpw@127.0.0.1:1/x",
-                          pool_timeout_s=1, connect_timeout_s=1)
+    store = PostgresStore(
+        "dev", "postgresql://postgres:s3cretpw@127.0.0.1:1/x", pool_timeout_s=1, connect_timeout_s=1
+    )
     try:
         with pytest.raises(TransientError) as info:
             store.counts()
@@ -222,20 +247,30 @@ def test_unknown_document_source_is_refused_or_moved_to_error(pg_database_factor
     dsn = pg_database_factory("unknown")
     apply_schema(dsn)
     with pytest.raises(psycopg.errors.CheckViolation):
-        sql(dsn, "INSERT INTO extraction_queue (document_source, storage_path, status_id)"
-                 " VALUES ('facture', 'x.pdf', 3)")
+        sql(
+            dsn,
+            "INSERT INTO extraction_queue (document_source, storage_path, status_id)"
+            " VALUES ('facture', 'x.pdf', 3)",
+        )
     # A legacy table without the constraint: the reaper moves such rows to error.
     sql(dsn, "ALTER TABLE extraction_queue DROP CONSTRAINT extraction_queue_document_source_check")
-    sql(dsn, "INSERT INTO extraction_queue (document_source, storage_path, status_id)"
-             " VALUES ('facture', 'x.pdf', 3)")
+    sql(
+        dsn,
+        "INSERT INTO extraction_queue (document_source, storage_path, status_id)"
+        " VALUES ('facture', 'x.pdf', 3)",
+    )
     store = PostgresStore("dev", dsn)
     try:
         assert store.reap(3) == ReapResult(requeued=0, errored=1)
     finally:
         store.close()
     assert sql(dsn, "SELECT status_id, error_message FROM extraction_queue") == [
-        (4, "unknown document_source 'facture' (expected index or acte)")]
+        (4, "unknown document_source 'facture' (expected index or acte)")
+    ]
     apply_schema(dsn)  # the constraint comes back NOT VALID despite the legacy row
     with pytest.raises(psycopg.errors.CheckViolation):
-        sql(dsn, "INSERT INTO extraction_queue (document_source, storage_path, status_id)"
-                 " VALUES ('autre', 'y.pdf', 3)")
+        sql(
+            dsn,
+            "INSERT INTO extraction_queue (document_source, storage_path, status_id)"
+            " VALUES ('autre', 'y.pdf', 3)",
+        )

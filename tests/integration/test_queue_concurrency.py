@@ -8,14 +8,13 @@ from collections import Counter
 
 import pytest
 
-from tests.support.queue_fixtures import (  # noqa: F401 - fixtures
-    StoreCase,
-    add_ready,
-    queue_dsn,
-    sql,
-    store_case,
-)
+from tests.support import queue_fixtures
+from tests.support.queue_fixtures import StoreCase, add_ready, sql
 from tests.support.queue_workload import claim_until_empty, process_claimer
+
+# Fixtures shared with the other queue modules.
+queue_dsn = queue_fixtures.queue_dsn
+store_case = queue_fixtures.store_case
 
 pytestmark = pytest.mark.integration
 
@@ -30,9 +29,12 @@ def test_threads_and_processes_claim_every_document_exactly_once(store_case: Sto
     start = ctx.Event()
     ready = ctx.Queue()
     results = ctx.Queue()
-    procs = [ctx.Process(target=process_claimer,
-                         args=(store_case.spec(), f"proc-{i}", 5, ready, start, results))
-             for i in range(PROCESSES)]
+    procs = [
+        ctx.Process(
+            target=process_claimer, args=(store_case.spec(), f"proc-{i}", 5, ready, start, results)
+        )
+        for i in range(PROCESSES)
+    ]
     for proc in procs:
         proc.start()
 
@@ -42,8 +44,9 @@ def test_threads_and_processes_claim_every_document_exactly_once(store_case: Sto
         start.wait(60)
         thread_ids[name] = claim_until_empty(store_case.store, name, 5)
 
-    threads = [threading.Thread(target=thread_claimer, args=(f"thread-{i}",))
-               for i in range(THREADS)]
+    threads = [
+        threading.Thread(target=thread_claimer, args=(f"thread-{i}",)) for i in range(THREADS)
+    ]
     for thread in threads:
         thread.start()
     for _ in procs:  # processes imported and connected: now they race with the threads
@@ -61,5 +64,6 @@ def test_threads_and_processes_claim_every_document_exactly_once(store_case: Sto
     assert twice == [], f"documents claimed more than once: {twice[:10]}"
     assert sorted(claimed) == list(range(1, DOCUMENTS + 1)), "every document claimed"
     assert sum(1 for ids in process_ids.values() if ids) >= 2, "processes took part"
-    assert sql(store_case.dsn, "SELECT status_id, attempts, count(*) FROM extraction_queue"
-                               " GROUP BY 1, 2") == [(2, 1, DOCUMENTS)]
+    assert sql(
+        store_case.dsn, "SELECT status_id, attempts, count(*) FROM extraction_queue GROUP BY 1, 2"
+    ) == [(2, 1, DOCUMENTS)]

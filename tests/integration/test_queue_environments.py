@@ -32,11 +32,13 @@ def three_envs(pg_database_factory) -> Iterator[tuple[Environments, dict[str, st
         apply_schema(dsns[name])
         add_ready(dsns[name], backlog, prefix=name)
     with supabase_endpoint(dsns["staging"]) as endpoint:
-        envs = Environments({
-            "dev": PostgresStore("dev", dsns["dev"]),
-            "staging": SupabaseStore("staging", endpoint.url, endpoint.service_key),
-            "prod": PostgresStore("prod", dsns["prod"]),
-        })
+        envs = Environments(
+            {
+                "dev": PostgresStore("dev", dsns["dev"]),
+                "staging": SupabaseStore("staging", endpoint.url, endpoint.service_key),
+                "prod": PostgresStore("prod", dsns["prod"]),
+            }
+        )
         try:
             yield envs, dsns
         finally:
@@ -78,7 +80,8 @@ def test_counts_are_summed_and_claims_carry_their_environment(three_envs) -> Non
         assert envs.store(doc.environment).complete(doc.id, doc.lease_token, doc.environment, 1, 1)
     for name, dsn in dsns.items():
         assert sql(dsn, "SELECT file_content FROM extraction_queue WHERE status_id = 5") == [
-            (name,)]
+            (name,)
+        ]
     assert set(envs.counts_by_environment()) == {"dev", "staging", "prod"}
 
 
@@ -94,8 +97,9 @@ def test_an_unreachable_environment_does_not_stop_the_others(pg_database_factory
         assert list(envs.reap(3)) == ["dev"]
     finally:
         envs.close()
-    only_down = Environments({"prod": PostgresStore("prod", "postgresql://postgres@127.0.0.1:1/x",
-                                                   pool_timeout_s=0.5)})
+    only_down = Environments(
+        {"prod": PostgresStore("prod", "postgresql://postgres@127.0.0.1:1/x", pool_timeout_s=0.5)}
+    )
     try:
         with pytest.raises(TransientError, match="no environment reachable"):
             only_down.claim_fair("index", 1, "w1", LEASE)
@@ -105,9 +109,12 @@ def test_an_unreachable_environment_does_not_stop_the_others(pg_database_factory
 
 def test_from_settings_picks_postgres_when_a_database_url_is_set(pg_database_factory) -> None:  # type: ignore[no-untyped-def]
     dsn = pg_database_factory("settings")
-    settings = Settings(_env_file=None, dev_database_url=SecretStr(dsn),  # type: ignore[call-arg]
-                        staging_supabase_url="http://127.0.0.1:9",
-                        staging_supabase_service_key=SecretStr("k"))
+    settings = Settings(
+        _env_file=None,
+        dev_database_url=SecretStr(dsn),  # type: ignore[call-arg]
+        staging_supabase_url="http://127.0.0.1:9",
+        staging_supabase_service_key=SecretStr("k"),
+    )
     envs = Environments.from_settings(settings)
     try:
         assert envs.names == ["dev", "staging"]
@@ -122,19 +129,35 @@ def test_from_settings_picks_postgres_when_a_database_url_is_set(pg_database_fac
 
 def test_migrate_is_idempotent_and_keeps_rows(pg_database_factory) -> None:  # type: ignore[no-untyped-def]
     dev, prod = pg_database_factory("mig_dev"), pg_database_factory("mig_prod")
-    settings = Settings(_env_file=None, dev_database_url=SecretStr(dev),  # type: ignore[call-arg]
-                        prod_database_url=SecretStr(prod),
-                        staging_supabase_url="http://127.0.0.1:9",
-                        staging_supabase_service_key=SecretStr("k"))
+    settings = Settings(
+        _env_file=None,
+        dev_database_url=SecretStr(dev),  # type: ignore[call-arg]
+        prod_database_url=SecretStr(prod),
+        staging_supabase_url="http://127.0.0.1:9",
+        staging_supabase_service_key=SecretStr("k"),
+    )
     assert migrate(settings) == ["dev", "prod"]
     add_ready(dev, 3)
     assert migrate(settings) == ["dev", "prod"]
     assert sql(dev, "SELECT count(*) FROM extraction_queue WHERE status_id = 3") == [(3,)]
     assert sql(prod, "SELECT name FROM ocr_status ORDER BY id") == [
-        ("EN_ATTENTE",), ("EN_TRAITEMENT",), ("COMPLETE",), ("ERREUR",), ("EXTRACTION_COMPLETE",)]
+        ("EN_ATTENTE",),
+        ("EN_TRAITEMENT",),
+        ("COMPLETE",),
+        ("ERREUR",),
+        ("EXTRACTION_COMPLETE",),
+    ]
     functions = sql(prod, "SELECT proname FROM pg_proc WHERE proname LIKE 'ocr\\_%' ORDER BY 1")
-    assert [f for (f,) in functions] == ["ocr_claim", "ocr_complete", "ocr_counts", "ocr_fail",
-                                         "ocr_reap", "ocr_release", "ocr_renew", "ocr_start"]
+    assert [f for (f,) in functions] == [
+        "ocr_claim",
+        "ocr_complete",
+        "ocr_counts",
+        "ocr_fail",
+        "ocr_reap",
+        "ocr_release",
+        "ocr_renew",
+        "ocr_start",
+    ]
 
 
 def test_supabase_migrations_match_the_shipped_sql() -> None:
@@ -142,6 +165,8 @@ def test_supabase_migrations_match_the_shipped_sql() -> None:
     migrations = sorted((ROOT / "supabase" / "migrations").glob("*.sql"))
     # 001_schema.sql <-> <timestamp>_ocr_queue_schema.sql, same order, same text
     assert [p.stem.split("_", 1)[1] for p in shipped] == [
-        p.stem.removeprefix(p.stem.split("_", 1)[0] + "_ocr_queue_") for p in migrations]
+        p.stem.removeprefix(p.stem.split("_", 1)[0] + "_ocr_queue_") for p in migrations
+    ]
     assert [p.read_text() for p in shipped] == [p.read_text() for p in migrations], (
-        "supabase/migrations must carry the same SQL as control_plane/sql")
+        "supabase/migrations must carry the same SQL as control_plane/sql"
+    )

@@ -34,8 +34,14 @@ def cluster() -> Iterator[PrivatePostgres]:
         yield server
 
 
-def _worker(store: QueueStore, name: str, stop: threading.Event, claimed: list[int],
-            completed: list[int], errors: Counter[str]) -> None:
+def _worker(
+    store: QueueStore,
+    name: str,
+    stop: threading.Event,
+    claimed: list[int],
+    completed: list[int],
+    errors: Counter[str],
+) -> None:
     while not stop.is_set():
         try:
             docs = store.claim("index", 5, name, LEASE_MS)
@@ -78,9 +84,12 @@ def test_store_recovers_after_a_restart_and_loses_nothing(
         claimed: list[int] = []
         completed: list[int] = []
         errors: Counter[str] = Counter()
-        threads = [threading.Thread(target=_worker,
-                                    args=(store, f"w{i}", stop, claimed, completed, errors))
-                   for i in range(4)]
+        threads = [
+            threading.Thread(
+                target=_worker, args=(store, f"w{i}", stop, claimed, completed, errors)
+            )
+            for i in range(4)
+        ]
         try:
             for thread in threads:
                 thread.start()
@@ -109,25 +118,33 @@ def test_store_recovers_after_a_restart_and_loses_nothing(
 
     assert errors["claim"] + errors["complete"] + errors["reap"] > 0, "calls failed while down"
     assert sql(dsn, "SELECT status_id, count(*) FROM extraction_queue GROUP BY 1") == [
-        (5, DOCUMENTS)], "every document completed after the restart"
+        (5, DOCUMENTS)
+    ], "every document completed after the restart"
     twice = [doc for doc, n in Counter(completed).items() if n > 1]
     assert twice == [], "no document completed twice"
     assert [doc for doc, n in Counter(claimed).items() if n > 1] == [], (
-        "no document handed out twice (leases outlived the outage)")
+        "no document handed out twice (leases outlived the outage)"
+    )
     # a complete whose reply was lost while the server went down is the only gap allowed
     assert len(completed) >= DOCUMENTS - errors["complete"]
 
 
 def test_grants_limit_the_functions_to_the_service_role(cluster: PrivatePostgres) -> None:
     for role in ("service_role", "anon", "authenticated"):
-        sql(cluster.dsn(), f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = "
-                           f"'{role}') THEN CREATE ROLE {role}; END IF; END $$")
+        sql(
+            cluster.dsn(),
+            f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = "
+            f"'{role}') THEN CREATE ROLE {role}; END IF; END $$",
+        )
     dsn = cluster.create_database("grants")
     apply_schema(dsn)
     apply_schema(dsn)
 
     def can(role: str) -> bool:
-        query = "SELECT has_function_privilege(%s, 'ocr_claim(text, integer, text, integer)', 'EXECUTE')"
+        query = (
+            "SELECT has_function_privilege(%s,"
+            " 'ocr_claim(text, integer, text, integer)', 'EXECUTE')"
+        )
         return bool(sql(dsn, query, (role,))[0][0])
 
     assert can("service_role")

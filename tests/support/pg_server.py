@@ -27,8 +27,9 @@ def _bin_dir() -> Path:
     found = shutil.which("pg_ctl")
     if found:
         return Path(found).parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
-                        key=lambda p: int(Path(p).parts[-3]))
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(Path(p).parts[-3])
+    )
     if not candidates:
         raise RuntimeError("no PostgreSQL server binaries (initdb/pg_ctl) found")
     return Path(candidates[-1]).parent
@@ -64,15 +65,38 @@ class PrivatePostgres:
             raise RuntimeError(f"{' '.join(args[:2])} failed: {result.stderr}{result.stdout}{log}")
 
     def init(self) -> None:
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust",
-                  "--no-sync", "-E", "UTF8")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        )
 
     def start(self) -> None:
-        opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                "-c max_connections=100")
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", opts, "-w",
-                  "-t", "30", "start")
+        opts = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c max_connections=100"
+        )
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-o",
+            opts,
+            "-w",
+            "-t",
+            "30",
+            "start",
+        )
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server; `immediate` aborts like a crash, `fast` disconnects clients."""

@@ -32,15 +32,21 @@ def sql(dsn: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, .
 
 def add_ready(dsn: str, count: int, source: str = "index", prefix: str = "doc") -> None:
     """Insert ready rows the way producers do: only document_source, storage_path, status."""
-    sql(dsn, "INSERT INTO extraction_queue (document_source, storage_path, status_id)"
-             " SELECT %s, %s || '/' || g || '.pdf', 3 FROM generate_series(1, %s) g",
-        (source, prefix, count))
+    sql(
+        dsn,
+        "INSERT INTO extraction_queue (document_source, storage_path, status_id)"
+        " SELECT %s, %s || '/' || g || '.pdf', 3 FROM generate_series(1, %s) g",
+        (source, prefix, count),
+    )
 
 
 def expire_leases(dsn: str) -> None:
     """Make every current lease expired, without waiting on the clock."""
-    sql(dsn, "UPDATE extraction_queue SET lease_expires_at = now() - interval '1 second'"
-             " WHERE status_id = 2")
+    sql(
+        dsn,
+        "UPDATE extraction_queue SET lease_expires_at = now() - interval '1 second'"
+        " WHERE status_id = 2",
+    )
 
 
 @dataclass
@@ -55,8 +61,7 @@ class StoreCase:
     def spec(self) -> dict[str, str]:
         if self.endpoint is None:
             return {"transport": "postgres", "dsn": self.dsn}
-        return {"transport": "supabase", "url": self.endpoint.url,
-                "key": self.endpoint.service_key}
+        return {"transport": "supabase", "url": self.endpoint.url, "key": self.endpoint.service_key}
 
 
 @pytest.fixture(scope="module")

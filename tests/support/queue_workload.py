@@ -30,8 +30,9 @@ def claim_until_empty(store: QueueStore, worker_id: str, batch: int) -> list[int
         got.extend(d.id for d in docs)
 
 
-def process_claimer(spec: dict[str, str], worker_id: str, batch: int, ready: Any, start: Any,
-                    results: Any) -> None:
+def process_claimer(
+    spec: dict[str, str], worker_id: str, batch: int, ready: Any, start: Any, results: Any
+) -> None:
     """Process entry point: say ready, wait for the start signal, claim, report the ids."""
     store = open_store(spec)
     try:

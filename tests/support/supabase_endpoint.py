@@ -29,12 +29,30 @@ _STORAGE_PREFIX = "/storage/v1/object/"
 
 def http_status_for_sqlstate(code: str) -> int:
     """PostgREST's SQLSTATE -> HTTP status mapping (the parts tests rely on)."""
-    exact = {"P0001": 400, "23505": 409, "23503": 409, "25006": 405, "42883": 404,
-             "42P01": 404, "42501": 403}
+    exact = {
+        "P0001": 400,
+        "23505": 409,
+        "23503": 409,
+        "25006": 405,
+        "42883": 404,
+        "42P01": 404,
+        "42501": 403,
+    }
     if code in exact:
         return exact[code]
-    prefixes = {"08": 503, "53": 503, "54": 413, "57": 500, "40": 500, "25": 500, "XX": 500,
-                "P0": 500, "28": 403, "0L": 403, "0P": 403}
+    prefixes = {
+        "08": 503,
+        "53": 503,
+        "54": 413,
+        "57": 500,
+        "40": 500,
+        "25": 500,
+        "XX": 500,
+        "P0": 500,
+        "28": 403,
+        "0L": 403,
+        "0P": 403,
+    }
     return prefixes.get(code[:2], 400)
 
 
@@ -61,11 +79,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _authorized(self) -> bool:
         key = self.server.service_key
-        ok = (self.headers.get("apikey") == key
-              and self.headers.get("Authorization") == f"Bearer {key}")
+        ok = (
+            self.headers.get("apikey") == key
+            and self.headers.get("Authorization") == f"Bearer {key}"
+        )
         if not ok:
-            self._send_json(401, {"code": "PGRST301", "message": "Invalid API key",
-                                  "details": None, "hint": None})
+            self._send_json(
+                401,
+                {"code": "PGRST301", "message": "Invalid API key", "details": None, "hint": None},
+            )
         return ok
 
     def _injected(self) -> bool:
@@ -73,8 +95,10 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is None:
             return False
         status, code = fault
-        self._send_json(status, {"code": code, "message": f"injected fault {code}",
-                                 "details": None, "hint": None})
+        self._send_json(
+            status,
+            {"code": code, "message": f"injected fault {code}", "details": None, "hint": None},
+        )
         return True
 
     def do_POST(self) -> None:
@@ -85,14 +109,22 @@ class _Handler(BaseHTTPRequestHandler):
             return
         match = _FN_RE.match(self.path.split("?", 1)[0])
         if not match:
-            self._send_json(404, {"code": "PGRST125", "message": "Invalid path",
-                                  "details": None, "hint": None})
+            self._send_json(
+                404, {"code": "PGRST125", "message": "Invalid path", "details": None, "hint": None}
+            )
             return
         try:
             args = json.loads(raw or b"{}")
         except ValueError:
-            self._send_json(400, {"code": "PGRST102", "message": "Empty or invalid json",
-                                  "details": None, "hint": None})
+            self._send_json(
+                400,
+                {
+                    "code": "PGRST102",
+                    "message": "Empty or invalid json",
+                    "details": None,
+                    "hint": None,
+                },
+            )
             return
         status, payload = self.server.call(match.group(1), args)
         self._send_json(status, payload)
@@ -103,15 +135,17 @@ class _Handler(BaseHTTPRequestHandler):
             return
         path = self.path.split("?", 1)[0]
         if not path.startswith(_STORAGE_PREFIX) or self.server.storage_dir is None:
-            self._send_json(404, {"statusCode": "404", "error": "not_found",
-                                  "message": "Not found"})
+            self._send_json(
+                404, {"statusCode": "404", "error": "not_found", "message": "Not found"}
+            )
             return
         root = self.server.storage_dir.resolve()
-        target = (root / path[len(_STORAGE_PREFIX):]).resolve()
+        target = (root / path[len(_STORAGE_PREFIX) :]).resolve()
         if not target.is_relative_to(root) or not target.is_file():
             # Supabase Storage answers a missing object with 400 and statusCode "404".
-            self._send_json(400, {"statusCode": "404", "error": "not_found",
-                                  "message": "Object not found"})
+            self._send_json(
+                400, {"statusCode": "404", "error": "not_found", "message": "Object not found"}
+            )
             return
         body = target.read_bytes()
         self.send_response(200)
@@ -132,8 +166,14 @@ class _Server(ThreadingHTTPServer):
         self._faults: list[tuple[int, str]] = []
         self._lock = threading.Lock()
         self._signatures: dict[str, tuple[dict[str, str], bool]] = {}
-        self.pool = ConnectionPool(dsn, min_size=0, max_size=24, open=False, timeout=3.0,
-                                   kwargs={"autocommit": True, "connect_timeout": 3})
+        self.pool = ConnectionPool(
+            dsn,
+            min_size=0,
+            max_size=24,
+            open=False,
+            timeout=3.0,
+            kwargs={"autocommit": True, "connect_timeout": 3},
+        )
         self.pool.open(wait=False)
 
     def take_fault(self) -> tuple[int, str] | None:
@@ -153,7 +193,9 @@ class _Server(ThreadingHTTPServer):
                 " array(SELECT format_type(t, NULL) FROM unnest(p.proargtypes::oid[]) t),"
                 " p.proretset"
                 " FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
-                " WHERE n.nspname = 'public' AND p.proname = %s", (fn,)).fetchone()
+                " WHERE n.nspname = 'public' AND p.proname = %s",
+                (fn,),
+            ).fetchone()
             if row is None:
                 raise LookupError(fn)
             names, modes, all_types, in_types, retset = row
@@ -170,42 +212,72 @@ class _Server(ThreadingHTTPServer):
                 try:
                     declared, returns_rows = self._signature(conn, fn)
                 except LookupError:
-                    return 404, {"code": "PGRST202", "message": f"Could not find the function "
-                                 f"public.{fn}", "details": None, "hint": None}
+                    return 404, {
+                        "code": "PGRST202",
+                        "message": f"Could not find the function public.{fn}",
+                        "details": None,
+                        "hint": None,
+                    }
                 unknown = set(args) - set(declared)
                 if unknown:
-                    return 404, {"code": "PGRST202", "message": f"Could not find the function "
-                                 f"public.{fn}({', '.join(sorted(args))})", "details": None,
-                                 "hint": None}
+                    return 404, {
+                        "code": "PGRST202",
+                        "message": f"Could not find the function "
+                        f"public.{fn}({', '.join(sorted(args))})",
+                        "details": None,
+                        "hint": None,
+                    }
                 parts = [
                     sql.SQL("{} => {}::{}").format(
-                        sql.Identifier(name), sql.Placeholder(), sql.SQL(declared[name]))
+                        sql.Identifier(name), sql.Placeholder(), sql.SQL(declared[name])
+                    )
                     for name in args
                 ]
-                values = [None if v is None else (json.dumps(v) if isinstance(v, dict | list)
-                          else str(v).lower() if isinstance(v, bool) else str(v))
-                          for v in args.values()]
+                values = [
+                    None
+                    if v is None
+                    else (
+                        json.dumps(v)
+                        if isinstance(v, dict | list)
+                        else str(v).lower()
+                        if isinstance(v, bool)
+                        else str(v)
+                    )
+                    for v in args.values()
+                ]
                 call = sql.SQL("{}({})").format(sql.Identifier(fn), sql.SQL(", ").join(parts))
                 if returns_rows:
-                    query = sql.SQL("SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]'::jsonb)"
-                                    " FROM {} t").format(call)
+                    query = sql.SQL(
+                        "SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]'::jsonb) FROM {} t"
+                    ).format(call)
                 else:
                     query = sql.SQL("SELECT to_jsonb({})").format(call)
                 result = conn.execute(query, values).fetchone()
                 return 200, result[0] if result else None
         except PoolTimeout:
-            return 503, {"code": "PGRST001", "message": "Database client error. Retrying the "
-                         "connection.", "details": None, "hint": None}
+            return 503, {
+                "code": "PGRST001",
+                "message": "Database client error. Retrying the connection.",
+                "details": None,
+                "hint": None,
+            }
         except psycopg.Error as exc:
             code = exc.sqlstate
             if not code:
                 self.pool.check()
-                return 503, {"code": "PGRST001", "message": "Database client error. Retrying "
-                             "the connection.", "details": str(exc), "hint": None}
+                return 503, {
+                    "code": "PGRST001",
+                    "message": "Database client error. Retrying the connection.",
+                    "details": str(exc),
+                    "hint": None,
+                }
             diag = exc.diag
             return http_status_for_sqlstate(code), {
-                "code": code, "message": diag.message_primary or str(exc),
-                "details": diag.message_detail, "hint": diag.message_hint}
+                "code": code,
+                "message": diag.message_primary or str(exc),
+                "details": diag.message_detail,
+                "hint": diag.message_hint,
+            }
 
 
 class SupabaseEndpoint:
@@ -232,8 +304,12 @@ def supabase_endpoint(
 ) -> Iterator[SupabaseEndpoint]:
     """Serve the endpoint in a background thread for the duration of the block."""
     server = _Server(dsn, service_key, storage_dir)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              name="supabase-endpoint", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": 0.05},
+        name="supabase-endpoint",
+        daemon=True,
+    )
     thread.start()
     try:
         yield SupabaseEndpoint(server)

@@ -27,8 +27,12 @@ def test_locate(path: str, expected: DocumentLocation) -> None:
 
 @pytest.mark.parametrize(
     ("path", "message"),
-    [("", "empty storage_path"), ("ftp://x/a.pdf", "unsupported storage_path scheme 'ftp'"),
-     ("a.pdf", "is not a URL nor bucket/path"), ("bucket/", "is not a URL nor bucket/path")],
+    [
+        ("", "empty storage_path"),
+        ("ftp://x/a.pdf", "unsupported storage_path scheme 'ftp'"),
+        ("a.pdf", "is not a URL nor bucket/path"),
+        ("bucket/", "is not a URL nor bucket/path"),
+    ],
 )
 def test_locate_refuses(path: str, message: str) -> None:
     with pytest.raises(DocumentError, match=message):
@@ -52,17 +56,35 @@ def test_safe_url_drops_credentials_and_query() -> None:
         (3, [], 0, []),
     ],
 )
-def test_fair_shares(limit: int, names: list[str], start: int,
-                     expected: list[tuple[str, int]]) -> None:
+def test_fair_shares(
+    limit: int, names: list[str], start: int, expected: list[tuple[str, int]]
+) -> None:
     assert fair_shares(limit, names, start) == expected
 
 
 @pytest.mark.parametrize(
     ("code", "transient"),
-    [(None, True), ("", True), ("08006", True), ("57P01", True), ("40001", True),
-     ("40P01", True), ("53300", True), ("57014", True), ("PGRST001", True), ("503", True),
-     ("429", True), ("P0001", False), ("23505", False), ("22P02", False), ("42883", False),
-     ("PGRST202", False), ("PGRST301", False), ("404", False), ("400", False)],
+    [
+        (None, True),
+        ("", True),
+        ("08006", True),
+        ("57P01", True),
+        ("40001", True),
+        ("40P01", True),
+        ("53300", True),
+        ("57014", True),
+        ("PGRST001", True),
+        ("503", True),
+        ("429", True),
+        ("P0001", False),
+        ("23505", False),
+        ("22P02", False),
+        ("42883", False),
+        ("PGRST202", False),
+        ("PGRST301", False),
+        ("404", False),
+        ("400", False),
+    ],
 )
 def test_is_transient_sqlstate(code: str | None, transient: bool) -> None:
     assert is_transient_sqlstate(code) is transient

@@ -20,8 +20,11 @@ def pages(n: int) -> bytes:
 
 def encrypted(data: bytes, user_password: str) -> bytes:
     writer = PdfWriter(clone_from=PdfReader(io.BytesIO(data)))
-    writer.encrypt(user_password=user_password, owner_password="owner-secret",
-                   algorithm="AES-128")
+    writer.encrypt(
+        user_password=user_password,
+        owner_password="owner-pw",  # noqa: S106 - test PDF
+        algorithm="AES-128",
+    )
     out = io.BytesIO()
     writer.write(out)
     return out.getvalue()
@@ -35,7 +38,10 @@ def test_inspect_counts_pages() -> None:
     ("data", "message"),
     [
         (b"", "empty document (0 bytes)"),
-        (b"<!DOCTYPE html><html>Access denied</html>", "not a PDF (starts with b'<!DOCTYPE html><')"),
+        (
+            b"<!DOCTYPE html><html>Access denied</html>",
+            "not a PDF (starts with b'<!DOCTYPE html><')",
+        ),
         (b"PK\x03\x04 a zip file", "not a PDF (starts with b'PK\\x03\\x04 a zip file')"),
         (pages(4)[:300], "corrupt PDF: truncated (no %%EOF marker at the end of 300 bytes)"),
         (b"%PDF-1.7\n" + b"\x00garbage" * 50 + b"\n%%EOF\n", "corrupt PDF"),
@@ -54,7 +60,10 @@ def test_bad_documents_give_a_precise_permanent_error(data: bytes, message: str)
 def test_split_gives_ordered_page_ranges_with_the_right_pages() -> None:
     chunks = split_pdf(pages(45), 20)
     assert [(c.first_page, c.last_page, c.total_pages) for c in chunks] == [
-        (1, 20, 45), (21, 40, 45), (41, 45, 45)]
+        (1, 20, 45),
+        (21, 40, 45),
+        (41, 45, 45),
+    ]
     assert [inspect_pdf(c.data, max_pages=100) for c in chunks] == [20, 20, 5]
     last = PdfReader(io.BytesIO(chunks[2].data))
     assert "page 41" in last.pages[0].extract_text()
