@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ocr-gemini-emulator: {exc}", file=sys.stderr)
         return 2
     server = serve(config, args.host, args.port, verbose=args.verbose)
-    host, port = server.server_address[:2]
+    host, port = str(server.server_address[0]), int(server.server_address[1])
 
     def stop(_signum: int, _frame: object) -> None:
         server.state.shutdown.set()  # wake sleeping calls (latency, timeouts)

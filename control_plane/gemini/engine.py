@@ -295,9 +295,8 @@ class GeminiOcrEngine:
             self._check_stop(stop_event)
             try:
                 if self._acquire_takes_stop:
-                    return self._limiter.acquire(
-                        estimate, timeout=self._wait_slice_s, stop_event=stop_event
-                    )
+                    acquire: Any = self._limiter.acquire  # the real limiter takes stop_event
+                    return acquire(estimate, timeout=self._wait_slice_s, stop_event=stop_event)
                 return self._limiter.acquire(estimate, timeout=self._wait_slice_s)
             except AcquireTimeoutError:  # includes the limiter's AcquireCancelledError
                 progress()  # still waiting our turn: keep the lease alive

@@ -16,7 +16,12 @@ from control_plane.emulator import bodies
 from control_plane.gemini.classify import Action, classify_exception
 from control_plane.gemini.prompts import prompt_for, split_pages
 from control_plane.samples import make_pdf, sample_document
-from tests.support.emulator import DEFAULT_TEST_KEY, EmulatorProcess, emulator_fixture, start_emulator
+from tests.support.emulator import (
+    DEFAULT_TEST_KEY,
+    EmulatorProcess,
+    emulator_fixture,
+    start_emulator,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -26,9 +31,19 @@ MODEL = "gemini-3.5-flash"
 
 @pytest.fixture
 def emu(emulator: EmulatorProcess) -> EmulatorProcess:
-    emulator.configure(rpm_limit=0, tpm_limit=0, window_s=60.0, script=[], storm_requests=0,
-                       per_day_quota=False, fault_rates={}, latency_ms=0.0, tokens_per_page=258,
-                       retry_delay_s=None, omit_retry_info=False)
+    emulator.configure(
+        rpm_limit=0,
+        tpm_limit=0,
+        window_s=60.0,
+        script=[],
+        storm_requests=0,
+        per_day_quota=False,
+        fault_rates={},
+        latency_ms=0.0,
+        tokens_per_page=258,
+        retry_delay_s=None,
+        omit_retry_info=False,
+    )
     emulator.reset()
     return emulator
 
@@ -40,17 +55,28 @@ def _body(pdf: bytes, prompt: str, *, snake: bool = False, mime: str = "applicat
     return {"contents": [{"role": "user", "parts": [{key: inline}, {"text": prompt}]}]}
 
 
-def _post(emu: EmulatorProcess, body: dict, *, key: str | None = DEFAULT_TEST_KEY,
-          version: str = "v1beta") -> httpx.Response:
+def _post(
+    emu: EmulatorProcess, body: dict, *, key: str | None = DEFAULT_TEST_KEY, version: str = "v1beta"
+) -> httpx.Response:
     headers = {"x-goog-api-key": key} if key else {}
-    return httpx.post(f"{emu.url}/{version}/models/{MODEL}:generateContent", json=body,
-                      headers=headers, timeout=10)
+    return httpx.post(
+        f"{emu.url}/{version}/models/{MODEL}:generateContent",
+        json=body,
+        headers=headers,
+        timeout=10,
+    )
 
 
 def _client(emu: EmulatorProcess, key: str = DEFAULT_TEST_KEY) -> genai.Client:
-    return genai.Client(api_key=key, http_options=types.HttpOptions(
-        base_url=emu.url, api_version="v1beta", timeout=10_000,
-        retry_options=types.HttpRetryOptions(attempts=1)))
+    return genai.Client(
+        api_key=key,
+        http_options=types.HttpOptions(
+            base_url=emu.url,
+            api_version="v1beta",
+            timeout=10_000,
+            retry_options=types.HttpRetryOptions(attempts=1),
+        ),
+    )
 
 
 def test_answers_with_the_text_layer_page_by_page_and_realistic_usage(emu: EmulatorProcess) -> None:
@@ -58,7 +84,9 @@ def test_answers_with_the_text_layer_page_by_page_and_realistic_usage(emu: Emula
     prompt = prompt_for("acte", 5, 8, 8)
     client = _client(emu)  # keep a reference: a collected Client closes its HTTP pool
     response = client.models.generate_content(
-        model=MODEL, contents=[types.Part.from_bytes(data=doc.pdf, mime_type="application/pdf"), prompt])
+        model=MODEL,
+        contents=[types.Part.from_bytes(data=doc.pdf, mime_type="application/pdf"), prompt],
+    )
     pages = split_pages(response.text or "")
     assert list(pages) == [5, 6, 7, 8], "markers numbered from the prompt's first page, in order"
     for i, text in enumerate(doc.pages):
@@ -73,10 +101,15 @@ def test_answers_with_the_text_layer_page_by_page_and_realistic_usage(emu: Emula
 
 
 @pytest.mark.parametrize(("snake", "version"), [(False, "v1beta"), (True, "v1")])
-def test_camel_and_snake_case_on_both_api_versions(emu: EmulatorProcess, snake: bool, version: str) -> None:
+def test_camel_and_snake_case_on_both_api_versions(
+    emu: EmulatorProcess, snake: bool, version: str
+) -> None:
     pdf = make_pdf(["Page une", "Page deux"])
-    answer = _post(emu, _body(pdf, "OCR"), version=version) if not snake else _post(
-        emu, _body(pdf, "OCR", snake=True), version=version)
+    answer = (
+        _post(emu, _body(pdf, "OCR"), version=version)
+        if not snake
+        else _post(emu, _body(pdf, "OCR", snake=True), version=version)
+    )
     assert answer.status_code == 200
     text = answer.json()["candidates"][0]["content"]["parts"][0]["text"]
     assert text.index("Page une") < text.index("Page deux")
@@ -98,8 +131,10 @@ def test_missing_or_wrong_key_is_refused_like_google_and_never_echoed(emu: Emula
     assert classify_exception(caught.value, attempt=1).action is Action.FATAL
 
 
-@pytest.mark.parametrize(("payload", "mime"), [(b"not a pdf at all", "application/pdf"),
-                                               (make_pdf(["x"])[:200], "application/pdf")])
+@pytest.mark.parametrize(
+    ("payload", "mime"),
+    [(b"not a pdf at all", "application/pdf"), (make_pdf(["x"])[:200], "application/pdf")],
+)
 def test_corrupt_or_non_pdf_gets_no_pages(emu: EmulatorProcess, payload: bytes, mime: str) -> None:
     answer = _post(emu, _body(payload, "OCR", mime=mime))
     assert answer.status_code == 400
@@ -132,7 +167,9 @@ def test_tpm_window_counts_input_tokens(emu: EmulatorProcess) -> None:
         client = _client(emu)
         for _ in range(3):
             client.models.generate_content(
-                model=MODEL, contents=[types.Part.from_bytes(data=pdf, mime_type="application/pdf"), "OCR"])
+                model=MODEL,
+                contents=[types.Part.from_bytes(data=pdf, mime_type="application/pdf"), "OCR"],
+            )
     decision = classify_exception(caught.value, attempt=1)
     assert decision.action is Action.COOLDOWN and not decision.per_day
     assert bodies.QUOTA_ID_TPM in decision.message
@@ -162,8 +199,19 @@ def test_per_day_mode_and_storm_mode(emu: EmulatorProcess) -> None:
 
 
 def test_scripted_faults_come_in_order(emu: EmulatorProcess) -> None:
-    emu.configure(script=["500", "503", "malformed_json", "blocked_prompt", "safety", "recitation",
-                          "empty_stop", "max_tokens", "ok"])
+    emu.configure(
+        script=[
+            "500",
+            "503",
+            "malformed_json",
+            "blocked_prompt",
+            "safety",
+            "recitation",
+            "empty_stop",
+            "max_tokens",
+            "ok",
+        ]
+    )
     body = _body(make_pdf(["x"]), "OCR")
     got = [_post(emu, body) for _ in range(9)]
     assert [r.status_code for r in got] == [500, 503, 200, 200, 200, 200, 200, 200, 200]
@@ -171,10 +219,26 @@ def test_scripted_faults_come_in_order(emu: EmulatorProcess) -> None:
         json.loads(got[2].text)
     assert got[3].json()["promptFeedback"]["blockReason"] == "PROHIBITED_CONTENT"
     assert [got[i].json()["candidates"][0]["finishReason"] for i in (4, 5, 6, 7, 8)] == [
-        "SAFETY", "RECITATION", "STOP", "MAX_TOKENS", "STOP"]
+        "SAFETY",
+        "RECITATION",
+        "STOP",
+        "MAX_TOKENS",
+        "STOP",
+    ]
     assert got[7].json()["usageMetadata"]["thoughtsTokenCount"] > 0
-    assert emu.stats()["faults"] == {f: 1 for f in ("500", "503", "malformed_json", "blocked_prompt",
-                                                    "safety", "recitation", "empty_stop", "max_tokens")}
+    assert emu.stats()["faults"] == {
+        f: 1
+        for f in (
+            "500",
+            "503",
+            "malformed_json",
+            "blocked_prompt",
+            "safety",
+            "recitation",
+            "empty_stop",
+            "max_tokens",
+        )
+    }
 
 
 def test_fault_rates_are_applied(emu: EmulatorProcess) -> None:
@@ -196,8 +260,14 @@ def test_hundreds_of_concurrent_requests_are_served_together(emu: EmulatorProces
     async def burst() -> list[int]:
         limits = httpx.Limits(max_connections=400)
         async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-            calls = [client.post(f"{emu.url}/v1beta/models/{MODEL}:generateContent", json=body,
-                                 headers={"x-goog-api-key": DEFAULT_TEST_KEY}) for _ in range(300)]
+            calls = [
+                client.post(
+                    f"{emu.url}/v1beta/models/{MODEL}:generateContent",
+                    json=body,
+                    headers={"x-goog-api-key": DEFAULT_TEST_KEY},
+                )
+                for _ in range(300)
+            ]
             return [r.status_code for r in await asyncio.gather(*calls)]
 
     assert asyncio.run(burst()) == [200] * 300
@@ -208,8 +278,10 @@ def test_hundreds_of_concurrent_requests_are_served_together(emu: EmulatorProces
 
 
 def test_cli_flags_configure_the_emulator() -> None:
-    with start_emulator(api_key=None, extra_args=["--rpm-limit", "1", "--tokens-per-page", "560",
-                                                  "--retry-delay-s", "4"]) as emu:
+    with start_emulator(
+        api_key=None,
+        extra_args=["--rpm-limit", "1", "--tokens-per-page", "560", "--retry-delay-s", "4"],
+    ) as emu:
         body = _body(make_pdf(["x"]), "OCR")
         first = _post(emu, body, key="any-key-is-fine")
         assert first.json()["usageMetadata"]["promptTokensDetails"][1]["tokenCount"] == 560

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -29,16 +28,29 @@ emulator = emulator_fixture(scope="module")
 
 @pytest.fixture
 def emu(emulator: EmulatorProcess) -> EmulatorProcess:
-    emulator.configure(rpm_limit=0, tpm_limit=0, script=[], storm_requests=0, per_day_quota=False,
-                       fault_rates={}, latency_ms=0.0, tokens_per_page=258, timeout_sleep_s=5.0)
+    emulator.configure(
+        rpm_limit=0,
+        tpm_limit=0,
+        script=[],
+        storm_requests=0,
+        per_day_quota=False,
+        fault_rates={},
+        latency_ms=0.0,
+        tokens_per_page=258,
+        timeout_sleep_s=5.0,
+    )
     emulator.reset()
     return emulator
 
 
 def _settings(emu: EmulatorProcess, **overrides: object) -> Settings:
     values: dict[str, object] = dict(
-        gemini_api_key=DEFAULT_TEST_KEY, gemini_base_url=emu.url, gemini_timeout_ms=1500,
-        gemini_max_call_attempts=4, gemini_rpm_limit=1000, gemini_tpm_limit=5_000_000,
+        gemini_api_key=DEFAULT_TEST_KEY,
+        gemini_base_url=emu.url,
+        gemini_timeout_ms=1500,
+        gemini_max_call_attempts=4,
+        gemini_rpm_limit=1000,
+        gemini_tpm_limit=5_000_000,
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -53,8 +65,9 @@ class Engines:
     def __call__(self, settings: Settings, **kwargs: object) -> GeminiOcrEngine:
         limiter = GeminiRateLimiter.from_settings(self.client, settings, self.keys)
         tpp = TokensPerPage(self.client, self.keys, default=float(settings.gemini_tokens_per_page))
-        engine = GeminiOcrEngine(settings, limiter, tpp, backoff_base_s=0.05, wait_slice_s=0.5,
-                                 **kwargs)  # type: ignore[arg-type]
+        engine = GeminiOcrEngine(
+            settings, limiter, tpp, backoff_base_s=0.05, wait_slice_s=0.5, **kwargs
+        )  # type: ignore[arg-type]
         self.made.append(engine)
         return engine
 
@@ -81,14 +94,17 @@ def test_multi_page_pdf_comes_back_in_page_order(emu: EmulatorProcess, engines: 
     assert result.prompt_tokens > 5 * 258 and result.output_tokens > 0
 
 
-def test_120_page_pdf_is_chunked_and_joined_in_order(emu: EmulatorProcess, engines: Engines) -> None:
+def test_120_page_pdf_is_chunked_and_joined_in_order(
+    emu: EmulatorProcess, engines: Engines
+) -> None:
     texts = acte_pages(7, pages=120)
     chunks = split_pdf(make_pdf(texts), 20)
     assert [(c.first_page, c.last_page) for c in chunks][:2] == [(1, 20), (21, 40)]
     progress: list[int] = []
     # hand the chunks over shuffled: the engine still joins them in page order
     result = engines(_settings(emu)).ocr_chunks(
-        "acte", list(reversed(chunks)), on_progress=lambda: progress.append(1))
+        "acte", list(reversed(chunks)), on_progress=lambda: progress.append(1)
+    )
     pages = split_pages(result.text)
     assert list(pages) == list(range(1, 121))
     assert all(pages[n].split() == texts[n - 1].split() for n in pages)
@@ -129,9 +145,10 @@ def test_transient_failures_are_retried_then_succeed(
 
 def test_retries_stop_at_max_call_attempts(emu: EmulatorProcess, engines: Engines) -> None:
     emu.configure(script=["503"] * 10)
-    with pytest.raises(TransientError, match="gave up after 3 attempts.*overloaded"):
+    with pytest.raises(TransientError, match=r"gave up after 3 attempts.*overloaded"):
         engines(_settings(emu, gemini_max_call_attempts=3)).ocr_chunks(
-            "index", _whole(make_pdf(["x"]), 1))
+            "index", _whole(make_pdf(["x"]), 1)
+        )
     assert emu.stats()["requests"] == 3
 
 
@@ -162,14 +179,18 @@ def test_corrupt_pdf_fails_once(emu: EmulatorProcess, engines: Engines) -> None:
 def test_bad_key_stops_the_worker_loudly(emu: EmulatorProcess, engines: Engines) -> None:
     with pytest.raises(GeminiAuthError, match="GEMINI_API_KEY") as caught:
         engines(_settings(emu, gemini_api_key="not-the-key")).ocr_chunks(
-            "acte", _whole(make_pdf(["x"]), 1))
+            "acte", _whole(make_pdf(["x"]), 1)
+        )
     assert "not-the-key" not in str(caught.value)
 
 
-def test_a_429_cools_down_without_consuming_an_attempt(emu: EmulatorProcess, engines: Engines) -> None:
+def test_a_429_cools_down_without_consuming_an_attempt(
+    emu: EmulatorProcess, engines: Engines
+) -> None:
     emu.configure(script=["429", "503", "503", "503"], storm_retry_delay_s=1.0)
     result = engines(_settings(emu, gemini_max_call_attempts=4)).ocr_chunks(
-        "index", _whole(make_pdf(["Registre"]), 1))
+        "index", _whole(make_pdf(["Registre"]), 1)
+    )
     assert result.calls == 5, "1 cooled-down call + 3 failures + the success, within 4 attempts"
 
 
@@ -180,8 +201,13 @@ def test_per_day_quota_is_recognised_live(emu: EmulatorProcess) -> None:
 
     client = make_client(_settings(emu))
     with pytest.raises(genai_errors.ClientError) as caught:
-        client.models.generate_content(model="m", contents=[
-            types.Part.from_bytes(data=make_pdf(["x"]), mime_type="application/pdf"), "OCR"])
+        client.models.generate_content(
+            model="m",
+            contents=[
+                types.Part.from_bytes(data=make_pdf(["x"]), mime_type="application/pdf"),
+                "OCR",
+            ],
+        )
     client.close()
     decision = classify_exception(caught.value, attempt=1)
     assert decision.action is Action.COOLDOWN and decision.per_day

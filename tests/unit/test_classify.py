@@ -98,7 +98,14 @@ NOON_UTC = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)  # 04:00 Pacific (PST, UTC-
 
 API_CASES = [
     # (name, code, body, action, delay_s or None (not checked), message fragment)
-    ("real 429 with RetryInfo", 429, REAL_429, Action.COOLDOWN, 26.0, "InputTokensPerModelPerMinute"),
+    (
+        "real 429 with RetryInfo",
+        429,
+        REAL_429,
+        Action.COOLDOWN,
+        26.0,
+        "InputTokensPerModelPerMinute",
+    ),
     ("fractional retryDelay", 429, _with_delay("45.83s"), Action.COOLDOWN, 45.83, "45.83"),
     ("zero retryDelay floors", 429, _with_delay("0s"), Action.COOLDOWN, 1.0, "rate limit"),
     ("bare 429", 429, BARE_429, Action.COOLDOWN, DEFAULT_COOLDOWN_S, "quota not named"),
@@ -110,13 +117,24 @@ API_CASES = [
     (
         "400 too many tokens",
         400,
-        _err(400, "INVALID_ARGUMENT", "The input token count (1200000) exceeds the maximum "
-             "number of tokens allowed (1048576)."),
+        _err(
+            400,
+            "INVALID_ARGUMENT",
+            "The input token count (1200000) exceeds the maximum "
+            "number of tokens allowed (1048576).",
+        ),
         Action.PERMANENT,
         0.0,
         "OCR_PAGES_PER_CHUNK",
     ),
-    ("400 other", 400, _err(400, "INVALID_ARGUMENT", "Bad field x"), Action.PERMANENT, 0.0, "Bad field x"),
+    (
+        "400 other",
+        400,
+        _err(400, "INVALID_ARGUMENT", "Bad field x"),
+        Action.PERMANENT,
+        0.0,
+        "Bad field x",
+    ),
     ("400 invalid key", 400, bodies.INVALID_KEY, Action.FATAL, 0.0, "GEMINI_API_KEY"),
     ("403 missing key", 403, bodies.MISSING_KEY, Action.FATAL, 0.0, "GEMINI_API_KEY"),
     (
@@ -135,12 +153,22 @@ API_CASES = [
         0.0,
         "GEMINI_MODEL",
     ),
-    ("413 too large", 413, _err(413, "", "Request payload size exceeds the limit"), Action.PERMANENT, 0.0, "too large"),
+    (
+        "413 too large",
+        413,
+        _err(413, "", "Request payload size exceeds the limit"),
+        Action.PERMANENT,
+        0.0,
+        "too large",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "code", "body", "action", "delay", "fragment"), API_CASES,
-                         ids=[c[0] for c in API_CASES])
+@pytest.mark.parametrize(
+    ("name", "code", "body", "action", "delay", "fragment"),
+    API_CASES,
+    ids=[c[0] for c in API_CASES],
+)
 def test_api_errors_map_to_decisions(name, code, body, action, delay, fragment) -> None:
     decision = classify_exception(_api_error(code, body), attempt=2, now=NOON_UTC)
     assert decision.action is action, f"{name}: {decision}"
@@ -175,7 +203,9 @@ TRANSPORT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("exc", TRANSPORT_CASES, ids=lambda e: type(e).__module__ + "." + type(e).__name__)
+@pytest.mark.parametrize(
+    "exc", TRANSPORT_CASES, ids=lambda e: type(e).__module__ + "." + type(e).__name__
+)
 def test_transport_failures_are_retried_with_backoff(exc: BaseException) -> None:
     decision = classify_exception(exc, attempt=3)
     assert decision.action is Action.RETRY
@@ -204,8 +234,14 @@ def test_emulator_429_body_classifies_like_the_real_one() -> None:
         info = parse_quota_error(body)
         assert info.quota_ids == (quota_id,) and info.retry_delay_s == 12.5
         decision = classify_exception(_api_error(429, body), attempt=1)
-        assert (decision.action, decision.delay_s, decision.per_day) == (Action.COOLDOWN, 12.5, False)
-    day = classify_exception(_api_error(429, bodies.per_day_quota_error("m")), attempt=1, now=NOON_UTC)
+        assert (decision.action, decision.delay_s, decision.per_day) == (
+            Action.COOLDOWN,
+            12.5,
+            False,
+        )
+    day = classify_exception(
+        _api_error(429, bodies.per_day_quota_error("m")), attempt=1, now=NOON_UTC
+    )
     assert day.per_day and day.delay_s == 20 * 3600
 
 
@@ -240,20 +276,30 @@ RESPONSE_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "body", "action"), RESPONSE_CASES, ids=[c[0] for c in RESPONSE_CASES])
+@pytest.mark.parametrize(
+    ("name", "body", "action"), RESPONSE_CASES, ids=[c[0] for c in RESPONSE_CASES]
+)
 def test_responses_map_to_decisions(name: str, body: dict, action: Action | None) -> None:
     decision = classify_response(_response(body))
     assert (decision.action if decision else None) is action, f"{name}: {decision}"
 
 
 def test_thought_parts_are_not_text() -> None:
-    body = {"candidates": [{"content": {"parts": [{"text": "thinking...", "thought": True}]},
-                            "finishReason": "STOP"}]}
+    body = {
+        "candidates": [
+            {
+                "content": {"parts": [{"text": "thinking...", "thought": True}]},
+                "finishReason": "STOP",
+            }
+        ]
+    }
     assert classify_response(_response(body)).action is Action.RETRY  # type: ignore[union-attr]
 
 
 def test_block_messages_are_precise() -> None:
-    blocked = classify_response(_response({"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}}))
+    blocked = classify_response(
+        _response({"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}})
+    )
     assert blocked is not None and "blockReason=PROHIBITED_CONTENT" in blocked.message
     max_tokens = classify_response(_response(_cand("MAX_TOKENS", None)))
     assert max_tokens is not None and "GEMINI_MAX_OUTPUT_TOKENS" in max_tokens.message
@@ -264,10 +310,18 @@ def test_block_messages_are_precise() -> None:
 
 @pytest.mark.parametrize(
     ("attempt", "base", "cap", "expected"),
-    [(1, 1.0, 60.0, 1.0), (2, 1.0, 60.0, 2.0), (4, 1.0, 60.0, 8.0), (10, 1.0, 60.0, 60.0),
-     (3, 0.5, 60.0, 2.0), (0, 1.0, 60.0, 1.0)],
+    [
+        (1, 1.0, 60.0, 1.0),
+        (2, 1.0, 60.0, 2.0),
+        (4, 1.0, 60.0, 8.0),
+        (10, 1.0, 60.0, 60.0),
+        (3, 0.5, 60.0, 2.0),
+        (0, 1.0, 60.0, 1.0),
+    ],
 )
-def test_backoff_doubles_up_to_the_cap(attempt: int, base: float, cap: float, expected: float) -> None:
+def test_backoff_doubles_up_to_the_cap(
+    attempt: int, base: float, cap: float, expected: float
+) -> None:
     assert backoff_delay(attempt, base=base, cap=cap) == expected
 
 
@@ -293,8 +347,16 @@ def test_daily_reset_is_midnight_pacific(now: datetime, expected_h: float) -> No
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("26s", 26.0), ("45.83s", 45.83), ("0s", 0.0), (" 3s ", 3.0), ("3", None), ("1m", None),
-     (None, None), (12, None)],
+    [
+        ("26s", 26.0),
+        ("45.83s", 45.83),
+        ("0s", 0.0),
+        (" 3s ", 3.0),
+        ("3", None),
+        ("1m", None),
+        (None, None),
+        (12, None),
+    ],
 )
 def test_retry_delay_parsing(value: object, expected: float | None) -> None:
     assert parse_retry_delay(value) == expected

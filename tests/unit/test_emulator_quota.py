@@ -45,8 +45,14 @@ def test_peak_finds_the_busiest_window_among_all_calls() -> None:
 
 @pytest.mark.parametrize(
     "changes",
-    [{"rpm_limit": -1}, {"fault_rates": {"boom": 0.1}}, {"fault_rates": {"500": 0.7, "503": 0.7}},
-     {"script": ["nope"]}, {"window_s": 0}, {"no_such_setting": 1}],
+    [
+        {"rpm_limit": -1},
+        {"fault_rates": {"boom": 0.1}},
+        {"fault_rates": {"500": 0.7, "503": 0.7}},
+        {"script": ["nope"]},
+        {"window_s": 0},
+        {"no_such_setting": 1},
+    ],
 )
 def test_bad_config_changes_are_refused_and_leave_the_config_alone(changes: dict) -> None:
     config = EmulatorConfig(rpm_limit=5)

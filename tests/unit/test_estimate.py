@@ -17,8 +17,13 @@ pytestmark = pytest.mark.unit
 
 @pytest.mark.parametrize(
     ("pages", "per_page", "prompt", "expected"),
-    [(1, 258.0, 300, 558), (20, 258.0, 300, 5460), (3, 560.0, 0, 1680), (3, 258.5, 10, 786),
-     (0, 258.0, 300, 300)],
+    [
+        (1, 258.0, 300, 558),
+        (20, 258.0, 300, 5460),
+        (3, 560.0, 0, 1680),
+        (3, 258.5, 10, 786),
+        (0, 258.0, 300, 300),
+    ],
 )
 def test_estimate_is_pages_times_per_page_plus_prompt(pages, per_page, prompt, expected) -> None:
     assert estimate_tokens(pages, per_page, prompt) == expected
@@ -29,7 +34,9 @@ def test_estimate_rejects_negative_inputs() -> None:
         estimate_tokens(-1, 258.0, 0)
 
 
-@pytest.mark.parametrize(("text", "expected"), [("", 0), ("abcd", 1), ("abcde", 2), ("x" * 1200, 300)])
+@pytest.mark.parametrize(
+    ("text", "expected"), [("", 0), ("abcd", 1), ("abcde", 2), ("x" * 1200, 300)]
+)
 def test_prompt_tokens_are_a_quarter_of_the_characters(text: str, expected: int) -> None:
     assert estimate_prompt_tokens(text) == expected
 

@@ -36,8 +36,12 @@ def test_prompts_differ_by_type_and_are_deterministic() -> None:
 
 @pytest.mark.parametrize(
     ("args", "fragment"),
-    [(("registre", 1, 1, 1), "unknown document type"), (("acte", 0, 1, 1), "bad page range"),
-     (("acte", 3, 2, 5), "bad page range"), (("acte", 1, 6, 5), "bad page range")],
+    [
+        (("registre", 1, 1, 1), "unknown document type"),
+        (("acte", 0, 1, 1), "bad page range"),
+        (("acte", 3, 2, 5), "bad page range"),
+        (("acte", 1, 6, 5), "bad page range"),
+    ],
 )
 def test_bad_arguments_are_refused(args: tuple, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
