@@ -6,6 +6,7 @@ Dramatiq binds an actor to `get_broker()` when it is decorated, so the broker
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -24,6 +25,9 @@ except ConfigError as _exc:
     raise SystemExit(2) from None
 
 setup_logging(_settings.ocr_log_level, json_lines=_settings.ocr_log_json, secrets=_settings.secrets)
+# Dramatiq configures the root logger at INFO; the SDK's per-request lines drown our events.
+for _name in ("google_genai", "httpx", "httpx2", "httpcore"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 broker = make_broker(_settings.redis_url.get_secret_value(), _settings.ocr_dramatiq_namespace)
 for _mw in list(broker.middleware):

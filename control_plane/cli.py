@@ -119,7 +119,7 @@ def _run(settings: Settings, *, status_only: bool) -> int:
 
     warning = warn_thin_pool(settings.ocr_worker_pool_size, snap.registered_threads)
     if warning:
-        log_event("scheduler.thin_pool", warning, level="WARNING")
+        log_event("scheduler.thin_pool", warning.removeprefix("WARNING: "), level="WARNING")
     scheduler.metrics.serve(settings.ocr_scheduler_metrics_port)
     log_event("scheduler.started", "scheduler running", owner=scheduler.owner,
               role="leader" if leading else "standby")

@@ -43,16 +43,20 @@ class Proc:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
-    def signal(self, sig: int) -> None:
+    def send(self, sig: int, *, group: bool = False) -> None:
+        """Signal the process (as a supervisor would), or its whole process group."""
         if self.alive():
-            os.killpg(self.popen.pid, sig)
+            if group:
+                os.killpg(self.popen.pid, sig)
+            else:
+                self.popen.send_signal(sig)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
-        self.signal(sig)
+        self.send(sig)
         try:
             return self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
+            self.send(signal.SIGKILL, group=True)
             self.popen.wait(10)
             raise AssertionError(f"{self.name} did not stop within {timeout}s:\n{self.log()[-3000:]}") from None
 
