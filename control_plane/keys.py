@@ -52,27 +52,17 @@ class Keys:
 
     @property
     def limiter_tokens(self) -> str:
-        """hash grant id -> tokens charged (estimate, then the settled actual)."""
+        """hash grant id -> tokens charged (estimate, then settled actual); '~sum' = total."""
         return self._k("gemini:limiter:tokens")
 
     @property
     def limiter_waiting(self) -> str:
-        """zset waiter id -> first-denial time (µs): the FIFO queue of reservations."""
+        """zset "waiter id:tokens:expires_ms" -> first-denial µs: FIFO reservation queue."""
         return self._k("gemini:limiter:waiting")
 
     @property
-    def limiter_waiters(self) -> str:
-        """hash waiter id -> "tokens:expires_ms": what each queued waiter reserves, until when."""
-        return self._k("gemini:limiter:waiters")
-
-    @property
-    def limiter_token_sum(self) -> str:
-        """string(int): running sum of the tokens hash (kept incrementally, never re-summed)."""
-        return self._k("gemini:limiter:token_sum")
-
-    @property
     def limiter_epoch(self) -> str:
-        """string: Redis-time ms when the log started; missing = state lost, restart conservatively."""
+        """string: Redis-time ms the restart period ends (0: none); missing = state lost."""
         return self._k("gemini:limiter:epoch")
 
     @property

@@ -2,10 +2,10 @@
 
 Every admission is one Lua call (`lua/limiter_acquire.lua`) that checks both windows at once
 against an exact sliding log (a zset of grant id -> admission time in µs from Redis `TIME`,
-plus a hash of tokens per grant and a running token sum kept incrementally, so a call costs
-O(log n + expired entries), never a re-sum). Requests in the last window + 1 must stay within
-RPM and tokens in the last window + the estimate within TPM. A denial carries the server's
-`retry_after_ms`: when enough of the log expires for this request to fit.
+plus a hash of tokens per grant holding their running sum, kept incrementally, so a call
+costs O(log n + expired entries + queued waiters), never a re-sum). Requests in the last window
++ 1 must stay within RPM and tokens in the last window + the estimate within TPM. A denial
+carries the server's `retry_after_ms`: when enough of the log expires for this request to fit.
 
 No starvation (reservations): an `acquire` that is denied joins a FIFO queue in Redis
 (`gemini:limiter:waiting`, ordered by first denial) with the tokens it needs. A queued waiter
@@ -18,9 +18,10 @@ died blocks others only briefly; a waiter that times out or is stopped withdraws
 
 Crash safety: grant ids are made here, so a script that redis-py re-runs after a lost reply
 finds its grant already in the log and returns it (no double charge). If the state is lost
-(Redis restarted without persistence, or flushed), the epoch key is missing: the next call
-starts a new epoch and, for one window, admits only `restart_fraction` (default half) of each
-limit, since grants admitted just before the loss may still count at Gemini. Scripts reload
+(Redis restarted without persistence, or flushed), the epoch key is missing and the log is
+empty: the next call starts a new epoch and, for one window, admits only `restart_fraction`
+(default half) of each limit, since grants admitted just before the loss may still count at
+Gemini. (After more than a day fully idle the same happens once, harmlessly.) Scripts reload
 on NOSCRIPT (redis-py `Script`); connection errors are retried by `redis_conn.redis_client`.
 
 All keys expire: the log, tokens and sum one window (+ margin) after the last grant,
@@ -29,10 +30,10 @@ reservations shortly after their last retry, the epoch after a day idle, counter
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -114,9 +115,7 @@ def wait_seconds(retry_after_ms: int, jitter: float, max_jitter_ms: int) -> floa
     return (hint + jitter * spread) / 1000.0
 
 
-def peak_window_load(
-    events: list[tuple[int, int]], window_us: int
-) -> tuple[int, int]:
+def peak_window_load(events: list[tuple[int, int]], window_us: int) -> tuple[int, int]:
     """Largest (requests, tokens) over every sliding window (t - window, t] ending at an event.
 
     `events` are (admission time µs, tokens). Used by tests and the bench to audit limiters.
@@ -168,18 +167,32 @@ class GeminiRateLimiter:
         self._acquire_keys = [
             keys.limiter_log,
             keys.limiter_tokens,
-            keys.limiter_token_sum,
             keys.limiter_epoch,
             keys.limiter_waiting,
-            keys.limiter_waiters,
             keys.cooldown_until,
             keys.rpm_current,
             keys.tpm_current,
             keys.stats,
         ]
+        # Static arguments travel as one string: each extra argument costs a round of packing.
+        self._config = " ".join(
+            str(v)
+            for v in (
+                rpm_limit,
+                tpm_limit,
+                window_ms,
+                repr(restart_fraction),
+                reserve_grace_ms,
+                LIMITER_EPOCH_TTL_MS,
+                STATS_TTL_MS,
+                WINDOW_TTL_MARGIN_MS,
+            )
+        )
 
     @classmethod
-    def from_settings(cls, client: redis.Redis, settings: Settings, keys: Keys) -> GeminiRateLimiter:
+    def from_settings(
+        cls, client: redis.Redis, settings: Settings, keys: Keys
+    ) -> GeminiRateLimiter:
         """The limiter configured by GEMINI_RPM_LIMIT / GEMINI_TPM_LIMIT / GEMINI_RATE_WINDOW_MS."""
         return cls(
             client,
@@ -193,7 +206,7 @@ class GeminiRateLimiter:
     def try_acquire(self, tokens: int) -> Decision:
         """One admission attempt; never waits, never queues a reservation."""
         self._check_size(tokens)
-        return self._attempt(tokens, uuid.uuid4().hex, register=False, waited_ms=0)
+        return self._attempt(tokens, os.urandom(12).hex(), register=False, waited_ms=0)
 
     def acquire(
         self,
@@ -205,10 +218,11 @@ class GeminiRateLimiter:
         """Wait (server hints + jitter, FIFO reservation) until granted.
 
         Raises `RequestTooLargeError` at once if `tokens` exceeds the TPM limit,
-        `AcquireTimeoutError` after `timeout` seconds, `AcquireCancelledError` if `stop_event` is set.
+        `AcquireTimeoutError` after `timeout` seconds, `AcquireCancelledError` once `stop_event`
+        is set.
         """
         self._check_size(tokens)
-        grant_id = uuid.uuid4().hex
+        grant_id = os.urandom(12).hex()
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
         while True:
@@ -246,28 +260,13 @@ class GeminiRateLimiter:
         raw = self._scripts.run(
             "limiter_acquire",
             self._acquire_keys,
-            [
-                grant_id,
-                tokens,
-                self.rpm_limit,
-                self.tpm_limit,
-                self.window_ms,
-                repr(self.restart_fraction),
-                1 if register else 0,
-                waited_ms,
-                self.reserve_grace_ms,
-                LIMITER_EPOCH_TTL_MS,
-                STATS_TTL_MS,
-                WINDOW_TTL_MARGIN_MS,
-            ],
+            [grant_id, f"{tokens} {1 if register else 0} {waited_ms}", self._config],
         )
         return parse_decision(raw, grant_id, tokens)
 
     def _give_up(self, grant_id: str, event: str) -> None:
         """Withdraw a reservation so nobody keeps leaving room for us; count it."""
-        self._scripts.run(
-            "limiter_cancel", [self.keys.limiter_waiting, self.keys.limiter_waiters], [grant_id]
-        )
+        self._scripts.run("limiter_cancel", [self.keys.limiter_waiting], [grant_id])
         self._client.hincrby(self.keys.stats, event.removeprefix("acquire_") + "s", 1)
         log_event(event, "gave up waiting for Gemini capacity", grant_id=grant_id)
 
@@ -278,19 +277,14 @@ class GeminiRateLimiter:
             raise ValueError("actual_tokens must be >= 0")
         self._scripts.run(
             "limiter_settle",
-            [
-                self.keys.limiter_log,
-                self.keys.limiter_tokens,
-                self.keys.limiter_token_sum,
-                self.keys.tpm_current,
-            ],
+            [self.keys.limiter_log, self.keys.limiter_tokens, self.keys.tpm_current],
             [grant.grant_id, actual_tokens, self.window_ms, self.window_ms + WINDOW_TTL_MARGIN_MS],
         )
 
     def cooldown(self, seconds: float, reason: str = "") -> None:
         """Pause every worker for `seconds` (a 429); never shortens a longer cooldown."""
         duration_ms = max(1, int(seconds * 1000))
-        remaining, extended = self._scripts.run(
+        _, extended = self._scripts.run(
             "limiter_cooldown",
             [self.keys.cooldown_until, self.keys.cooldown_reason, self.keys.stats],
             [duration_ms, reason, STATS_TTL_MS],
@@ -304,7 +298,6 @@ class GeminiRateLimiter:
             [
                 self.keys.limiter_log,
                 self.keys.limiter_tokens,
-                self.keys.limiter_token_sum,
                 self.keys.rpm_current,
                 self.keys.tpm_current,
                 self.keys.cooldown_until,
@@ -327,5 +320,5 @@ class GeminiRateLimiter:
         raw = self._client.hgetall(self.keys.stats)
         return {
             (k.decode() if isinstance(k, bytes) else str(k)): int(v)
-            for k, v in raw.items()  # type: ignore[union-attr]
+            for k, v in raw.items()
         }

@@ -1,21 +1,16 @@
 -- limiter_acquire: admit one Gemini request against the RPM and TPM sliding windows, atomically.
 --
--- KEYS[1]  zset  sliding log: grant id -> admission time (µs, Redis TIME)
--- KEYS[2]  hash  grant id -> tokens charged
--- KEYS[3]  string running sum of KEYS[2] (kept incrementally)
--- KEYS[4]  string epoch: Redis-time ms when this log started (missing = state lost)
--- KEYS[5]  zset  reservation queue: waiter id -> first-denial time (µs)
--- KEYS[6]  hash  waiter id -> "tokens:expires_ms"
--- KEYS[7]  string cooldown until (Redis-time ms)
--- KEYS[8]  string gemini:rpm:current      KEYS[9] string gemini:tpm:current
--- KEYS[10] hash  counters (grants, denials, denied_<reason>, waits, wait_ms_total)
--- ARGV[1]  grant id (client-generated: a retried call is idempotent)
--- ARGV[2]  tokens (estimate)              ARGV[3] RPM limit      ARGV[4] TPM limit
--- ARGV[5]  window ms                      ARGV[6] restart fraction (0 < f <= 1)
--- ARGV[7]  1 = queue a reservation when denied (acquire), 0 = one-shot (try_acquire)
--- ARGV[8]  ms the caller already waited (added to counters on grant)
--- ARGV[9]  reservation grace ms          ARGV[10] epoch TTL ms   ARGV[11] stats TTL ms
--- ARGV[12] key TTL margin ms
+-- KEYS[1]  zset   sliding log: grant id -> admission time (µs, Redis TIME)
+-- KEYS[2]  hash   grant id -> tokens charged; field '~sum' = their running sum (kept incrementally)
+-- KEYS[3]  string epoch: Redis-time ms when the restart period ends (missing + empty log = state lost)
+-- KEYS[4]  zset   reservation queue: "waiter id:tokens:expires_ms" -> first-denial time (µs)
+-- KEYS[5]  string cooldown until (Redis-time ms)
+-- KEYS[6]  string gemini:rpm:current    KEYS[7] string gemini:tpm:current
+-- KEYS[8]  hash   counters: grants, denials, denied_<reason>, waits, wait_ms_total
+-- ARGV[1]  grant id (client-generated: a rerun of this call after a lost reply is idempotent)
+-- ARGV[2]  "tokens register waited_ms": register 1 = queue a reservation when denied (acquire),
+--          0 = one-shot (try_acquire); waited_ms is added to the counters on grant
+-- ARGV[3]  "rpm tpm window_ms restart_fraction grace_ms epoch_ttl_ms stats_ttl_ms margin_ms"
 -- Returns  {granted 0/1, retry_after_ms, reason, granted_at_us, requests, tokens}
 --          reason: ok | rpm | tpm | reserved | cooldown; requests/tokens = window usage after the call.
 --
@@ -23,11 +18,14 @@
 -- only for the waiters ahead of it; anyone not queued must leave room for all of them. So a large
 -- request cannot be starved by a stream of small ones.
 
-local log, tok, sumk, epochk, waitq, waiters = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local gid, tokens = ARGV[1], tonumber(ARGV[2])
-local rpm, tpm, window_ms = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local fraction, register, waited = tonumber(ARGV[6]), ARGV[7] == '1', tonumber(ARGV[8])
-local grace, margin = tonumber(ARGV[9]), tonumber(ARGV[12])
+local log, tok, epochk, waitq, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[8]
+local gid = ARGV[1]
+local tokens, register, waited = string.match(ARGV[2], '^(%d+) (%d) (%d+)$')
+tokens, register, waited = tonumber(tokens), register == '1', tonumber(waited)
+local c = {}
+for v in string.gmatch(ARGV[3], '%S+') do c[#c + 1] = tonumber(v) end
+local rpm, tpm, window_ms, fraction, grace, epoch_ttl, stats_ttl, margin =
+  c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
 
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -38,47 +36,57 @@ local ttl = window_ms + margin
 -- Idempotence: redis-py may rerun us after a lost reply; the first run's grant stands.
 local prev = redis.call('ZSCORE', log, gid)
 if prev then
-  return {1, 0, 'ok', tonumber(prev), redis.call('ZCARD', log), tonumber(redis.call('GET', sumk) or '0')}
+  return {1, 0, 'ok', tonumber(prev), redis.call('ZCARD', log), tonumber(redis.call('HGET', tok, '~sum') or '0')}
 end
 
 -- Prune what left the window, subtracting its tokens from the running sum (O(expired)).
 local cutoff = now_us - window_us
-local freed = 0
+local sum
 while true do
   local old = redis.call('ZRANGEBYSCORE', log, '-inf', cutoff, 'LIMIT', 0, 500)
   if #old == 0 then break end
   local vals = redis.call('HMGET', tok, unpack(old))
+  local freed = 0
   for i = 1, #old do
     if vals[i] then freed = freed + tonumber(vals[i]) end
   end
   redis.call('HDEL', tok, unpack(old))
   redis.call('ZREM', log, unpack(old))
+  sum = redis.call('HINCRBY', tok, '~sum', -freed)
 end
 local count = redis.call('ZCARD', log)
-local sum
 if count == 0 then
-  sum = 0  -- an empty log holds no tokens, whatever a half-evicted state says
-  redis.call('SET', sumk, 0, 'PX', ttl)
-elseif freed > 0 then
-  sum = redis.call('DECRBY', sumk, freed)
-else
-  sum = tonumber(redis.call('GET', sumk) or '0')
+  sum = 0  -- an empty log holds no tokens: drop whatever a half-expired hash still says
+  redis.call('DEL', tok)
+elseif not sum then
+  sum = tonumber(redis.call('HGET', tok, '~sum') or '0')
 end
 
--- Lost state (flush, restart without persistence): start a new epoch and, for one window,
--- admit only a fraction of each limit (grants from before the loss may still count at Gemini).
-local epoch = tonumber(redis.call('GET', epochk))
-if not epoch then
-  epoch = now_ms
-  redis.call('SET', epochk, epoch, 'PX', tonumber(ARGV[10]))
-else
-  redis.call('PEXPIRE', epochk, tonumber(ARGV[10]))
+local flags = redis.call('MGET', epochk, KEYS[5])
+-- Lost state (flush, restart without persistence) shows as no epoch and an empty log: for one
+-- window admit only a fraction of each limit, since grants made just before the loss may still
+-- count at Gemini. An epoch that lapsed while the log was busy is simply renewed.
+local restart_end = tonumber(flags[1])
+if not restart_end then
+  restart_end = 0
+  if count == 0 and fraction < 1 then restart_end = now_ms + window_ms end
+  redis.call('SET', epochk, restart_end, 'PX', epoch_ttl)
+elseif count == 0 then
+  redis.call('PEXPIRE', epochk, epoch_ttl)
 end
 local eff_rpm, eff_tpm = rpm, tpm
-local restart_end = epoch + window_ms
-if now_ms < restart_end and fraction < 1 then
+if now_ms < restart_end then
   eff_rpm = math.max(1, math.floor(rpm * fraction))
   eff_tpm = math.max(1, math.floor(tpm * fraction))
+end
+
+local function count_stat(field)
+  if redis.call('HINCRBY', stats, field, 1) % 256 == 1 then redis.call('PEXPIRE', stats, stats_ttl) end
+end
+
+local function publish()
+  redis.call('SET', KEYS[6], count, 'PX', ttl)
+  redis.call('SET', KEYS[7], sum, 'PX', ttl)
 end
 
 -- Never shorten a TTL another waiter's entry relies on.
@@ -86,70 +94,63 @@ local function extend(key, ms)
   if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
 end
 
-local function publish()
-  redis.call('SET', KEYS[8], count, 'PX', ttl)
-  redis.call('SET', KEYS[9], sum, 'PX', ttl)
-  redis.call('PEXPIRE', KEYS[10], tonumber(ARGV[11]))
+-- Reservations ahead of this request (all of them if it is not queued); drop lapsed ones.
+local ahead_req, ahead_tok, all_req, all_tok = 0, 0, 0, 0
+local own, own_score = nil, nil
+local queue = redis.call('ZRANGE', waitq, 0, 999, 'WITHSCORES')
+for i = 1, #queue, 2 do
+  local member = queue[i]
+  local w, wt, wexp = string.match(member, '^(.+):(%d+):(%d+)$')
+  if not w or tonumber(wexp) < now_ms then
+    redis.call('ZREM', waitq, member)
+  elseif w == gid then
+    own, own_score = member, queue[i + 1]
+  else
+    if not own then
+      ahead_req, ahead_tok = ahead_req + 1, ahead_tok + tonumber(wt)
+    end
+    all_req, all_tok = all_req + 1, all_tok + tonumber(wt)
+  end
+end
+if not own then ahead_req, ahead_tok = all_req, all_tok end
+
+local function queue_until(expires_ms)
+  local member = gid .. ':' .. tokens .. ':' .. expires_ms
+  if own then
+    redis.call('ZREM', waitq, own)
+    redis.call('ZADD', waitq, own_score, member)
+  else
+    redis.call('ZADD', waitq, now_us, member)
+  end
+  extend(waitq, expires_ms - now_ms + ttl)
 end
 
 local function deny(reason, retry_ms)
-  redis.call('HINCRBY', KEYS[10], 'denials', 1)
-  redis.call('HINCRBY', KEYS[10], 'denied_' .. reason, 1)
+  count_stat('denials')
+  count_stat('denied_' .. reason)
   publish()
   return {0, retry_ms, reason, 0, count, sum}
 end
 
--- Shared cooldown after a 429: nobody calls Gemini until it ends.
-local until_ms = tonumber(redis.call('GET', KEYS[7]))
+-- Shared cooldown after a 429: nobody calls Gemini until it ends (a queued waiter keeps its place).
+local until_ms = tonumber(flags[2])
 if until_ms and now_ms < until_ms then
-  local w = redis.call('HGET', waiters, gid)
-  if w then  -- keep a queued waiter's place through the cooldown
-    redis.call('HSET', waiters, gid, string.match(w, '^(%d+):') .. ':' .. (until_ms + grace))
-    extend(waitq, until_ms - now_ms + grace + ttl)
-    extend(waiters, until_ms - now_ms + grace + ttl)
-  end
+  if own then queue_until(until_ms + grace) end
   return deny('cooldown', until_ms - now_ms)
 end
 
--- Reservations ahead of this request (all of them if it is not queued); drop lapsed ones.
-local ahead_req, ahead_tok, all_req, all_tok, queued = 0, 0, 0, 0, false
-local queue = redis.call('ZRANGE', waitq, 0, 999)
-if #queue > 0 then
-  local infos = redis.call('HMGET', waiters, unpack(queue))
-  for i = 1, #queue do
-    local w, wt, wexp = queue[i], nil, nil
-    if infos[i] then wt, wexp = string.match(infos[i], '^(%d+):(%d+)$') end
-    if not wt or tonumber(wexp) < now_ms then
-      redis.call('ZREM', waitq, w)
-      redis.call('HDEL', waiters, w)
-    elseif w == gid then
-      queued = true
-    else
-      if not queued then
-        ahead_req, ahead_tok = ahead_req + 1, ahead_tok + tonumber(wt)
-      end
-      all_req, all_tok = all_req + 1, all_tok + tonumber(wt)
-    end
-  end
-end
-if not queued then ahead_req, ahead_tok = all_req, all_tok end
-
 if count + ahead_req + 1 <= eff_rpm and sum + ahead_tok + tokens <= eff_tpm then
-  redis.call('ZADD', log, 'NX', now_us, gid)
+  redis.call('ZADD', log, now_us, gid)
   redis.call('HSET', tok, gid, tokens)
-  sum = redis.call('INCRBY', sumk, tokens)
+  sum = redis.call('HINCRBY', tok, '~sum', tokens)
   count = count + 1
   redis.call('PEXPIRE', log, ttl)
   redis.call('PEXPIRE', tok, ttl)
-  redis.call('PEXPIRE', sumk, ttl)
-  if queued then
-    redis.call('ZREM', waitq, gid)
-    redis.call('HDEL', waiters, gid)
-  end
-  redis.call('HINCRBY', KEYS[10], 'grants', 1)
+  if own then redis.call('ZREM', waitq, own) end
+  count_stat('grants')
   if waited > 0 then
-    redis.call('HINCRBY', KEYS[10], 'waits', 1)
-    redis.call('HINCRBY', KEYS[10], 'wait_ms_total', waited)
+    count_stat('waits')
+    redis.call('HINCRBY', stats, 'wait_ms_total', waited)
   end
   publish()
   return {1, 0, 'ok', now_us, count, sum}
@@ -192,7 +193,7 @@ if need_tok > 0 then
 end
 if not feasible then
   -- Only the restart period ending, or waiters ahead being served, can make room: look again then.
-  if eff_tpm < tpm or eff_rpm < rpm then
+  if now_ms < restart_end then
     retry = math.max(retry, restart_end - now_ms)
   else
     local last = redis.call('ZRANGE', log, -1, -1, 'WITHSCORES')
@@ -207,10 +208,5 @@ if count + 1 > eff_rpm then
 elseif sum + tokens > eff_tpm then
   reason = 'tpm'
 end
-if register then
-  redis.call('ZADD', waitq, 'NX', now_us, gid)
-  redis.call('HSET', waiters, gid, tokens .. ':' .. (now_ms + retry + grace))
-  extend(waitq, retry + grace + ttl)
-  extend(waiters, retry + grace + ttl)
-end
+if register then queue_until(now_ms + retry + grace) end
 return deny(reason, retry)

@@ -1,10 +1,9 @@
 -- limiter_settle: replace a grant's token estimate with the actual count (Gemini usage_metadata).
 --
 -- KEYS[1]  zset   sliding log: grant id -> admission time (µs)
--- KEYS[2]  hash   grant id -> tokens charged
--- KEYS[3]  string running sum of KEYS[2]
--- KEYS[4]  string gemini:tpm:current
--- ARGV[1]  grant id        ARGV[2] actual tokens      ARGV[3] window ms   ARGV[4] key TTL ms
+-- KEYS[2]  hash   grant id -> tokens charged; field '~sum' = their running sum
+-- KEYS[3]  string gemini:tpm:current
+-- ARGV[1]  grant id      ARGV[2] actual tokens      ARGV[3] window ms      ARGV[4] key TTL ms
 -- Returns  the change applied to the window's token count (0 when nothing to do).
 --
 -- Idempotent: settling again with the same figure changes nothing. A grant that has left the
@@ -23,7 +22,7 @@ end
 local delta = tonumber(ARGV[2]) - old
 if delta ~= 0 then
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-  local sum = redis.call('INCRBY', KEYS[3], delta)
-  redis.call('SET', KEYS[4], sum, 'PX', tonumber(ARGV[4]))
+  local sum = redis.call('HINCRBY', KEYS[2], '~sum', delta)
+  redis.call('SET', KEYS[3], sum, 'PX', tonumber(ARGV[4]))
 end
 return delta

@@ -20,19 +20,23 @@ WINDOW_US = WINDOW_MS * 1000
 SPAWN_LEAD_S = 2.0  # spawned children import the project before the common start time
 
 
-def _spec(url: str, keys: Keys, rpm: int, tpm: int, seconds: float, tokens: tuple[int, ...]) -> LoadSpec:
+def _spec(
+    url: str, keys: Keys, rpm: int, tpm: int, seconds: float, tokens: tuple[int, ...]
+) -> LoadSpec:
     start = time.time() + SPAWN_LEAD_S
     return LoadSpec(url, keys.prefix, rpm, tpm, WINDOW_MS, start, start + seconds, tokens)
 
 
 def _per_window(events: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """(requests, tokens) in consecutive whole windows from the first grant, last partial one dropped."""
+    """(requests, tokens) per whole window from the first grant; the last partial one dropped."""
     first = min(at for at, _ in events)
     last = max(at for at, _ in events)
     windows = []
     k = 0
     while first + (k + 1) * WINDOW_US <= last:
-        inside = [t for at, t in events if first + k * WINDOW_US <= at < first + (k + 1) * WINDOW_US]
+        inside = [
+            t for at, t in events if first + k * WINDOW_US <= at < first + (k + 1) * WINDOW_US
+        ]
         windows.append((len(inside), sum(inside)))
         k += 1
     return windows
@@ -52,7 +56,9 @@ class LogSizeWatcher(threading.Thread):
             self.sizes.append(int(self.client.zcard(self.key)))
 
 
-def test_eight_processes_never_over_admit_either_window(redis_url: str, redis_client, keys: Keys) -> None:
+def test_eight_processes_never_over_admit_either_window(
+    redis_url: str, redis_client, keys: Keys
+) -> None:
     rpm, tpm = 40, 40_000
     spec = _spec(redis_url, keys, rpm, tpm, 4 * WINDOW_MS / 1000, (50, 200, 500, 1500, 4000))
     watcher = LogSizeWatcher(redis_client, keys.limiter_log)
@@ -66,7 +72,9 @@ def test_eight_processes_never_over_admit_either_window(redis_url: str, redis_cl
     peak_req, peak_tok = peak_window_load(events, WINDOW_US)
 
     assert sum(1 for grants in results if grants) >= 6, "most processes should have been served"
-    assert len(events) >= 2 * rpm, f"the run should span several full windows, got {len(events)} grants"
+    assert len(events) >= 2 * rpm, (
+        f"the run should span several full windows, got {len(events)} grants"
+    )
     assert peak_req <= rpm, f"some {WINDOW_MS} ms window admitted {peak_req} requests > RPM {rpm}"
     assert peak_tok <= tpm, f"some {WINDOW_MS} ms window admitted {peak_tok} tokens > TPM {tpm}"
     assert watcher.sizes and max(watcher.sizes) <= rpm, (
@@ -91,10 +99,14 @@ def test_saturated_limiter_uses_its_budget(
     assert len(windows) >= 2, f"expected several full windows, got {windows}"
     if binding == "rpm":
         worst = min(requests for requests, _ in windows)
-        assert worst >= 0.95 * rpm, f"admitted {worst} requests in a window, below 95% of RPM {rpm}: {windows}"
+        assert worst >= 0.95 * rpm, (
+            f"admitted {worst} requests in a window, below 95% of RPM {rpm}: {windows}"
+        )
     else:
         worst = min(used for _, used in windows)
-        assert worst >= 0.90 * tpm, f"admitted {worst} tokens in a window, below 90% of TPM {tpm}: {windows}"
+        assert worst >= 0.90 * tpm, (
+            f"admitted {worst} tokens in a window, below 90% of TPM {tpm}: {windows}"
+        )
 
 
 def test_large_request_is_not_starved_by_a_stream_of_small_ones(redis_url: str, keys: Keys) -> None:
@@ -106,7 +118,9 @@ def test_large_request_is_not_starved_by_a_stream_of_small_ones(redis_url: str, 
         # Join once the small stream has saturated the budget at full (post-restart) limits.
         time.sleep(max(0.0, spec.start_at + 1.5 * WINDOW_MS / 1000 - time.time()))
         client = redis_client(redis_url)
-        limiter = GeminiRateLimiter(client, rpm_limit=rpm, tpm_limit=tpm, window_ms=WINDOW_MS, keys=keys)
+        limiter = GeminiRateLimiter(
+            client, rpm_limit=rpm, tpm_limit=tpm, window_ms=WINDOW_MS, keys=keys
+        )
         seconds, micros = client.time()
         outcome["asked_us"] = seconds * 1_000_000 + micros
         outcome["usage_when_asked"] = limiter.usage()
@@ -123,4 +137,6 @@ def test_large_request_is_not_starved_by_a_stream_of_small_ones(redis_url: str, 
     _, used = outcome["usage_when_asked"]  # type: ignore[misc]
     assert used > 0.6 * tpm, f"the small stream should have saturated TPM when asked, used {used}"
     waited_us = grant.granted_at_us - outcome["asked_us"]  # type: ignore[attr-defined,operator]
-    assert waited_us <= 2 * WINDOW_US, f"the 40% request waited {waited_us / 1e6:.2f} s > two windows"
+    assert waited_us <= 2 * WINDOW_US, (
+        f"the 40% request waited {waited_us / 1e6:.2f} s > two windows"
+    )

@@ -12,7 +12,13 @@ import pytest
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-LIMITER_SCRIPTS = ["limiter_acquire", "limiter_cancel", "limiter_cooldown", "limiter_settle", "limiter_status"]
+LIMITER_SCRIPTS = [
+    "limiter_acquire",
+    "limiter_cancel",
+    "limiter_cooldown",
+    "limiter_settle",
+    "limiter_status",
+]
 
 PROBE = """
 import sys
@@ -28,7 +34,9 @@ print(",".join(scripts.available_scripts()))
 def test_lua_scripts_load_from_the_built_wheel(tmp_path: Path) -> None:
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
-        capture_output=True, text=True, timeout=240,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert build.returncode == 0, build.stderr[-2000:]
     (wheel,) = tmp_path.glob("*.whl")
@@ -43,7 +51,10 @@ def test_lua_scripts_load_from_the_built_wheel(tmp_path: Path) -> None:
     for location in (wheel, tmp_path / "unpacked"):
         probe = subprocess.run(
             [sys.executable, "-I", "-c", PROBE, str(location), *LIMITER_SCRIPTS],
-            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
         )
         assert probe.returncode == 0, f"{location.name}: {probe.stderr[-2000:]}"
         assert set(LIMITER_SCRIPTS) <= set(probe.stdout.strip().split(","))

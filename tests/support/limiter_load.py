@@ -16,7 +16,7 @@ from control_plane.redis_conn import redis_client
 
 @dataclass(frozen=True)
 class LoadSpec:
-    """What every hammering process does: acquire `token_choices` sizes until `end_at` (wall time)."""
+    """What each hammering process does: acquire `token_choices` sizes until `end_at`."""
 
     url: str
     prefix: str

@@ -1,4 +1,4 @@
-"""Pure parts of the limiter: wait computation, reply parsing, the sliding-window audit, size checks."""
+"""Pure parts of the limiter: waits, reply parsing, the sliding-window audit, size checks."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ pytestmark = pytest.mark.unit
         (60_000, 0.5, 25, 60.0125),
     ],
 )
-def test_wait_seconds(retry_after_ms: int, jitter: float, max_jitter_ms: int, expected_s: float) -> None:
+def test_wait_seconds(
+    retry_after_ms: int, jitter: float, max_jitter_ms: int, expected_s: float
+) -> None:
     assert wait_seconds(retry_after_ms, jitter, max_jitter_ms) == pytest.approx(expected_s)
 
 
@@ -42,7 +44,9 @@ def test_wait_seconds(retry_after_ms: int, jitter: float, max_jitter_ms: int, ex
         ([(0, 1), (10, 1), (20, 1), (30, 100)], 25, (3, 102)),
     ],
 )
-def test_peak_window_load(events: list[tuple[int, int]], window_us: int, expected: tuple[int, int]) -> None:
+def test_peak_window_load(
+    events: list[tuple[int, int]], window_us: int, expected: tuple[int, int]
+) -> None:
     assert peak_window_load(events, window_us) == expected
 
 
@@ -56,7 +60,12 @@ def test_parse_decision_granted_and_denied() -> None:
         1_700_000_000_123,
     )
     denied = parse_decision([0, 250, b"tpm", 0, 5, 1_000], "g2", 300)
-    assert (denied.granted, denied.grant_id, denied.reason, denied.retry_after_ms) == (False, None, "tpm", 250)
+    assert (denied.granted, denied.grant_id, denied.reason, denied.retry_after_ms) == (
+        False,
+        None,
+        "tpm",
+        250,
+    )
     assert denied.grant is None
 
 
