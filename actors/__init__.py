@@ -7,7 +7,6 @@ Dramatiq binds an actor to `get_broker()` when it is decorated, so the broker
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import dramatiq
@@ -20,6 +19,8 @@ from control_plane.logs import setup_logging
 
 try:
     _settings = load_settings()
+    if _settings.gemini_api_key is None:
+        raise ConfigError("GEMINI_API_KEY: not set (needed to call Gemini or the emulator)")
 except ConfigError as _exc:
     print(f"configuration error: {_exc}", file=sys.stderr)
     raise SystemExit(2) from None
@@ -42,10 +43,9 @@ from actors.runtime import OcrRuntime  # noqa: E402 - after the broker exists
 
 broker.add_middleware(OcrRuntime())
 if _settings.ocr_worker_metrics_port > 0:
-    os.environ.setdefault("dramatiq_prom_port", str(_settings.ocr_worker_metrics_port))
-    from dramatiq.middleware.prometheus import Prometheus  # noqa: E402 - reads the env at import
+    from actors.metrics import WorkerMetrics  # noqa: E402
 
-    broker.add_middleware(Prometheus())
+    broker.add_middleware(WorkerMetrics())
 dramatiq.set_broker(broker)
 
 from actors import ocr  # noqa: E402,F401 - declares the actors on the broker above

@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--real-gemini", action="store_true",
                       help="use the real Gemini API (needs GEMINI_API_KEY) instead of the emulator")
     demo.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
+    demo.add_argument("--summary-json", default=None, help="also write the summary to this file")
     return parser
 
 

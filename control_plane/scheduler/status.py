@@ -67,7 +67,9 @@ def render_status(s: StatusSnapshot) -> str:
     lines = [RULE, f"OCR pool status  {s.taken_at:%Y-%m-%d %H:%M:%S} UTC", RULE]
     if alloc:
         parts = "  ".join(f"{t} {alloc.get(t, 0)}" for t in DOCUMENT_TYPES)
-        lines.append(f"Worker allocation : {parts}  (pool {alloc.get('total', s.pool_size)})")
+        total = alloc.get("total", s.pool_size)
+        pool = f"pool {total}" if total == s.pool_size else f"{total} of pool {s.pool_size}"
+        lines.append(f"Worker allocation : {parts}  ({pool})")
         if alloc.get("reason"):
             lines.append(f"  reason          : {alloc['reason']}")
     else:
