@@ -72,9 +72,13 @@ class SchedulerMetrics:
         """Refresh the gauges from a status snapshot and the limiter's shared counters."""
         for t in DOCUMENT_TYPES:
             self.slots_busy.labels(type=t).set(snap.busy.get(t, 0))
-        for t, counts in snap.queue.items():
-            self.queue_ready.labels(type=t, environment="all").set(counts.get("ready", 0))
-            self.queue_in_flight.labels(type=t, environment="all").set(counts.get("in_flight", 0))
+        for env, by_type in snap.queue_by_environment.items():
+            for t, counts in by_type.items():
+                self.queue_ready.labels(type=t, environment=env).set(counts.get("ready", 0))
+                self.queue_in_flight.labels(type=t, environment=env).set(counts.get("in_flight", 0))
+        for t in DOCUMENT_TYPES:
+            self.completed.labels(type=t).set(snap.documents.get(f"completed:{t}", 0))
+            self.failed.labels(type=t).set(snap.documents.get(f"failed:{t}", 0))
         self.requests_window.set(snap.rpm_used)
         self.tokens_window.set(snap.tpm_used)
         self.rpm_limit.set(snap.rpm_limit)
@@ -87,5 +91,5 @@ class SchedulerMetrics:
         stats = getattr(limiter, "stats", None)
         if callable(stats):
             values = stats()
-            self.quota_429.set(float(values.get("quota_429", values.get("cooldowns", 0))))
-            self.wait_seconds.set(float(values.get("wait_ms", 0)) / 1000)
+            self.quota_429.set(float(values.get("cooldowns", 0)))
+            self.wait_seconds.set(float(values.get("wait_ms_total", 0)) / 1000)

@@ -260,12 +260,21 @@ class Scheduler:
             enqueued=self.enqueued.counts(),
         )
         try:
-            counts = self.environments.counts()
-            snap.queue = {
-                t: {"ready": c.ready, "in_flight": c.in_flight} for t, c in counts.items()
-            }
+            by_env = self.environments.counts_by_environment()
         except TransientError as exc:
             snap.queue_error = type(exc).__name__
+            by_env = {}
+        totals: dict[str, dict[str, int]] = {}
+        for env, counts in by_env.items():
+            snap.queue_by_environment[env] = {
+                t: {"ready": c.ready, "in_flight": c.in_flight} for t, c in counts.items()
+            }
+            for t, c in counts.items():
+                total = totals.setdefault(t, {"ready": 0, "in_flight": 0})
+                total["ready"] += c.ready
+                total["in_flight"] += c.in_flight
+        snap.queue = totals
+        snap.documents = {k: int(v) for k, v in self.client.hgetall(self.keys.pool_stats).items()}
         return snap
 
     def status_text(self) -> str:

@@ -41,6 +41,10 @@ class StatusSnapshot:
     queue_error: str | None = None
     leader: str | None = None
     enqueued: dict[str, int] = field(default_factory=dict)
+    # environment -> type -> {"ready", "in_flight"}
+    queue_by_environment: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    # completed:index, failed:acte, ... as counted by the workers
+    documents: dict[str, int] = field(default_factory=dict)
 
 
 def _pct(used: float, limit: float) -> str:
