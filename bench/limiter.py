@@ -129,7 +129,9 @@ def run_job(job: Job) -> Outcome:
         if granted:
             out.grants += 1
             if job.saturate:
-                out.client_events.append((int((before + after) / 2 * 1e6), tokens))
+                out.client_events.append(
+                    (int(after * 1e6), tokens)
+                )  # ours may have waited: use the return
                 if server_us:
                     out.server_events.append((server_us, tokens))
         elif job.saturate:

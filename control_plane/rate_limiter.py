@@ -35,7 +35,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -88,19 +88,19 @@ class Decision:
         return Grant(self.grant_id, self.tokens, self.granted_at_us // 1000, self.granted_at_us)
 
 
-def parse_decision(raw: list[Any], grant_id: str, tokens: int) -> Decision:
-    """Turn the acquire script's reply into a `Decision`."""
-    granted = int(raw[0]) == 1
-    reason = raw[2].decode() if isinstance(raw[2], bytes) else str(raw[2])
+def parse_decision(raw: str | bytes, grant_id: str, tokens: int) -> Decision:
+    """The acquire script's reply ("granted retry reason at_us requests tokens") as a value."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    granted, retry, reason, at_us, requests, used = text.split()
     return Decision(
-        granted=granted,
-        retry_after_ms=int(raw[1]),
-        grant_id=grant_id if granted else None,
+        granted=granted == "1",
+        retry_after_ms=int(retry),
+        grant_id=grant_id if granted == "1" else None,
         reason=reason,
         tokens=tokens,
-        granted_at_us=int(raw[3]),
-        window_requests=int(raw[4]),
-        window_tokens=int(raw[5]),
+        granted_at_us=int(at_us),
+        window_requests=int(requests),
+        window_tokens=int(used),
     )
 
 
@@ -318,7 +318,4 @@ class GeminiRateLimiter:
     def stats(self) -> dict[str, int]:
         """Counters: grants, denials, denied_<reason>, waits, wait_ms_total, cooldowns, timeouts."""
         raw = self._client.hgetall(self.keys.stats)
-        return {
-            (k.decode() if isinstance(k, bytes) else str(k)): int(v)
-            for k, v in raw.items()
-        }
+        return {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in raw.items()}

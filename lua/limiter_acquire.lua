@@ -11,8 +11,9 @@
 -- ARGV[2]  "tokens register waited_ms": register 1 = queue a reservation when denied (acquire),
 --          0 = one-shot (try_acquire); waited_ms is added to the counters on grant
 -- ARGV[3]  "rpm tpm window_ms restart_fraction grace_ms epoch_ttl_ms stats_ttl_ms margin_ms"
--- Returns  {granted 0/1, retry_after_ms, reason, granted_at_us, requests, tokens}
---          reason: ok | rpm | tpm | reserved | cooldown; requests/tokens = window usage after the call.
+-- Returns  "granted retry_after_ms reason granted_at_us requests tokens" (one string: cheaper to
+--          read than an array); granted 0/1; reason ok | rpm | tpm | reserved | cooldown;
+--          requests/tokens = window usage after the call.
 --
 -- Reservations: a denied acquire() queues (FIFO by first denial). A queued waiter must leave room
 -- only for the waiters ahead of it; anyone not queued must leave room for all of them. So a large
@@ -20,6 +21,10 @@
 
 local log, tok, epochk, waitq, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[8]
 local gid = ARGV[1]
+
+local function reply(granted, retry_ms, reason, at_us, count, sum)
+  return string.format('%d %d %s %.0f %d %.0f', granted, retry_ms, reason, at_us, count, sum)
+end
 local tokens, register, waited = string.match(ARGV[2], '^(%d+) (%d) (%d+)$')
 tokens, register, waited = tonumber(tokens), register == '1', tonumber(waited)
 local c = {}
@@ -36,7 +41,8 @@ local ttl = window_ms + margin
 -- Idempotence: redis-py may rerun us after a lost reply; the first run's grant stands.
 local prev = redis.call('ZSCORE', log, gid)
 if prev then
-  return {1, 0, 'ok', tonumber(prev), redis.call('ZCARD', log), tonumber(redis.call('HGET', tok, '~sum') or '0')}
+  local held = tonumber(redis.call('HGET', tok, '~sum') or '0')
+  return reply(1, 0, 'ok', tonumber(prev), redis.call('ZCARD', log), held)
 end
 
 -- Prune what left the window, subtracting its tokens from the running sum (O(expired)).
@@ -129,7 +135,7 @@ local function deny(reason, retry_ms)
   count_stat('denials')
   count_stat('denied_' .. reason)
   publish()
-  return {0, retry_ms, reason, 0, count, sum}
+  return reply(0, retry_ms, reason, 0, count, sum)
 end
 
 -- Shared cooldown after a 429: nobody calls Gemini until it ends (a queued waiter keeps its place).
@@ -153,7 +159,7 @@ if count + ahead_req + 1 <= eff_rpm and sum + ahead_tok + tokens <= eff_tpm then
     redis.call('HINCRBY', stats, 'wait_ms_total', waited)
   end
   publish()
-  return {1, 0, 'ok', now_us, count, sum}
+  return reply(1, 0, 'ok', now_us, count, sum)
 end
 
 -- Denied: how long until enough of the log expires (server-computed, exact for the log).

@@ -51,7 +51,7 @@ def test_peak_window_load(
 
 
 def test_parse_decision_granted_and_denied() -> None:
-    granted = parse_decision([1, 0, "ok", 1_700_000_000_123_456, 3, 900], "g1", 300)
+    granted = parse_decision("1 0 ok 1700000000123456 3 900", "g1", 300)
     assert granted == Decision(True, 0, "g1", "ok", 300, 1_700_000_000_123_456, 3, 900)
     assert granted.grant is not None
     assert (granted.grant.grant_id, granted.grant.tokens, granted.grant.granted_at_ms) == (
@@ -59,7 +59,7 @@ def test_parse_decision_granted_and_denied() -> None:
         300,
         1_700_000_000_123,
     )
-    denied = parse_decision([0, 250, b"tpm", 0, 5, 1_000], "g2", 300)
+    denied = parse_decision(b"0 250 tpm 0 5 1000", "g2", 300)
     assert (denied.granted, denied.grant_id, denied.reason, denied.retry_after_ms) == (
         False,
         None,
