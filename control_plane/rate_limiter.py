@@ -290,7 +290,7 @@ class GeminiRateLimiter:
             [duration_ms, reason, STATS_TTL_MS],
         )
         if int(extended):
-            log_event("gemini_cooldown", "all workers pause", seconds=seconds, reason=reason)
+            log_event("gemini.cooldown", "all workers pause", seconds=seconds, reason=reason)
 
     def _status(self) -> tuple[int, int, int]:
         count, tokens, remaining = self._scripts.run(

@@ -27,6 +27,7 @@ from control_plane.errors import (
     ConfigError,
     GeminiAuthError,
     PermanentError,
+    QuotaPausedError,
     RequestTooLargeError,
     TransientError,
 )
@@ -73,6 +74,20 @@ class Chunk(Protocol):
 
 class OcrInterrupted(TransientError):
     """The stop event was set (shutdown) before the document was done."""
+
+
+# A job waits out a shared cooldown up to this long; a longer one (a per-day quota, hours
+# until the reset) gives the document back instead: held that long, the job would hit
+# OCR_JOB_TIME_LIMIT_MS and its lease would lapse, and every lapse costs an attempt.
+MAX_HELD_COOLDOWN_S = 300.0
+
+
+def paused_error(remaining_ms: int, reason: str) -> QuotaPausedError:
+    """The error that gives a document back during a long cooldown (the message says why)."""
+    return QuotaPausedError(
+        f"Gemini paused for {remaining_ms / 3_600_000:.1f} h ({reason}); "
+        "document given back to ready without counting an attempt"
+    )
 
 
 @dataclass(frozen=True)
@@ -243,21 +258,21 @@ class GeminiOcrEngine:
     ) -> int:
         """Act on a failed call's decision; returns the next attempt number or raises."""
         if decision.action is Action.FATAL:
-            log_event("gemini_fatal", decision.message, level="ERROR", where=where)
+            log_event("gemini.fatal", decision.message, level="ERROR", where=where)
             raise GeminiAuthError(decision.message)
         if decision.action is Action.PERMANENT:
-            log_event("gemini_permanent", decision.message, level="WARNING", where=where)
+            log_event("gemini.permanent", decision.message, level="WARNING", where=where)
             raise PermanentError(f"{where}: {decision.message}")
         if decision.action is Action.COOLDOWN:
             self._cooldown(decision, where, progress, stop_event)
             return attempt  # a quota pause is not the call's fault: same attempt again
         if attempt >= self._settings.gemini_max_call_attempts:
             log_event(
-                "gemini_gave_up", decision.message, level="WARNING", where=where, attempts=attempt
+                "gemini.gave_up", decision.message, level="WARNING", where=where, attempts=attempt
             )
             raise TransientError(f"{where}: gave up after {attempt} attempts: {decision.message}")
         log_event(
-            "gemini_retry", decision.message, where=where, attempt=attempt, delay_s=decision.delay_s
+            "gemini.retry", decision.message, where=where, attempt=attempt, delay_s=decision.delay_s
         )
         self._pause(decision.delay_s, progress, stop_event)
         return attempt + 1
@@ -273,7 +288,7 @@ class GeminiOcrEngine:
         # A burst of 429s across workers asks for one shared pause, not one per answer.
         if remaining_ms + 1000 < decision.delay_s * 1000:
             log_event(
-                "gemini_429",
+                "gemini.429",
                 decision.message,
                 level="WARNING",
                 where=where,
@@ -282,6 +297,8 @@ class GeminiOcrEngine:
             )
             self._limiter.cooldown(decision.delay_s, decision.message)
         while (remaining_ms := self._limiter.cooldown_remaining_ms()) > 0:
+            if remaining_ms > MAX_HELD_COOLDOWN_S * 1000:
+                raise paused_error(remaining_ms, decision.message)
             self._pause(min(remaining_ms / 1000, self._wait_slice_s), progress, stop_event)
 
     def _acquire(
@@ -299,6 +316,9 @@ class GeminiOcrEngine:
                     return acquire(estimate, timeout=self._wait_slice_s, stop_event=stop_event)
                 return self._limiter.acquire(estimate, timeout=self._wait_slice_s)
             except AcquireTimeoutError:  # includes the limiter's AcquireCancelledError
+                remaining_ms = self._limiter.cooldown_remaining_ms()
+                if remaining_ms > MAX_HELD_COOLDOWN_S * 1000:
+                    raise paused_error(remaining_ms, "shared cooldown") from None
                 progress()  # still waiting our turn: keep the lease alive
             except RequestTooLargeError as exc:
                 raise RequestTooLargeError(
@@ -331,7 +351,7 @@ class GeminiOcrEngine:
         if finish == "MAX_TOKENS":
             # Usable but cut short: keep it (the text so far is right) and say so loudly.
             log_event(
-                "gemini_truncated",
+                "gemini.truncated",
                 "answer cut at GEMINI_MAX_OUTPUT_TOKENS; text kept",
                 level="WARNING",
                 where=where,
