@@ -33,3 +33,17 @@ class AcquireTimeoutError(TransientError):
 
 class GeminiAuthError(OcrPoolError):
     """Gemini refused our credentials (401/403, invalid key): the worker must stop loudly."""
+
+
+# A job waits out a shared Gemini cooldown up to this long; a longer one (a per-day quota,
+# hours until the reset) gives the document back and the scheduler stops claiming: held
+# that long, a job would hit OCR_JOB_TIME_LIMIT_MS, its lease would lapse, and every lapse
+# costs an attempt.
+MAX_HELD_COOLDOWN_S = 300.0
+
+
+class QuotaPausedError(AcquireTimeoutError):
+    """Gemini is paused for longer than a job should wait (a per-day quota): give it back.
+
+    An `AcquireTimeoutError`, so the job releases its document without counting an attempt.
+    """

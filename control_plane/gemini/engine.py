@@ -23,6 +23,7 @@ from google import genai
 from google.genai import types
 
 from control_plane.errors import (
+    MAX_HELD_COOLDOWN_S,
     AcquireTimeoutError,
     ConfigError,
     GeminiAuthError,
@@ -74,12 +75,6 @@ class Chunk(Protocol):
 
 class OcrInterrupted(TransientError):
     """The stop event was set (shutdown) before the document was done."""
-
-
-# A job waits out a shared cooldown up to this long; a longer one (a per-day quota, hours
-# until the reset) gives the document back instead: held that long, the job would hit
-# OCR_JOB_TIME_LIMIT_MS and its lease would lapse, and every lapse costs an attempt.
-MAX_HELD_COOLDOWN_S = 300.0
 
 
 def paused_error(remaining_ms: int, reason: str) -> QuotaPausedError:
