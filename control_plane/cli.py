@@ -30,9 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the pool end to end on sample documents, then stop")
     demo.add_argument("--index", type=int, default=60)
     demo.add_argument("--acte", type=int, default=30)
-    demo.add_argument("--real-gemini", action="store_true",
-                      help="use the real Gemini API (needs GEMINI_API_KEY) instead of the emulator")
-    demo.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
+    demo.add_argument(
+        "--real-gemini",
+        action="store_true",
+        help="use the real Gemini API (needs GEMINI_API_KEY) instead of the emulator",
+    )
+    demo.add_argument(
+        "--timeout", type=float, default=600.0, help="give up after this many seconds"
+    )
     demo.add_argument("--summary-json", default=None, help="also write the summary to this file")
     return parser
 
@@ -49,7 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.ocr_log_level, json_lines=settings.ocr_log_json, secrets=settings.secrets)
+    setup_logging(
+        settings.ocr_log_level, json_lines=settings.ocr_log_json, secrets=settings.secrets
+    )
     try:
         if command == "migrate":
             return _migrate(settings)
@@ -69,8 +76,11 @@ def _migrate(settings: Settings) -> int:
 
     applied = migrate(settings)
     if not applied:
-        print("migrate: no environment has a *_DATABASE_URL; apply the Supabase migrations "
-              "(supabase/migrations) with the Supabase CLI instead", file=sys.stderr)
+        print(
+            "migrate: no environment has a *_DATABASE_URL; apply the Supabase migrations "
+            "(supabase/migrations) with the Supabase CLI instead",
+            file=sys.stderr,
+        )
         return 2
     for name in applied:
         print(f"migrate: schema up to date in {name}")
@@ -80,10 +90,13 @@ def _migrate(settings: Settings) -> int:
 def _seed(settings: Settings, args: argparse.Namespace) -> int:
     from control_plane.seeding import seed_documents
 
-    added = seed_documents(settings, index=args.index, acte=args.acte,
-                           environment=args.environment, start=args.start)
-    print(f"seed: {added['index']} index and {added['acte']} acte document(s) queued in "
-          f"{added['environment']}")
+    added = seed_documents(
+        settings, index=args.index, acte=args.acte, environment=args.environment, start=args.start
+    )
+    print(
+        f"seed: {added['index']} index and {added['acte']} acte document(s) queued in "
+        f"{added['environment']}"
+    )
     return 0
 
 
@@ -122,9 +135,14 @@ def _run(settings: Settings, *, status_only: bool) -> int:
     if warning:
         log_event("scheduler.thin_pool", warning.removeprefix("WARNING: "), level="WARNING")
     scheduler.metrics.serve(settings.ocr_scheduler_metrics_port)
-    log_event("scheduler.started", "scheduler running", owner=scheduler.owner,
-              role="leader" if leading else "standby")
+    log_event(
+        "scheduler.started",
+        "scheduler running",
+        owner=scheduler.owner,
+        role="leader" if leading else "standby",
+    )
     scheduler.run_forever()
-    print("Scheduler stopped: feeding stopped, leadership released, connections closed.",
-          flush=True)
+    print(
+        "Scheduler stopped: feeding stopped, leadership released, connections closed.", flush=True
+    )
     return 0

@@ -66,7 +66,10 @@ def find_redis(stack: contextlib.ExitStack) -> str:
         return url
     if shutil.which("redis-server"):
         server = stack.enter_context(private_redis())
-        say(f"Redis      : none at {_host(url)}; started a throwaway redis-server on port {server.port}")
+        say(
+            f"Redis      : none at {_host(url)}; started a throwaway redis-server "
+            f"on port {server.port}"
+        )
         return server.url
     raise DemoError(
         f"no Redis reachable at {_host(url)} and no redis-server binary to start one.\n"
@@ -117,9 +120,7 @@ def create_database(stack: contextlib.ExitStack, admin_dsn: str) -> str:
             c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     stack.callback(drop)
-    params = psycopg.conninfo.conninfo_to_dict(admin_dsn)
-    params["dbname"] = name
-    return psycopg.conninfo.make_conninfo(**params)
+    return psycopg.conninfo.make_conninfo(admin_dsn, dbname=name)
 
 
 # --- processes --------------------------------------------------------------------
@@ -151,8 +152,14 @@ class DemoRun:
     def start(self, name: str, argv: list[str]) -> Child:
         log = self.workdir / f"{name}.log"
         with log.open("wb") as handle:
-            popen = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=handle,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+            popen = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env=self.env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         child = Child(name, popen, log)
         self.children.append(child)
         return child
@@ -169,10 +176,32 @@ def start_emulator(stack: contextlib.ExitStack, workdir: Path) -> str:
     log = (workdir / "emulator.log").open("w")
     stack.callback(log.close)
     popen = subprocess.Popen(
-        [sys.executable, "-m", "control_plane.emulator", "--host", "127.0.0.1", "--port", "0",
-         "--latency-ms", "350", "--latency-jitter-ms", "120", "--latency-per-page-ms", "40",
-         "--rpm-limit", "330", "--tpm-limit", "1100000", "--window-s", "10"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True,
+        [
+            sys.executable,
+            "-m",
+            "control_plane.emulator",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--latency-ms",
+            "350",
+            "--latency-jitter-ms",
+            "120",
+            "--latency-per-page-ms",
+            "40",
+            "--rpm-limit",
+            "330",
+            "--tpm-limit",
+            "1100000",
+            "--window-s",
+            "10",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
     )
 
     def stop() -> None:
@@ -209,8 +238,11 @@ def fetch_metrics(url: str) -> set[str]:
         text = httpx.get(url, timeout=3).text
     except httpx.HTTPError:
         return set()
-    return {line.split("{")[0].split(" ")[0] for line in text.splitlines()
-            if line and not line.startswith("#")}
+    return {
+        line.split("{")[0].split(" ")[0]
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -251,41 +283,74 @@ def _run(stack: contextlib.ExitStack, args: argparse.Namespace, started: float) 
         say("Gemini     : the real API (GEMINI_API_KEY set; your quota and billing apply)")
     else:
         url = start_emulator(stack, workdir)
-        gemini = {"GEMINI_BASE_URL": url, "GEMINI_API_KEY": DEMO_API_KEY,
-                  "GEMINI_RPM_LIMIT": "300", "GEMINI_TPM_LIMIT": "1000000",
-                  "GEMINI_RATE_WINDOW_MS": "10000"}
+        gemini = {
+            "GEMINI_BASE_URL": url,
+            "GEMINI_API_KEY": DEMO_API_KEY,
+            "GEMINI_RPM_LIMIT": "300",
+            "GEMINI_TPM_LIMIT": "1000000",
+            "GEMINI_RATE_WINDOW_MS": "10000",
+        }
         say(f"Gemini     : local emulator at {url} (300 requests / 10 s window)")
 
     docs = workdir / "documents"
     made = write_samples(docs, args.index, args.acte)
     with psycopg.connect(dsn) as conn:
         for doc, path in made:
-            conn.execute("INSERT INTO extraction_queue (document_source, storage_path, status_id) "
-                         "VALUES (%s, %s, 3)", (doc.document_source, path.as_uri()))
+            conn.execute(
+                "INSERT INTO extraction_queue (document_source, storage_path, status_id) "
+                "VALUES (%s, %s, 3)",
+                (doc.document_source, path.as_uri()),
+            )
     pages = sum(len(doc.pages) for doc, _ in made)
     say(f"Documents  : {args.index} index + {args.acte} acte sample PDFs ({pages} pages) queued")
 
     scheduler_port, worker_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("OCR_", "GEMINI_", "DEV_", "STAGING_", "PROD_"))}
-    env.update({
-        "REDIS_URL": redis_url, "DEV_DATABASE_URL": dsn, "OCR_REDIS_PREFIX": prefix,
-        "OCR_DRAMATIQ_NAMESPACE": namespace, "OCR_LOCAL_DOCUMENTS_DIR": str(docs),
-        "OCR_WORKER_POOL_SIZE": "6", "OCR_REBALANCE_INTERVAL_MS": "5000",
-        "SERVER_MAX_CPU": "12", "SERVER_MAX_RAM": "16",
-        "OCR_FEED_INTERVAL_MS": "250", "OCR_STATUS_INTERVAL_MS": "15000",
-        "OCR_SCHEDULER_METRICS_PORT": str(scheduler_port),
-        "OCR_WORKER_METRICS_PORT": str(worker_port),
-        "dramatiq_prom_db": str(workdir / "prometheus"), "PYTHONUNBUFFERED": "1", **gemini,
-    })
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OCR_", "GEMINI_", "DEV_", "STAGING_", "PROD_"))
+    }
+    env.update(
+        {
+            "REDIS_URL": redis_url,
+            "DEV_DATABASE_URL": dsn,
+            "OCR_REDIS_PREFIX": prefix,
+            "OCR_DRAMATIQ_NAMESPACE": namespace,
+            "OCR_LOCAL_DOCUMENTS_DIR": str(docs),
+            "OCR_WORKER_POOL_SIZE": "6",
+            "OCR_REBALANCE_INTERVAL_MS": "5000",
+            "SERVER_MAX_CPU": "12",
+            "SERVER_MAX_RAM": "16",
+            "OCR_FEED_INTERVAL_MS": "250",
+            "OCR_STATUS_INTERVAL_MS": "15000",
+            "OCR_SCHEDULER_METRICS_PORT": str(scheduler_port),
+            "OCR_WORKER_METRICS_PORT": str(worker_port),
+            "dramatiq_prom_db": str(workdir / "prometheus"),
+            "PYTHONUNBUFFERED": "1",
+            **gemini,
+        }
+    )
     (workdir / "prometheus").mkdir()
     run = DemoRun(workdir, env)
     stack.callback(run.stop_all)
     say(f"Logs       : {workdir}/scheduler.log, {workdir}/workers.log")
     say("")
     scheduler = run.start("scheduler", [sys.executable, "scheduler.py"])
-    run.start("workers", [sys.executable, "-m", "dramatiq", "actors", "-p", "2", "-t", "4",
-                          "--worker-shutdown-timeout", "120000"])
+    run.start(
+        "workers",
+        [
+            sys.executable,
+            "-m",
+            "dramatiq",
+            "actors",
+            "-p",
+            "2",
+            "-t",
+            "4",
+            "--worker-shutdown-timeout",
+            "120000",
+        ],
+    )
     _echo_banner(scheduler.log)
 
     summary = _watch(run, dsn, redis_url, prefix, args, started, scheduler_port, worker_port)
@@ -308,7 +373,7 @@ def _echo_banner(log: Path, timeout: float = 30) -> None:
     while time.monotonic() < deadline:
         text = log.read_text(errors="replace") if log.exists() else ""
         if "Slots started" in text:
-            block = text[text.find("=" * 78):]
+            block = text[text.find("=" * 78) :]
             end = block.find("=" * 78, block.find("Slots started"))
             say(block[: end + 78] if end > 0 else block)
             return
@@ -316,8 +381,16 @@ def _echo_banner(log: Path, timeout: float = 30) -> None:
     say(f"(no banner from the scheduler yet; see {log})")
 
 
-def _watch(run: DemoRun, dsn: str, redis_url: str, prefix: str, args: argparse.Namespace,
-           started: float, scheduler_port: int, worker_port: int) -> dict[str, Any]:
+def _watch(
+    run: DemoRun,
+    dsn: str,
+    redis_url: str,
+    prefix: str,
+    args: argparse.Namespace,
+    started: float,
+    scheduler_port: int,
+    worker_port: int,
+) -> dict[str, Any]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     total = args.index + args.acte
     peak: dict[str, int] = {"index": 0, "acte": 0}
@@ -338,13 +411,15 @@ def _watch(run: DemoRun, dsn: str, redis_url: str, prefix: str, args: argparse.N
             now = time.monotonic()
             if now - last_line >= 2 or done + failed >= total:
                 last_line = now
-                rpm = client.get(f"{prefix}gemini:rpm:current") or 0
-                say(f"[{now - started:6.1f}s] done {done:>3}/{total}  "
+                rpm = str(client.get(f"{prefix}gemini:rpm:current") or 0)
+                say(
+                    f"[{now - started:6.1f}s] done {done:>3}/{total}  "
                     f"(index {counts['index'].get(5, 0)}/{args.index}, acte "
                     f"{counts['acte'].get(5, 0)}/{args.acte})  errors {failed}  in flight "
                     f"{sum(c.get(2, 0) for c in counts.values())}  |  allocation index "
                     f"{allocation.get('index', '-')} / acte {allocation.get('acte', '-')}  |  "
-                    f"requests in window {rpm}")
+                    f"requests in window {rpm}"
+                )
             if done + failed >= total:
                 break
             dead = [c.name for c in run.children if c.popen.poll() is not None]
@@ -364,10 +439,14 @@ def _watch(run: DemoRun, dsn: str, redis_url: str, prefix: str, args: argparse.N
     finally:
         client.close()
     return {
-        "total": total, "done": done, "errors": failed,
+        "total": total,
+        "done": done,
+        "errors": failed,
         "seconds": round(time.monotonic() - started, 1),
-        "prompt_tokens": int(tokens[0]), "output_tokens": int(tokens[1]),
-        "peak_allocation": peak, "metrics": metrics,
+        "prompt_tokens": int(tokens[0]),
+        "output_tokens": int(tokens[1]),
+        "peak_allocation": peak,
+        "metrics": metrics,
     }
 
 
@@ -378,14 +457,23 @@ def _check_metrics(scheduler_port: int, worker_port: int) -> dict[str, int]:
         ours = sorted(s for s in series if s.startswith(("ocr_", "dramatiq_")))
         found[name] = len(ours)
         shown = ", ".join(ours[:4]) + (" ..." if len(ours) > 4 else "")
-        say(f"  metrics: {name} http://127.0.0.1:{port}/metrics answers {len(ours)} series "
-            f"({shown})")
+        say(
+            f"  metrics: {name} http://127.0.0.1:{port}/metrics answers {len(ours)} series "
+            f"({shown})"
+        )
     return found
 
 
 def _status_block(env: dict[str, str]) -> str:
-    result = subprocess.run([sys.executable, "scheduler.py", "status"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "scheduler.py", "status"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     return result.stdout.strip() or result.stderr.strip()
 
 
@@ -394,8 +482,11 @@ def _emulator_stats(url: str) -> dict[str, Any]:
         stats = httpx.get(f"{url}/_emulator/stats", timeout=5).json()
     except httpx.HTTPError:
         return {}
-    return {"calls": stats.get("requests", 0), "responses_429": stats.get("sent_429", 0),
-            "quota_window_exceeded": stats.get("window_exceeded", False)}
+    return {
+        "calls": stats.get("requests", 0),
+        "responses_429": stats.get("sent_429", 0),
+        "quota_window_exceeded": stats.get("window_exceeded", False),
+    }
 
 
 def _print_summary(s: dict[str, Any]) -> None:
@@ -405,11 +496,15 @@ def _print_summary(s: dict[str, Any]) -> None:
     say(f"Documents done    : {s['done']}/{s['total']}  (errors {s['errors']})")
     say(f"Time              : {s['seconds']} s")
     if "calls" in s:
-        say(f"Gemini calls      : {s['calls']}  (429 answers: {s['responses_429']}, quota window "
-            f"exceeded: {'yes' if s['quota_window_exceeded'] else 'no'})")
+        say(
+            f"Gemini calls      : {s['calls']}  (429 answers: {s['responses_429']}, quota window "
+            f"exceeded: {'yes' if s['quota_window_exceeded'] else 'no'})"
+        )
     say(f"Tokens            : {s['prompt_tokens']:,} input, {s['output_tokens']:,} output")
-    say(f"Peak allocation   : index {s['peak_allocation']['index']}, acte "
-        f"{s['peak_allocation']['acte']}")
+    say(
+        f"Peak allocation   : index {s['peak_allocation']['index']}, acte "
+        f"{s['peak_allocation']['acte']}"
+    )
     say("=" * 78)
 
 
@@ -420,4 +515,3 @@ def _clean_redis(url: str, prefix: str, namespace: str) -> None:
             for key in client.scan_iter(match=pattern, count=1000):
                 client.delete(key)
     client.close()
-

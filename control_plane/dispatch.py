@@ -56,7 +56,7 @@ class DocumentMessage:
 
 def make_broker(redis_url: str, namespace: str) -> RedisBroker:
     """The Redis broker both processes share; queues declared up front."""
-    broker = RedisBroker(url=redis_url, namespace=namespace)
+    broker = RedisBroker(url=redis_url, namespace=namespace)  # type: ignore[no-untyped-call]
     for queue in QUEUE_NAMES.values():
         broker.declare_queue(queue)
     return broker

@@ -38,7 +38,9 @@ def _human_format(record: Any) -> str:
     extra = {k: v for k, v in record["extra"].items() if k != "action"}
     action = record["extra"].get("action", "")
     fields = " ".join(f"{k}={_fmt(v)}" for k, v in extra.items())
-    line = f"{record['time']:%Y-%m-%d %H:%M:%S.%f} {record['level'].name:<7} {record['process'].id} "
+    line = (
+        f"{record['time']:%Y-%m-%d %H:%M:%S.%f} {record['level'].name:<7} {record['process'].id} "
+    )
     line += f"{action or record['name']} {record['message']} {fields}".rstrip()
     return scrub(line).replace("{", "{{").replace("}", "}}") + "\n{exception}"
 
@@ -63,7 +65,9 @@ def _fmt(value: Any) -> str:
     return json.dumps(text) if " " in text else text
 
 
-def setup_logging(level: str = "INFO", *, json_lines: bool = False, secrets: Iterable[str] = ()) -> None:
+def setup_logging(
+    level: str = "INFO", *, json_lines: bool = False, secrets: Iterable[str] = ()
+) -> None:
     """Route loguru to stderr with our format; call once per process."""
     register_secrets(secrets)
     logger.remove()

@@ -43,5 +43,6 @@ def check_redis(client: redis.Redis, url: str) -> None:
 def is_transient_redis_error(exc: BaseException) -> bool:
     """True for errors a retry can cure (restart, failover, loading)."""
     return isinstance(exc, redis.ConnectionError | redis.TimeoutError | TransientError) or (
-        isinstance(exc, redis.ResponseError) and str(exc).startswith(("LOADING", "BUSY", "TRYAGAIN"))
+        isinstance(exc, redis.ResponseError)
+        and str(exc).startswith(("LOADING", "BUSY", "TRYAGAIN"))
     )

@@ -18,7 +18,9 @@ from control_plane.samples import SampleDocument, sample_document
 READY = 3
 
 
-def write_samples(directory: Path, index: int, acte: int, start: int = 1) -> list[tuple[SampleDocument, Path]]:
+def write_samples(
+    directory: Path, index: int, acte: int, start: int = 1
+) -> list[tuple[SampleDocument, Path]]:
     """Generate `index` + `acte` sample PDFs in `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     made = []
@@ -54,7 +56,7 @@ def insert_ready(env: EnvironmentConfig, rows: list[tuple[str, str]]) -> list[in
         client = create_client(env.supabase_url, env.supabase_service_key.get_secret_value())
         payload = [{"document_source": s, "storage_path": p, "status_id": READY} for s, p in rows]
         result = client.table("extraction_queue").insert(payload).execute()
-        return [int(r["id"]) for r in result.data]
+        return [int(row["id"]) for row in result.data if isinstance(row, dict)]
     raise ConfigError(f"{env.name.upper()}: no database URL or Supabase project to seed")
 
 

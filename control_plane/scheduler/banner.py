@@ -29,7 +29,8 @@ def render_banner(
         f"Worker pool       : {s.ocr_worker_pool_size} slots, minimum index "
         f"{s.ocr_min_index_workers} / acte {s.ocr_min_acte_workers}",
         f"Intervals         : rebalance {s.ocr_rebalance_interval_ms} ms, feed "
-        f"{s.ocr_feed_interval_ms} ms, status {s.ocr_status_interval_ms} ms, lease {s.ocr_lease_ms} ms",
+        f"{s.ocr_feed_interval_ms} ms, status {s.ocr_status_interval_ms} ms, "
+        f"lease {s.ocr_lease_ms} ms",
         f"Redis             : {describe_redis(s.redis_url.get_secret_value())}"
         + (f" (prefix {s.ocr_redis_prefix!r})" if s.ocr_redis_prefix else ""),
         "Environments      : " + "; ".join(e.describe() for e in s.environments),

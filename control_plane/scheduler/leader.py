@@ -38,7 +38,9 @@ class LeaderLock:
     def try_acquire(self) -> bool:
         """Take the lock if free, renew it if ours; returns whether we lead now."""
         status, epoch = self._scripts.run(
-            "leader_acquire", [self._keys.leader, self._keys.leader_epoch], [self.owner, self.ttl_ms]
+            "leader_acquire",
+            [self._keys.leader, self._keys.leader_epoch],
+            [self.owner, self.ttl_ms],
         )
         if int(status) == 1:
             self.epoch = int(epoch)

@@ -23,25 +23,59 @@ class SchedulerMetrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.allocation_slots = Gauge("ocr_allocation_slots", "Slots allocated per type", ["type"], registry=r)
-        self.queue_ready = Gauge("ocr_queue_ready", "Documents ready for OCR", ["type", "environment"], registry=r)
-        self.queue_in_flight = Gauge("ocr_queue_in_flight", "Documents claimed", ["type", "environment"], registry=r)
+        self.allocation_slots = Gauge(
+            "ocr_allocation_slots", "Slots allocated per type", ["type"], registry=r
+        )
+        self.queue_ready = Gauge(
+            "ocr_queue_ready", "Documents ready for OCR", ["type", "environment"], registry=r
+        )
+        self.queue_in_flight = Gauge(
+            "ocr_queue_in_flight", "Documents claimed", ["type", "environment"], registry=r
+        )
         self.slots_busy = Gauge("ocr_slots_busy", "Busy slots per type", ["type"], registry=r)
-        self.requests_window = Gauge("ocr_gemini_requests_window", "Gemini requests in the sliding window", registry=r)
-        self.tokens_window = Gauge("ocr_gemini_tokens_window", "Gemini input tokens in the sliding window", registry=r)
-        self.rpm_limit = Gauge("ocr_gemini_rpm_limit", "Requests per window the limiter enforces", registry=r)
-        self.tpm_limit = Gauge("ocr_gemini_tpm_limit", "Input tokens per window the limiter enforces", registry=r)
-        self.cooldown = Gauge("ocr_gemini_cooldown_seconds", "Remaining shared cooldown", registry=r)
-        self.quota_429 = Gauge("ocr_gemini_429_total", "429 answers seen by all workers", registry=r)
-        self.wait_seconds = Gauge("ocr_limiter_wait_seconds_total", "Seconds workers waited on the limiter", registry=r)
+        self.requests_window = Gauge(
+            "ocr_gemini_requests_window", "Gemini requests in the sliding window", registry=r
+        )
+        self.tokens_window = Gauge(
+            "ocr_gemini_tokens_window", "Gemini input tokens in the sliding window", registry=r
+        )
+        self.rpm_limit = Gauge(
+            "ocr_gemini_rpm_limit", "Requests per window the limiter enforces", registry=r
+        )
+        self.tpm_limit = Gauge(
+            "ocr_gemini_tpm_limit", "Input tokens per window the limiter enforces", registry=r
+        )
+        self.cooldown = Gauge(
+            "ocr_gemini_cooldown_seconds", "Remaining shared cooldown", registry=r
+        )
+        self.quota_429 = Gauge(
+            "ocr_gemini_429_total", "429 answers seen by all workers", registry=r
+        )
+        self.wait_seconds = Gauge(
+            "ocr_limiter_wait_seconds_total", "Seconds workers waited on the limiter", registry=r
+        )
         self.cpu_allocated = Gauge("ocr_capacity_cpu_allocated", "vCPU held", registry=r)
         self.ram_allocated = Gauge("ocr_capacity_ram_allocated", "GB held", registry=r)
         self.cpu_budget = Gauge("ocr_capacity_cpu_budget", "vCPU budget", registry=r)
         self.ram_budget = Gauge("ocr_capacity_ram_budget", "GB budget", registry=r)
-        self.leases_reaped = Counter("ocr_leases_reaped", "Expired leases reaped", ["environment"], registry=r)
-        self.documents_fed = Counter("ocr_documents_fed", "Documents claimed and enqueued", ["type"], registry=r)
-        self.completed = Gauge("ocr_documents_completed_total", "Documents completed (workers' shared count)", ["type"], registry=r)
-        self.failed = Gauge("ocr_documents_failed_total", "Documents failed (workers' shared count)", ["type"], registry=r)
+        self.leases_reaped = Counter(
+            "ocr_leases_reaped", "Expired leases reaped", ["environment"], registry=r
+        )
+        self.documents_fed = Counter(
+            "ocr_documents_fed", "Documents claimed and enqueued", ["type"], registry=r
+        )
+        self.completed = Gauge(
+            "ocr_documents_completed_total",
+            "Documents completed (workers' shared count)",
+            ["type"],
+            registry=r,
+        )
+        self.failed = Gauge(
+            "ocr_documents_failed_total",
+            "Documents failed (workers' shared count)",
+            ["type"],
+            registry=r,
+        )
         self._server: Any = None
 
     def serve(self, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from other hosts
@@ -50,8 +84,12 @@ class SchedulerMetrics:
         try:
             self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
         except OSError as exc:
-            log_event("metrics.unavailable", f"metrics port {port} not served: {exc.strerror}",
-                      level="WARNING", port=port)
+            log_event(
+                "metrics.unavailable",
+                f"metrics port {port} not served: {exc.strerror}",
+                level="WARNING",
+                port=port,
+            )
 
     def stop(self) -> None:
         if self._server is not None:

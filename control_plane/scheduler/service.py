@@ -20,7 +20,7 @@ from control_plane.allocation import compute_allocation, explain_allocation
 from control_plane.capacity import Capacity, fit_allocation
 from control_plane.config import DOCUMENT_TYPES, Settings
 from control_plane.dispatch import DocumentMessage, EnqueuedSet, enqueue_document, make_broker
-from control_plane.errors import OcrPoolError, TransientError
+from control_plane.errors import MAX_HELD_COOLDOWN_S, OcrPoolError, TransientError
 from control_plane.keys import WORKER_STALE_MS, Keys
 from control_plane.logs import log_event
 from control_plane.pool import WorkerPool
@@ -45,9 +45,26 @@ class FeedResult:
     wanted: dict[str, int]
 
 
-def feed_wants(free: dict[str, int], enqueued: dict[str, int]) -> dict[str, int]:
-    """Documents to claim per type: free slots not already covered by a queued message."""
-    return {t: max(0, free.get(t, 0) - enqueued.get(t, 0)) for t in DOCUMENT_TYPES}
+def feed_wants(
+    free: dict[str, int], enqueued: dict[str, int], ahead: dict[str, int] | None = None
+) -> dict[str, int]:
+    """Documents to claim per type: free slots (plus `ahead` extra) not already covered.
+
+    `enqueued` counts messages that hold no slot yet (queued, or waiting for a slot in a
+    worker thread); `ahead` keeps that many more waiting so a freed slot is refilled at
+    once instead of after the next feed and the broker's poll.
+    """
+    ahead = ahead or {}
+    return {
+        t: max(0, free.get(t, 0) + ahead.get(t, 0) - enqueued.get(t, 0)) for t in DOCUMENT_TYPES
+    }
+
+
+def lookahead_for(allocation: dict[str, int] | None, lookahead: int) -> dict[str, int]:
+    """`lookahead` per type that has slots now (a type without slots gets none)."""
+    if not allocation:
+        return {}
+    return {t: lookahead if allocation.get(t, 0) > 0 else 0 for t in DOCUMENT_TYPES}
 
 
 class Scheduler:
@@ -80,10 +97,13 @@ class Scheduler:
         self.metrics = SchedulerMetrics()
         self._sequence = 0
         self._last_queue: dict[str, int] | None = None
+        self._allocation: dict[str, int] | None = None  # last published, for the feed
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._feed_paused = False
         self._out = out
         self._backoff_until: dict[str, float] = {}
+        self._db_error_at: float | None = None  # monotonic time of the last database error
 
     # --- leadership ---
 
@@ -150,6 +170,8 @@ class Scheduler:
                 previous_index=previous.get("index"), previous_acte=previous.get("acte"),
             )
         self._last_queue = queued
+        if published:
+            self._allocation = dict(fitted)
         self.metrics.allocation(fitted)
         return fitted
 
@@ -159,8 +181,11 @@ class Scheduler:
         """Claim as many documents per type as there are uncovered free slots; enqueue them."""
         if not self.leader.is_leader or self._stopping.is_set() or self._backing_off("feed"):
             return None
+        if self._gemini_paused():
+            return None
         free = self.pool.free_slots()
-        wants = feed_wants(free, self.enqueued.counts())
+        ahead = lookahead_for(self._allocation, self.settings.ocr_feed_lookahead)
+        wants = feed_wants(free, self.enqueued.counts(), ahead)
         claimed: dict[str, int] = {t: 0 for t in DOCUMENT_TYPES}
         for source, want in wants.items():
             if want <= 0:
@@ -193,6 +218,24 @@ class Scheduler:
                       document_source=source, free_slots=free.get(source, 0), count=len(messages))
         return FeedResult(claimed=claimed, wanted=wants)
 
+    def _gemini_paused(self) -> bool:
+        """True during a cooldown too long for a job to hold (a per-day quota): claim nothing.
+
+        Workers give their documents back then; claiming more would only churn them.
+        """
+        remaining_ms = self.limiter.cooldown_remaining_ms()
+        paused = remaining_ms > MAX_HELD_COOLDOWN_S * 1000
+        if paused != self._feed_paused:
+            self._feed_paused = paused
+            if paused:
+                reason = self.client.get(self.keys.cooldown_reason) or "reason not recorded"
+                log_event("feed.paused", f"Gemini paused for {remaining_ms / 3_600_000:.1f} h; "
+                          "no document is claimed until then, the queue stays ready",
+                          level="WARNING", reason=reason)
+            else:
+                log_event("feed.resumed", "Gemini cooldown over; feeding again")
+        return paused
+
     def _give_back(self, message: DocumentMessage) -> None:
         """A claimed document we could not enqueue goes straight back to ready."""
         self.enqueued.remove(message.document_source, message.ref)
@@ -207,11 +250,12 @@ class Scheduler:
         """Expired leases back to ready; dead workers and lapsed slots out."""
         if not self.leader.is_leader or self._backing_off("reap"):
             return
-        try:
-            results = self.environments.reap(self.settings.ocr_max_attempts)
-        except TransientError as exc:
-            self._back_off("reap", exc)
-            results = {}
+        results = {}
+        if not self._db_recently_down():
+            try:
+                results = self.environments.reap(self.settings.ocr_max_attempts)
+            except TransientError as exc:
+                self._back_off("reap", exc)
         for env, result in results.items():
             if result.requeued or result.errored:
                 log_event("reap.leases", "expired leases reaped", environment=env,
@@ -274,7 +318,8 @@ class Scheduler:
                 total["ready"] += c.ready
                 total["in_flight"] += c.in_flight
         snap.queue = totals
-        snap.documents = {k: int(v) for k, v in self.client.hgetall(self.keys.pool_stats).items()}
+        raw = self.client.hgetall(self.keys.pool_stats)
+        snap.documents = {str(k): int(v) for k, v in raw.items()}
         return snap
 
     def status_text(self) -> str:
@@ -293,8 +338,21 @@ class Scheduler:
         delay = min(30.0, 2.0 * (2 ** min(5, int(self._backoff_until.get(job + ".n", 0)))))
         self._backoff_until[job + ".n"] = self._backoff_until.get(job + ".n", 0) + 1
         self._backoff_until[job] = time.monotonic() + delay
+        self._db_error_at = time.monotonic()
         log_event(f"{job}.backoff", f"{job} paused {delay:.0f}s: queue database unavailable",
                   level="WARNING", error=str(exc)[:200])
+
+    def _db_recently_down(self) -> bool:
+        """True within one lease of a database error.
+
+        Leases lapse during an outage because nobody can renew them, not because their
+        holders died: reaping them the moment the database returns would throw away
+        results that workers hold and redo them (paying Gemini twice). Holders get one
+        lease to renew or complete first.
+        """
+        if self._db_error_at is None:
+            return False
+        return time.monotonic() - self._db_error_at < self.settings.ocr_lease_ms / 1000
 
     def _backing_off(self, job: str) -> bool:
         until = self._backoff_until.get(job, 0.0)
@@ -320,7 +378,7 @@ class Scheduler:
             try:
                 fn()
                 self._ok(job)
-            except Exception as exc:  # noqa: BLE001 - a job must never take the process down
+            except Exception as exc:
                 level = "WARNING" if is_transient_redis_error(exc) else "ERROR"
                 log_event(f"{job}.failed", f"{job} failed: {type(exc).__name__}", level=level,
                           error=str(exc)[:300])

@@ -16,19 +16,46 @@ from tests.support.pool import ROOT
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def test_demo_runs_end_to_end_and_cleans_up(tmp_path: Path, redis_url: str, pg_admin_dsn: str) -> None:
+def test_demo_runs_end_to_end_and_cleans_up(
+    tmp_path: Path, redis_url: str, pg_admin_dsn: str
+) -> None:
     summary_file = tmp_path / "summary.json"
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path), "REDIS_URL": redis_url,
-           "OCR_DEMO_PG_DSN": pg_admin_dsn}
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "REDIS_URL": redis_url,
+        "OCR_DEMO_PG_DSN": pg_admin_dsn,
+    }
     result = subprocess.run(
-        [sys.executable, "scheduler.py", "demo", "--index", "16", "--acte", "8",
-         "--summary-json", str(summary_file)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "scheduler.py",
+            "demo",
+            "--index",
+            "16",
+            "--acte",
+            "8",
+            "--summary-json",
+            str(summary_file),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     out = result.stdout
     assert result.returncode == 0, out[-4000:] + result.stderr[-2000:]
-    for needle in ("OCR pool scheduler", "Slots started", "done  24/24", "OCR pool status",
-                   "Demo summary", "stopped workers", "stopped scheduler"):
+    for needle in (
+        "OCR pool scheduler",
+        "Slots started",
+        "done  24/24",
+        "OCR pool status",
+        "Demo summary",
+        "stopped workers",
+        "stopped scheduler",
+    ):
         assert needle in out, f"{needle!r} missing from the demo output:\n{out[-4000:]}"
 
     summary = json.loads(summary_file.read_text())
@@ -44,7 +71,9 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path: Path, redis_url: str, pg_a
 
     # Everything the demo started or created is gone.
     with psycopg.connect(pg_admin_dsn) as conn:
-        left = conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'ocr_demo_%'").fetchone()
+        left = conn.execute(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'ocr_demo_%'"
+        ).fetchone()
     assert left is not None and left[0] == 0, "the demo database was not dropped"
     client = redis.Redis.from_url(redis_url)
     assert not list(client.scan_iter(match="demo:*", count=1000)), "demo keys left in Redis"

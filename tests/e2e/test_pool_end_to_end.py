@@ -31,15 +31,18 @@ def all_done(pool: PoolHarness, total: int) -> bool:
     return pool.status_counts().get(DONE, 0) >= total
 
 
-def test_mixed_queue_is_processed_end_to_end_inside_the_quota(
-    pool: PoolHarness, emulator
-) -> None:
+def test_mixed_queue_is_processed_end_to_end_inside_the_quota(pool: PoolHarness, emulator) -> None:
     expected = pool.seed(index=120, acte=60)
     scheduler = pool.scheduler()
     workers = pool.workers(processes=2, threads=3)
-    wait_until(lambda: all_done(pool, len(expected)), 240,
-               message=lambda: f"all documents done: {pool.status_counts()}\n"
-               f"{workers.log()[-3000:]}\n{scheduler.log()[-2000:]}")
+    wait_until(
+        lambda: all_done(pool, len(expected)),
+        240,
+        message=lambda: (
+            f"all documents done: {pool.status_counts()}\n"
+            f"{workers.log()[-3000:]}\n{scheduler.log()[-2000:]}"
+        ),
+    )
 
     rows = pool.rows()
     assert {r["status_id"] for r in rows} == {DONE}
@@ -61,15 +64,28 @@ def test_mixed_queue_is_processed_end_to_end_inside_the_quota(
     workers_hash = client.hgetall(f"{pool.prefix}gemini:workers")
     assert len(workers_hash) == 6, workers_hash  # 2 processes x 3 threads
     info = json.loads(next(iter(workers_hash.values())))
-    assert {"host", "pid", "mode", "document", "heartbeat_ms"} <= set(info) or "last_heartbeat" in str(info)
-    wait_until(lambda: float(client.get(f"{pool.prefix}server:cpu:allocated") or 0) == 0, 10,
-               message="capacity given back once the pool is idle")
+    assert {"host", "pid", "mode", "document", "heartbeat_ms"} <= set(
+        info
+    ) or "last_heartbeat" in str(info)
+    wait_until(
+        lambda: float(client.get(f"{pool.prefix}server:cpu:allocated") or 0) == 0,
+        10,
+        message="capacity given back once the pool is idle",
+    )
     assert int(client.get(f"{pool.prefix}gemini:rpm:current") or 0) >= 0
 
     status = pool.run("status")
     assert status.returncode == 0, status.stderr
-    for needle in ("Worker allocation", "Active workers", "Gemini", "RPM", "TPM",
-                   "Server capacity", "Workers by type", "registre"):
+    for needle in (
+        "Worker allocation",
+        "Active workers",
+        "Gemini",
+        "RPM",
+        "TPM",
+        "Server capacity",
+        "Workers by type",
+        "registre",
+    ):
         assert needle in status.stdout, status.stdout
     assert "Worker allocation" in scheduler.log()  # the status block was printed live too
 
@@ -88,8 +104,11 @@ def test_seed_rebalancing_examples_live(pool: PoolHarness) -> None:
         raw = client.get(f"{pool.prefix}worker_pool:allocation")
         return json.loads(raw) if raw else {}
 
-    wait_until(lambda: allocation().get("index") == 3, 20,
-               message=lambda: f"3/1 for 50/5, got {allocation()}")
+    wait_until(
+        lambda: allocation().get("index") == 3,
+        20,
+        message=lambda: f"3/1 for 50/5, got {allocation()}",
+    )
     assert allocation()["acte"] == 1
     # The queue shifts: 45 index documents are taken elsewhere, 45 acte arrive.
     with pool_connection(pool) as conn:
@@ -99,8 +118,11 @@ def test_seed_rebalancing_examples_live(pool: PoolHarness) -> None:
             "ORDER BY id LIMIT 45)"
         )
     pool.seed(index=0, acte=45, start=100)
-    wait_until(lambda: allocation().get("acte") == 3, 10,
-               message=lambda: f"1/3 for 5/50 within one rebalance, got {allocation()}")
+    wait_until(
+        lambda: allocation().get("acte") == 3,
+        10,
+        message=lambda: f"1/3 for 5/50 within one rebalance, got {allocation()}",
+    )
     assert allocation()["index"] == 1
     log = scheduler.log()
     assert re.search(r"rebalance\.changed.*index 3 / acte 1", log), log[-2000:]
@@ -122,8 +144,11 @@ def test_sigterm_to_workers_finishes_jobs_and_restart_completes_the_rest(
     counts = pool.status_counts()
     assert counts.get(4, 0) == 0, counts
     restarted = pool.workers(processes=1, threads=4)
-    wait_until(lambda: all_done(pool, len(expected)), 120,
-               message=lambda: f"all done after restart: {pool.status_counts()}")
+    wait_until(
+        lambda: all_done(pool, len(expected)),
+        120,
+        message=lambda: f"all done after restart: {pool.status_counts()}",
+    )
     stats = emulator.stats()
     assert stats["max_calls_per_document"] == 1, "a finished job was redone"
     assert restarted.stop() == 0
@@ -135,12 +160,18 @@ def test_standby_scheduler_takes_over_after_leader_is_killed(pool: PoolHarness) 
     wait_until(lambda: client.get(f"{pool.prefix}scheduler:leader"), 15, message="a leader")
     first = client.get(f"{pool.prefix}scheduler:leader")
     standby = pool.scheduler()
-    wait_until(lambda: "standby" in standby.log() or "scheduler.started" in standby.log(), 15,
-               message="the standby to start")
+    wait_until(
+        lambda: "standby" in standby.log() or "scheduler.started" in standby.log(),
+        15,
+        message="the standby to start",
+    )
     assert client.get(f"{pool.prefix}scheduler:leader") == first
     leader.send(signal.SIGKILL, group=True)
-    wait_until(lambda: client.get(f"{pool.prefix}scheduler:leader") not in (None, first), 20,
-               message="the standby to take the lead")
+    wait_until(
+        lambda: client.get(f"{pool.prefix}scheduler:leader") not in (None, first),
+        20,
+        message="the standby to take the lead",
+    )
     wait_until(lambda: "leader.acquired" in standby.log(), 5, message="takeover logged")
     assert standby.stop() == 0
     assert client.get(f"{pool.prefix}scheduler:leader") is None, "leadership released on exit"

@@ -21,7 +21,11 @@ def test_every_setting_is_documented(field: str) -> None:
 
 def test_quick_start_is_two_commands_and_ci_runs_the_test_one() -> None:
     quick = README.split("## Quick start", 1)[1].split("```", 2)[1]
-    commands = [ln.split("#")[0].strip() for ln in quick.splitlines() if ln.strip() and not ln.startswith("sh")]
+    commands = [
+        ln.split("#")[0].strip()
+        for ln in quick.splitlines()
+        if ln.strip() and not ln.startswith("sh")
+    ]
     assert commands == ["make demo", "make test"], commands
     ci = (ROOT / ".ci" / "run").read_text()
     assert "\nmake test\n" in ci
@@ -29,8 +33,15 @@ def test_quick_start_is_two_commands_and_ci_runs_the_test_one() -> None:
 
 @pytest.mark.parametrize(
     "key",
-    ["gemini:rpm:current", "gemini:tpm:current", "gemini:workers", "worker_pool:allocation",
-     "worker_pool:assignments", "server:cpu:allocated", "server:ram:allocated"],
+    [
+        "gemini:rpm:current",
+        "gemini:tpm:current",
+        "gemini:workers",
+        "worker_pool:allocation",
+        "worker_pool:assignments",
+        "server:cpu:allocated",
+        "server:ram:allocated",
+    ],
 )
 def test_contract_keys_are_documented(key: str) -> None:
     assert key in README
