@@ -305,15 +305,16 @@ class GeminiOcrEngine:
     ) -> Any:
         while True:
             self._check_stop(stop_event)
+            # Checked before waiting: the limiter would wait out even an hours-long cooldown.
+            remaining_ms = self._limiter.cooldown_remaining_ms()
+            if remaining_ms > MAX_HELD_COOLDOWN_S * 1000:
+                raise paused_error(remaining_ms, "shared cooldown")
             try:
                 if self._acquire_takes_stop:
                     acquire: Any = self._limiter.acquire  # the real limiter takes stop_event
                     return acquire(estimate, timeout=self._wait_slice_s, stop_event=stop_event)
                 return self._limiter.acquire(estimate, timeout=self._wait_slice_s)
             except AcquireTimeoutError:  # includes the limiter's AcquireCancelledError
-                remaining_ms = self._limiter.cooldown_remaining_ms()
-                if remaining_ms > MAX_HELD_COOLDOWN_S * 1000:
-                    raise paused_error(remaining_ms, "shared cooldown") from None
                 progress()  # still waiting our turn: keep the lease alive
             except RequestTooLargeError as exc:
                 raise RequestTooLargeError(
