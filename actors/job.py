@@ -131,7 +131,13 @@ def _complete(
     """Write the text; hold it and retry while the database is unreachable."""
     store = rt.environments.store(message.environment)
     delay = 0.5
-    deadline = time.monotonic() + rt.settings.ocr_lease_ms / 1000
+    # Hold the result for as long as the job may run, not just one lease: while the
+    # database is down nobody can reap the lease, and the write is fenced on its token
+    # (a lease reaped and re-claimed meanwhile makes it a no-op), so holding is safe,
+    # and dropping would pay Gemini again for a result we have.
+    deadline = time.monotonic() + max(
+        rt.settings.ocr_lease_ms / 1000, rt.settings.ocr_job_time_limit_ms / 1000 - elapsed
+    )
     while True:
         try:
             written = store.complete(message.id, message.lease_token, result.text,
@@ -139,14 +145,14 @@ def _complete(
             break
         except TransientError as exc:
             if time.monotonic() > deadline:
-                log_event("job.result_dropped", "database unreachable for a whole lease; the "
-                          "document will be reclaimed and redone", level="ERROR",
+                log_event("job.result_dropped", "database unreachable until the job time "
+                          "limit; the document will be reclaimed and redone", level="ERROR",
                           document=message.ref, error=str(exc)[:200])
                 return "dropped"
             log_event("job.complete_retry", f"database unavailable; result held, retry in "
                       f"{delay:.1f}s", level="WARNING", document=message.ref)
             time.sleep(delay)
-            delay = min(delay * 2, 15.0)
+            delay = min(delay * 2, 5.0)  # a short cap: the write lands soon after the return
     if not written:
         log_event("job.stale_result", "lease lost before completion; result not written",
                   level="WARNING", document=message.ref)
