@@ -106,3 +106,20 @@ def assert_outcome(
         f"{extra} extra Gemini call(s), at most {extra_calls} allowed (one per interrupted job)"
     )
     return {"duplicates": dups, "extra": extra, "stats": stats}
+
+
+def first_new_completion(dsn: str, since_epoch: float) -> float | None:
+    """Epoch seconds at which the first document claimed after `since_epoch` was completed."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT extract(epoch FROM min(completed_at)) FROM extraction_queue "
+            "WHERE status_id = 5 AND claimed_at > to_timestamp(%s)", (since_epoch,),
+        ).fetchone()
+    return float(row[0]) if row and row[0] is not None else None
+
+
+def recovery_after(dsn: str, fault_epoch: float, timeout: float) -> float:
+    """Seconds from the fault until a document claimed after it was done (the pool works again)."""
+    done = wait_until(lambda: first_new_completion(dsn, fault_epoch), timeout,
+                      message="a document claimed after the fault to complete")
+    return float(done) - fault_epoch

@@ -84,11 +84,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if not _REPORTS:
         return
     cols = ["fault", "in", "done", "errors(exp)", "dup", "quota>", "extra calls(allowed)",
-            "recovery s"]
+            "recovery s", "notes"]
     lines = [
         [r.fault, str(r.documents_in), str(r.completed), f"{r.errors}({r.errors_expected})",
          str(r.duplicates), str(r.quota_windows_exceeded),
-         f"{r.extra_gemini_calls}({r.extra_calls_allowed})", f"{r.recovery_s:.1f}"]
+         f"{r.extra_gemini_calls}({r.extra_calls_allowed})", f"{r.recovery_s:.1f}", r.notes]
         for r in _REPORTS
     ]
     widths = [max(len(c), *(len(row[i]) for row in lines)) for i, c in enumerate(cols)]
