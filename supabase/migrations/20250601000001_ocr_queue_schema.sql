@@ -42,14 +42,22 @@ ALTER TABLE extraction_queue
 -- Constraints are added NOT VALID: they hold for every new or updated row, while a
 -- pre-existing table with legacy rows still migrates. An unknown document_source is
 -- therefore refused at INSERT (check_violation); legacy rows that slipped in before
--- are moved to ERREUR by ocr_reap().
+-- are moved to ERREUR by ocr_reap(). That update is checked too, so the constraint
+-- lets an unknown type stand in ERREUR only (the first version did not, and every
+-- reap failed while one legacy row was left: it is replaced).
 DO $$
 BEGIN
+    IF EXISTS (SELECT FROM pg_constraint
+               WHERE conname = 'extraction_queue_document_source_check'
+                 AND conrelid = 'extraction_queue'::regclass
+                 AND pg_get_constraintdef(oid) NOT LIKE '%status_id%') THEN
+        ALTER TABLE extraction_queue DROP CONSTRAINT extraction_queue_document_source_check;
+    END IF;
     IF NOT EXISTS (SELECT FROM pg_constraint
                    WHERE conname = 'extraction_queue_document_source_check'
                      AND conrelid = 'extraction_queue'::regclass) THEN
         ALTER TABLE extraction_queue ADD CONSTRAINT extraction_queue_document_source_check
-            CHECK (document_source IN ('index', 'acte')) NOT VALID;
+            CHECK (document_source IN ('index', 'acte') OR status_id = 4) NOT VALID;
     END IF;
     IF NOT EXISTS (SELECT FROM pg_constraint
                    WHERE conname = 'extraction_queue_status_id_check'
