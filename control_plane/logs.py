@@ -16,6 +16,7 @@ from loguru import logger
 
 _SECRETS: list[str] = []
 REDACTED = "***"
+_LINE = "_line"  # the extra field carrying the formatted line (see _as_field)
 
 
 def scrub(text: str) -> str:
@@ -35,14 +36,14 @@ def register_secrets(values: Iterable[str]) -> None:
 
 
 def _human_format(record: Any) -> str:
-    extra = {k: v for k, v in record["extra"].items() if k != "action"}
+    extra = {k: v for k, v in record["extra"].items() if k not in ("action", _LINE)}
     action = record["extra"].get("action", "")
     fields = " ".join(f"{k}={_fmt(v)}" for k, v in extra.items())
     line = (
         f"{record['time']:%Y-%m-%d %H:%M:%S.%f} {record['level'].name:<7} {record['process'].id} "
     )
     line += f"{action or record['name']} {record['message']} {fields}".rstrip()
-    return scrub(line).replace("{", "{{").replace("}", "}}") + "\n{exception}"
+    return _as_field(record, scrub(line))
 
 
 def _json_format(record: Any) -> str:
@@ -52,10 +53,18 @@ def _json_format(record: Any) -> str:
         "pid": record["process"].id,
         "action": record["extra"].get("action"),
         "message": record["message"],
-        **{k: v for k, v in record["extra"].items() if k != "action"},
+        **{k: v for k, v in record["extra"].items() if k not in ("action", _LINE)},
     }
     text = scrub(json.dumps(payload, default=str, ensure_ascii=False))
-    return text.replace("{", "{{").replace("}", "}}") + "\n{exception}"
+    return _as_field(record, text)
+
+
+def _as_field(record: Any, text: str) -> str:
+    """A format that prints `text` as is: loguru parses a returned format for `{}` fields
+    and `<color>` markup, so a message quoting a document (`not a PDF (starts with
+    b'<html>...')`) broke the sink; a field's value is never parsed."""
+    record["extra"][_LINE] = text
+    return "{extra[" + _LINE + "]}\n{exception}"
 
 
 def _fmt(value: Any) -> str:
