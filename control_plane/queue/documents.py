@@ -158,6 +158,9 @@ class DocumentFetcher:
 
     def _read_file(self, path: Path) -> bytes:
         try:
+            # The real size for the message: the read below stops just past the limit, and
+            # "1.0 MB > limit 1 MB" would hide what the file weighs.
+            self._check_size(path.stat().st_size)
             with path.open("rb") as handle:
                 data = handle.read(self._max_bytes + 1)
         except FileNotFoundError:
