@@ -16,11 +16,16 @@ from control_plane.config import load_settings
 from control_plane.dispatch import make_broker
 from control_plane.errors import ConfigError
 from control_plane.logs import setup_logging
+from control_plane.redis_conn import check_redis, redis_client
 
 try:
     _settings = load_settings()
     if _settings.gemini_api_key is None:
         raise ConfigError("GEMINI_API_KEY: not set (needed to call Gemini or the emulator)")
+    # Refused here, once: otherwise every consumer thread logs a connection error every
+    # 3 s forever and the worker never says which setting is wrong.
+    _url = _settings.redis_url.get_secret_value()
+    check_redis(redis_client(_url), _url)
 except ConfigError as _exc:
     print(f"configuration error: {_exc}", file=sys.stderr)
     raise SystemExit(2) from None
