@@ -34,7 +34,7 @@ CREATE TRIGGER fault_audit_result AFTER UPDATE ON extraction_queue FOR EACH ROW
 def install_audit(dsn: str) -> None:
     """Test database only: record every update that writes a result (status 5 or text)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(AUDIT_SQL)  # type: ignore[arg-type]
+        conn.execute(AUDIT_SQL)
 
 
 def duplicate_writes(dsn: str) -> int:
@@ -70,7 +70,8 @@ def last_completed_at(dsn: str, ids: list[int]) -> float | None:
     with psycopg.connect(dsn) as conn:
         row = conn.execute(
             "SELECT bool_and(status_id = 5), extract(epoch FROM max(completed_at)) "
-            "FROM extraction_queue WHERE id = ANY(%s)", (ids,),
+            "FROM extraction_queue WHERE id = ANY(%s)",
+            (ids,),
         ).fetchone()
     assert row is not None
     return float(row[1]) if row[0] else None
@@ -80,9 +81,12 @@ def wait_all_done(pool: PoolHarness, total: int, timeout: float, *logs: Any) -> 
     """Wait until `total` documents are in status 5; returns the time it took."""
     started = time.monotonic()
     wait_until(
-        lambda: pool.status_counts().get(DONE, 0) >= total, timeout,
-        message=lambda: f"all {total} documents done: {pool.status_counts()}\n"
-        + "\n".join(p.log()[-2500:] for p in logs),
+        lambda: pool.status_counts().get(DONE, 0) >= total,
+        timeout,
+        message=lambda: (
+            f"all {total} documents done: {pool.status_counts()}\n"
+            + "\n".join(p.log()[-2500:] for p in logs)
+        ),
     )
     return time.monotonic() - started
 
@@ -113,13 +117,17 @@ def first_new_completion(dsn: str, since_epoch: float) -> float | None:
     with psycopg.connect(dsn) as conn:
         row = conn.execute(
             "SELECT extract(epoch FROM min(completed_at)) FROM extraction_queue "
-            "WHERE status_id = 5 AND claimed_at > to_timestamp(%s)", (since_epoch,),
+            "WHERE status_id = 5 AND claimed_at > to_timestamp(%s)",
+            (since_epoch,),
         ).fetchone()
     return float(row[0]) if row and row[0] is not None else None
 
 
 def recovery_after(dsn: str, fault_epoch: float, timeout: float) -> float:
     """Seconds from the fault until a document claimed after it was done (the pool works again)."""
-    done = wait_until(lambda: first_new_completion(dsn, fault_epoch), timeout,
-                      message="a document claimed after the fault to complete")
+    done = wait_until(
+        lambda: first_new_completion(dsn, fault_epoch),
+        timeout,
+        message="a document claimed after the fault to complete",
+    )
     return float(done) - fault_epoch

@@ -45,6 +45,7 @@ FAULT_ENV = {
     "OCR_STATUS_INTERVAL_MS": "30000",
 }
 
+
 @dataclass
 class FaultReport:
     """One row of the fault table."""
@@ -64,9 +65,12 @@ class FaultReport:
 
 _REPORTS: list[FaultReport] = []
 
+Reporter = Callable[..., FaultReport]
+FaultPool = Callable[[str, str], AbstractContextManager[PoolHarness]]
+
 
 @pytest.fixture
-def report(request: pytest.FixtureRequest) -> Iterator[Callable[..., FaultReport]]:
+def report(request: pytest.FixtureRequest) -> Iterator[Reporter]:
     """`report(fault=..., ...)` records this case's figures for the session table."""
     made: list[FaultReport] = []
 
@@ -83,12 +87,29 @@ def report(request: pytest.FixtureRequest) -> Iterator[Callable[..., FaultReport
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     if not _REPORTS:
         return
-    cols = ["fault", "in", "done", "errors(exp)", "dup", "quota>", "extra calls(allowed)",
-            "recovery s", "notes"]
+    cols = [
+        "fault",
+        "in",
+        "done",
+        "errors(exp)",
+        "dup",
+        "quota>",
+        "extra calls(allowed)",
+        "recovery s",
+        "notes",
+    ]
     lines = [
-        [r.fault, str(r.documents_in), str(r.completed), f"{r.errors}({r.errors_expected})",
-         str(r.duplicates), str(r.quota_windows_exceeded),
-         f"{r.extra_gemini_calls}({r.extra_calls_allowed})", f"{r.recovery_s:.1f}", r.notes]
+        [
+            r.fault,
+            str(r.documents_in),
+            str(r.completed),
+            f"{r.errors}({r.errors_expected})",
+            str(r.duplicates),
+            str(r.quota_windows_exceeded),
+            f"{r.extra_gemini_calls}({r.extra_calls_allowed})",
+            f"{r.recovery_s:.1f}",
+            r.notes,
+        ]
         for r in _REPORTS
     ]
     widths = [max(len(c), *(len(row[i]) for row in lines)) for i, c in enumerate(cols)]
@@ -105,17 +126,19 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 def emulator() -> Iterator[EmulatorProcess]:
     """The emulator with a latency long enough to catch jobs mid-call."""
     with start_emulator(
-        api_key=TEST_API_KEY, rpm_limit=EMULATOR_RPM, tpm_limit=EMULATOR_TPM,
-        window_s=WINDOW_MS / 1000, latency_ms=900, latency_jitter_ms=100,
+        api_key=TEST_API_KEY,
+        rpm_limit=EMULATOR_RPM,
+        tpm_limit=EMULATOR_TPM,
+        window_s=WINDOW_MS / 1000,
+        latency_ms=900,
+        latency_jitter_ms=100,
     ) as emu:
         yield emu
 
 
 @pytest.fixture
-def fault_pool(
-    emulator: EmulatorProcess, tmp_path: Path
-) -> Callable[[str, str], AbstractContextManager[PoolHarness]]:
-    """`with fault_pool(dsn, redis_url) as pool:` a harness with the schema, audit and short leases."""
+def fault_pool(emulator: EmulatorProcess, tmp_path: Path) -> FaultPool:
+    """`with fault_pool(dsn, redis_url) as pool:` schema, write audit, short leases."""
 
     @contextmanager
     def make(dsn: str, redis_url: str) -> Iterator[PoolHarness]:

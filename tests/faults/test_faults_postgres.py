@@ -13,6 +13,8 @@ import pytest
 
 from control_plane.queue.migrate import apply_schema
 from tests.faults.checks import DONE, assert_outcome, recovery_after, running_jobs, wait_all_done
+from tests.faults.conftest import FaultPool, Reporter
+from tests.support.emulator import EmulatorProcess
 from tests.support.pg_server import private_postgres
 from tests.support.pool import wait_until
 
@@ -21,7 +23,9 @@ pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.slow]
 OUTAGE_S = 30.0
 
 
-def test_postgres_down_for_30_seconds(fault_pool, redis_url, emulator, report) -> None:
+def test_postgres_down_for_30_seconds(
+    fault_pool: FaultPool, redis_url: str, emulator: EmulatorProcess, report: Reporter
+) -> None:
     emulator.configure(latency_ms=1500, latency_jitter_ms=200)
     with private_postgres() as server:
         dsn = server.create_database("faults")
@@ -30,9 +34,11 @@ def test_postgres_down_for_30_seconds(fault_pool, redis_url, emulator, report) -
             expected = pool.seed(index=16, acte=8)
             scheduler = pool.scheduler()
             workers = pool.workers(processes=1, threads=4)
-            wait_until(lambda: pool.status_counts().get(DONE, 0) >= 4
-                       and len(running_jobs(dsn)) >= 2, 60,
-                       message=lambda: f"progress: {pool.status_counts()}\n{workers.log()[-2000:]}")
+            wait_until(
+                lambda: pool.status_counts().get(DONE, 0) >= 4 and len(running_jobs(dsn)) >= 2,
+                60,
+                message=lambda: f"progress: {pool.status_counts()}\n{workers.log()[-2000:]}",
+            )
             server.stop("fast")
             time.sleep(OUTAGE_S)
             server.start()
@@ -46,10 +52,15 @@ def test_postgres_down_for_30_seconds(fault_pool, redis_url, emulator, report) -
             assert ".backoff" in scheduler.log(), "the scheduler did not back off"
             # Held results are written, not redone: no document is sent to Gemini twice.
             outcome = assert_outcome(pool, emulator, expected, extra_calls=0)
-            report(fault=f"postgres down {OUTAGE_S:.0f} s", documents_in=len(expected),
-                   completed=len(expected), duplicates=outcome["duplicates"],
-                   quota_windows_exceeded=int(outcome["stats"]["window_exceeded"]),
-                   extra_gemini_calls=outcome["extra"], recovery_s=recovery,
-                   notes="recovery = database back to first document claimed after it done")
+            report(
+                fault=f"postgres down {OUTAGE_S:.0f} s",
+                documents_in=len(expected),
+                completed=len(expected),
+                duplicates=outcome["duplicates"],
+                quota_windows_exceeded=int(outcome["stats"]["window_exceeded"]),
+                extra_gemini_calls=outcome["extra"],
+                recovery_s=recovery,
+                notes="recovery = database back to first document claimed after it done",
+            )
             assert workers.stop() == 0
             assert scheduler.stop() == 0

@@ -10,6 +10,8 @@ sees a window over its quota.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from tests.faults.checks import (
@@ -20,6 +22,8 @@ from tests.faults.checks import (
     running_jobs,
     wait_all_done,
 )
+from tests.faults.conftest import FaultPool, Reporter
+from tests.support.emulator import EmulatorProcess
 from tests.support.pool import wait_until
 from tests.support.redis_server import private_redis
 
@@ -30,16 +34,24 @@ POOL_RPM, EMULATOR_RPM = 10, 11
 
 
 @pytest.mark.parametrize("fault", ["restart", "flush"])
-def test_redis_lost_during_a_run(fault: str, fault_pool, pg_database_factory, emulator,
-                                 report) -> None:
+def test_redis_lost_during_a_run(
+    fault: str,
+    fault_pool: FaultPool,
+    pg_database_factory: Callable[[str], str],
+    emulator: EmulatorProcess,
+    report: Reporter,
+) -> None:
     emulator.configure(latency_ms=150, latency_jitter_ms=30, rpm_limit=EMULATOR_RPM)
     with private_redis() as server, fault_pool(pg_database_factory("faults"), server.url) as pool:
         pool.settings_env["GEMINI_RPM_LIMIT"] = str(POOL_RPM)
         expected = pool.seed(index=30, acte=15)
         scheduler = pool.scheduler()
         workers = pool.workers(processes=1, threads=4)
-        wait_until(lambda: pool.status_counts().get(DONE, 0) >= 12, 60,
-                   message=lambda: f"progress: {pool.status_counts()}\n{workers.log()[-2000:]}")
+        wait_until(
+            lambda: pool.status_counts().get(DONE, 0) >= 12,
+            60,
+            message=lambda: f"progress: {pool.status_counts()}\n{workers.log()[-2000:]}",
+        )
         interrupted = len(running_jobs(pool.dsn))
         fault_at = db_now(pool.dsn)
         if fault == "restart":
@@ -60,12 +72,17 @@ def test_redis_lost_during_a_run(fault: str, fault_pool, pg_database_factory, em
         # A job caught mid-call may lose its grant's settle and be retried: one call each.
         outcome = assert_outcome(pool, emulator, expected, extra_calls=interrupted)
         assert outcome["stats"]["sent_429"] == 0, "the limiter let a call over the quota"
-        report(fault=f"redis {fault}", documents_in=len(expected), completed=len(expected),
-               duplicates=outcome["duplicates"],
-               quota_windows_exceeded=int(outcome["stats"]["window_exceeded"]),
-               extra_gemini_calls=outcome["extra"], extra_calls_allowed=interrupted,
-               recovery_s=recovery,
-               notes=f"peak {outcome['stats']['window']['max_requests_offered']}/{EMULATOR_RPM} "
-               "calls per window; recovery = fault to first document claimed after it completed")
+        report(
+            fault=f"redis {fault}",
+            documents_in=len(expected),
+            completed=len(expected),
+            duplicates=outcome["duplicates"],
+            quota_windows_exceeded=int(outcome["stats"]["window_exceeded"]),
+            extra_gemini_calls=outcome["extra"],
+            extra_calls_allowed=interrupted,
+            recovery_s=recovery,
+            notes=f"peak {outcome['stats']['window']['max_requests_offered']}/{EMULATOR_RPM} "
+            "calls per window; recovery = fault to first document claimed after it completed",
+        )
         assert workers.stop() == 0
         assert scheduler.stop() == 0
