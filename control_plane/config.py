@@ -116,7 +116,10 @@ class Settings(BaseSettings):
     ocr_scheduler_metrics_port: int = Field(9300, ge=0, le=65535)
     ocr_worker_metrics_port: int = Field(9191, ge=0, le=65535)
     ocr_job_time_limit_ms: int = Field(3 * 3_600_000, ge=1000)
-    ocr_log_level: str = "INFO"
+    # Checked here: loguru would refuse an unknown level later, with a traceback.
+    ocr_log_level: str = Field(
+        "INFO", pattern=r"(?i)^(trace|debug|info|success|warning|error|critical)$"
+    )
     ocr_log_json: bool = False
 
     @model_validator(mode="after")
