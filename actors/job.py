@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from enum import StrEnum
 
 from control_plane.dispatch import DocumentMessage
@@ -26,6 +27,7 @@ from control_plane.errors import (
 )
 from control_plane.gemini.engine import OcrResult
 from control_plane.logs import log_event
+from control_plane.pacing import record_job_seconds, wait_slot_freed, wake_slot_waiters
 from control_plane.pool import SlotLease, SlotRefusal
 from control_plane.queue.models import ClaimedDocument, FailOutcome
 from control_plane.queue.pdf import inspect_pdf, split_pdf
@@ -76,22 +78,39 @@ SLOT_WAIT_S = 60.0
 def process_document(rt: WorkerRuntime, message: DocumentMessage) -> str:
     """Run one job; returns what happened (for logs and tests)."""
     worker_id = rt.worker_id()
-    rt.enqueued.remove(message.document_source, message.ref)
     slot = _wait_for_slot(rt, message, worker_id)
+    # Only now does the message stop counting as "enqueued": while it waits for a slot
+    # it is the feed's look-ahead, and the feed must not send more behind it.
+    rt.enqueued.remove(message.document_source, message.ref)
     if slot is None:
         _release(rt, message, "no slot of its type became free")
         return "released"
     job = ActiveJob(message.environment, message.id, message.lease_token,
                     message.document_source, slot=slot)
+    taken_at = time.monotonic()
     try:
-        return _run(rt, message, job, worker_id)
+        outcome = _run(rt, message, job, worker_id)
+        if outcome == "completed":  # slot time per type, for OCR_ALLOCATION_WEIGHTING=time
+            _quietly(lambda: record_job_seconds(rt.client, rt.keys, message.document_source,
+                                                time.monotonic() - taken_at))
+        return outcome
     finally:
         rt.track(None)
         try:
             rt.pool.release_slot(slot)
+            wake_slot_waiters(rt.client, rt.keys)
         except Exception as exc:  # noqa: BLE001 - the slot lapses by TTL anyway
             log_event("job.slot_release_failed", "slot not released; it lapses by TTL",
                       level="WARNING", slot=slot.slot_id, error=type(exc).__name__)
+
+
+def _quietly(fn: Callable[[], None]) -> None:
+    """Best-effort bookkeeping: a Redis hiccup here must not fail a finished document."""
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001
+        log_event("job.bookkeeping_failed", "job timing not recorded", level="WARNING",
+                  error=type(exc).__name__)
 
 
 def _run(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob, worker_id: str) -> str:
@@ -213,5 +232,7 @@ def _wait_for_slot(rt: WorkerRuntime, message: DocumentMessage, worker_id: str) 
             log_event("job.no_slot", f"no {message.document_source} slot ({taken.reason})",
                       level="WARNING", document=message.ref)
             return None
-        rt.stop_event.wait(delay)
+        # Woken by the next release anywhere in the pool; the timeout only bounds a
+        # missed wake-up (and how long a stop request waits).
+        wait_slot_freed(rt.client, rt.keys, message.document_source, delay)
         delay = min(delay * 2, 1.0)

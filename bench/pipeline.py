@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -37,8 +38,10 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from control_plane.dispatch import EnqueuedSet
 from control_plane.keys import Keys
 from control_plane.logs import setup_logging
+from control_plane.pacing import record_job_seconds, wake_slot_waiters
 from control_plane.pool import SlotLease, WorkerPool
 from control_plane.queue.migrate import apply_schema
 from control_plane.queue.postgres import PostgresStore
@@ -150,6 +153,7 @@ class Outcome:
     emulator: dict[str, Any]
     done: int
     by_type_done: dict[str, float]  # type -> epoch seconds its last document completed
+    job_seconds: list[float]  # started_at -> completed_at per document (slot busy time)
 
     def rate_between(self, start: float, end: float) -> tuple[float, int]:
         """Documents/min completed in [start, end] and how many."""
@@ -224,7 +228,7 @@ def run_pool(dbs: Databases, run: Run, workdir: Path) -> Outcome:
                     )
                 time.sleep(0.2)
             rows = conn.execute(
-                "SELECT completed_at, document_source FROM extraction_queue "
+                "SELECT completed_at, document_source, started_at FROM extraction_queue "
                 "WHERE status_id = 5 ORDER BY completed_at"
             ).fetchall()
         stats = emu.stats()
@@ -234,7 +238,7 @@ def run_pool(dbs: Databases, run: Run, workdir: Path) -> Outcome:
         client.close()
         emu.stop()
     by_type: dict[str, float] = {}
-    for ts, source in rows:
+    for ts, source, _ in rows:
         by_type[source] = max(by_type.get(source, 0.0), _epoch(ts))
     return Outcome(
         completions=[_epoch(r[0]) for r in rows],
@@ -245,6 +249,7 @@ def run_pool(dbs: Databases, run: Run, workdir: Path) -> Outcome:
         emulator=stats,
         done=len(rows),
         by_type_done=by_type,
+        job_seconds=[_epoch(r[0]) - _epoch(r[2]) for r in rows],
     )
 
 
@@ -279,7 +284,7 @@ def throughput(dbs: Databases, workdir: Path, print_row: Callable[..., None]) ->
     ]
     print("\n== Throughput against the bound (pool 4, single-chunk documents) ==")
     print(f"{'setting':<15} {'bound/min':>9} {'achieved/min':>12} {'%':>6} {'docs':>5} "
-          f"{'CPU ms/doc':>10} {'429s':>5}")
+          f"{'CPU ms/doc':>10} {'job s':>6} {'429s':>5}")
     for name, emulator, env, bound, warmup, measured, docs in settings:
         run = Run(name, emulator, {**BASE_ENV, **env}, index=docs // 2, acte=docs - docs // 2,
                   timeout_s=warmup + measured + 60)
@@ -292,7 +297,8 @@ def throughput(dbs: Databases, workdir: Path, print_row: Callable[..., None]) ->
         cpu = out.cpu_between(start, end)
         cpu_ms = 1000 * cpu / n if n else float("nan")
         print_row(f"{name:<15} {bound:>9.0f} {rate:>12.1f} {100 * rate / bound:>5.1f}% {n:>5} "
-                  f"{cpu_ms:>10.1f} {out.emulator.get('sent_429', 0):>5}")
+                  f"{cpu_ms:>10.1f} {statistics.median(out.job_seconds):>6.3f} "
+                  f"{out.emulator.get('sent_429', 0):>5}")
 
 
 # --- 2. the control plane's own operations per document ---
@@ -313,25 +319,40 @@ def micro(dbs: Databases, documents: int = 400) -> None:
     limiter = GeminiRateLimiter(client, rpm_limit=10**6, tpm_limit=10**9, window_ms=60_000,
                                 keys=keys)
     store = PostgresStore("dev", dsn)
+    enqueued = EnqueuedSet(client, keys)
     steps: dict[str, float] = {}
 
-    def timed(step: str, fn: Callable[[], Any]) -> Any:
-        t = time.perf_counter()
-        value = fn()
-        steps[step] = steps.get(step, 0.0) + time.perf_counter() - t
-        return value
+    clock = [time.perf_counter()]
+
+    def lap(step: str) -> None:
+        now = time.perf_counter()
+        steps[step] = steps.get(step, 0.0) + now - clock[0]
+        clock[0] = now
 
     try:
         wall, cpu = time.perf_counter(), time.process_time()
         for _ in range(documents):
-            doc = timed("claim", lambda: store.claim("index", 1, "bench", 600_000))[0]
-            slot = timed("take_slot", lambda: pool.take_slot("index", "bench-w", "dev/1"))
+            clock[0] = time.perf_counter()
+            doc = store.claim("index", 1, "bench", 600_000)[0]
+            lap("claim")
+            slot = pool.take_slot("index", "bench-w", "dev/1")
             assert isinstance(slot, SlotLease)
-            timed("start", lambda: store.start(doc.id, doc.lease_token, "bench-w", 600_000))
-            grant = timed("acquire", lambda: limiter.acquire(258))
-            timed("settle", lambda: limiter.settle(grant, 250))
-            timed("complete", lambda: store.complete(doc.id, doc.lease_token, "t", 250, 10))
-            timed("release", lambda: pool.release_slot(slot))
+            lap("take_slot")
+            store.start(doc.id, doc.lease_token, "bench-w", 600_000)
+            lap("start")
+            grant = limiter.acquire(258)
+            lap("acquire")
+            limiter.settle(grant, 250)
+            lap("settle")
+            store.complete(doc.id, doc.lease_token, "t", 250, 10)
+            lap("complete")
+            pool.release_slot(slot)
+            lap("release")
+            enqueued.add("index", [f"dev/{doc.id}"], 0)
+            enqueued.remove("index", f"dev/{doc.id}")
+            record_job_seconds(client, keys, "index", 0.5)
+            wake_slot_waiters(client, keys)
+            lap("enqueued+timing+wake")
         wall = time.perf_counter() - wall
         cpu = time.process_time() - cpu
     finally:
@@ -341,8 +362,8 @@ def micro(dbs: Databases, documents: int = 400) -> None:
         client.close()
     print("\n== Control-plane operations per document (one process, sequential) ==")
     for step, seconds in steps.items():
-        print(f"  {step:<10} {1000 * seconds / documents:6.2f} ms wall")
-    print(f"  {'total':<10} {1000 * wall / documents:6.2f} ms wall, "
+        print(f"  {step:<21} {1000 * seconds / documents:6.2f} ms wall")
+    print(f"  {'total':<21} {1000 * wall / documents:6.2f} ms wall, "
           f"{1000 * cpu / documents:.2f} ms client CPU per document")
 
 

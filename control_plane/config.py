@@ -8,7 +8,7 @@ process with one line naming the variable (`ConfigError`); secrets are held as
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     gemini_tokens_per_page: int = Field(258, ge=1)
     gemini_max_call_attempts: int = Field(4, ge=1, le=20)
     ocr_feed_interval_ms: int = Field(1000, ge=50)
+    # Messages per type enqueued beyond the free slots, so a freed slot is refilled at once.
+    ocr_feed_lookahead: int = Field(1, ge=0, le=100)
+    # Beyond the seed (bench/pipeline.py measures each against the plain rule).
+    ocr_allocation_weighting: Literal["count", "time"] = "count"
+    ocr_allocation_lend_idle: bool = False
+    ocr_allocation_hysteresis: float = Field(0.0, ge=0, le=100)
     ocr_status_interval_ms: int = Field(60_000, ge=100)
     ocr_lease_ms: int = Field(600_000, ge=1000)
     ocr_max_attempts: int = Field(3, ge=1, le=100)

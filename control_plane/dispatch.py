@@ -54,9 +54,22 @@ class DocumentMessage:
         )
 
 
+# Longest sleep of an idle consumer between two fetches. Dramatiq backs off up to its
+# worker timeout (1 s); the feed sends only the messages free slots need, so queues are
+# usually empty and that back-off was paid on nearly every document.
+CONSUMER_IDLE_POLL_MS = 100
+
+
+class OcrRedisBroker(RedisBroker):
+    """Dramatiq's Redis broker with a short idle poll (see CONSUMER_IDLE_POLL_MS)."""
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Any:
+        return super().consume(queue_name, prefetch, min(timeout, CONSUMER_IDLE_POLL_MS))
+
+
 def make_broker(redis_url: str, namespace: str) -> RedisBroker:
     """The Redis broker both processes share; queues declared up front."""
-    broker = RedisBroker(url=redis_url, namespace=namespace)  # type: ignore[no-untyped-call]
+    broker = OcrRedisBroker(url=redis_url, namespace=namespace)  # type: ignore[no-untyped-call]
     for queue in QUEUE_NAMES.values():
         broker.declare_queue(queue)
     return broker

@@ -121,6 +121,17 @@ class Keys:
         (member env/id, score Redis-time ms of the enqueue)."""
         return self._k(f"worker_pool:enqueued:{document_type}")
 
+    def slot_freed(self, document_type: str) -> str:
+        """list: one token per slot released, BLPOPed by a job waiting for a slot of the
+        type (a wake-up call instead of polling; trimmed short, stale tokens are harmless)."""
+        return self._k(f"worker_pool:slot_freed:{document_type}")
+
+    @property
+    def job_seconds(self) -> str:
+        """hash: document type -> EWMA of the seconds one document holds a slot (for
+        OCR_ALLOCATION_WEIGHTING=time); fields "<type>" and "<type>:n" (samples seen)."""
+        return self._k("worker_pool:job_seconds")
+
     @property
     def pool_stats(self) -> str:
         """hash: documents completed / failed / released per type (fields like completed:index)."""

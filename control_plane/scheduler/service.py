@@ -23,6 +23,7 @@ from control_plane.dispatch import DocumentMessage, EnqueuedSet, enqueue_documen
 from control_plane.errors import MAX_HELD_COOLDOWN_S, OcrPoolError, TransientError
 from control_plane.keys import WORKER_STALE_MS, Keys
 from control_plane.logs import log_event
+from control_plane.pacing import allocation_options, lent_types, lookahead_for, read_weights
 from control_plane.pool import WorkerPool
 from control_plane.queue.environments import Environments
 from control_plane.rate_limiter import GeminiRateLimiter
@@ -60,13 +61,6 @@ def feed_wants(
     }
 
 
-def lookahead_for(allocation: dict[str, int] | None, lookahead: int) -> dict[str, int]:
-    """`lookahead` per type that has slots now (a type without slots gets none)."""
-    if not allocation:
-        return {}
-    return {t: lookahead if allocation.get(t, 0) > 0 else 0 for t in DOCUMENT_TYPES}
-
-
 class Scheduler:
     """The jobs of `python scheduler.py`, each safe to call from any thread."""
 
@@ -98,6 +92,7 @@ class Scheduler:
         self._sequence = 0
         self._last_queue: dict[str, int] | None = None
         self._allocation: dict[str, int] | None = None  # last published, for the feed
+        self._planned: dict[str, int] | None = None  # last plan, for hysteresis
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._feed_paused = False
@@ -143,11 +138,15 @@ class Scheduler:
     def apply_queue(self, queued: dict[str, int], *, force: bool = False) -> dict[str, int]:
         """Publish the allocation for these ready counts; log when it changes."""
         s = self.settings
-        planned = compute_allocation(queued, s.ocr_worker_pool_size, s.minimums)
+        weights = (
+            read_weights(self.client, self.keys) if s.ocr_allocation_weighting == "time" else None
+        )
+        options = allocation_options(s, weights, self._planned)
+        planned = compute_allocation(queued, s.ocr_worker_pool_size, s.minimums, **options)
         fitted, capacity_bound = fit_allocation(
             planned, s.slot_costs, s.cpu_budget, s.ram_budget, s.minimums
         )
-        reason = explain_allocation(queued, s.ocr_worker_pool_size, s.minimums, planned)
+        reason = explain_allocation(queued, s.ocr_worker_pool_size, s.minimums, planned, **options)
         if capacity_bound:
             reason += f"; capacity-bound (CPU {s.cpu_budget:g}, RAM {s.ram_budget:g} GB)"
         with self._lock:
@@ -172,6 +171,7 @@ class Scheduler:
         self._last_queue = queued
         if published:
             self._allocation = dict(fitted)
+            self._planned = dict(planned)
         self.metrics.allocation(fitted)
         return fitted
 
@@ -183,6 +183,7 @@ class Scheduler:
             return None
         if self._gemini_paused():
             return None
+        self._reclaim_lent()
         free = self.pool.free_slots()
         ahead = lookahead_for(self._allocation, self.settings.ocr_feed_lookahead)
         wants = feed_wants(free, self.enqueued.counts(), ahead)
@@ -235,6 +236,22 @@ class Scheduler:
             else:
                 log_event("feed.resumed", "Gemini cooldown over; feeding again")
         return paused
+
+    def _reclaim_lent(self) -> None:
+        """A type that lent its slots has work again: rebalance now, not at the next tick."""
+        lent = lent_types(self._allocation, self.settings.minimums)
+        if not lent:
+            return
+        try:
+            counts = self.environments.counts()
+        except TransientError as exc:
+            self._back_off("feed", exc)
+            return
+        queued = {t: counts[t].ready if t in counts else 0 for t in DOCUMENT_TYPES}
+        if any(queued[t] > 0 for t in lent):
+            log_event("rebalance.reclaim", f"{', '.join(lent)} has work again: slots return",
+                      queue_index=queued["index"], queue_acte=queued["acte"])
+            self.apply_queue(queued)
 
     def _give_back(self, message: DocumentMessage) -> None:
         """A claimed document we could not enqueue goes straight back to ready."""
