@@ -394,7 +394,7 @@ def _watch(
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     total = args.index + args.acte
     peak: dict[str, int] = {"index": 0, "acte": 0}
-    metrics: dict[str, int] = {}
+    metrics: dict[str, list[str]] = {}
     last_line = 0.0
     deadline = started + args.timeout
     try:
@@ -450,12 +450,13 @@ def _watch(
     }
 
 
-def _check_metrics(scheduler_port: int, worker_port: int) -> dict[str, int]:
-    found = {}
+def _check_metrics(scheduler_port: int, worker_port: int) -> dict[str, list[str]]:
+    """Scrape both endpoints once; the series names each one answers with."""
+    found: dict[str, list[str]] = {}
     for name, port in (("scheduler", scheduler_port), ("workers", worker_port)):
         series = fetch_metrics(f"http://127.0.0.1:{port}/metrics")
         ours = sorted(s for s in series if s.startswith(("ocr_", "dramatiq_")))
-        found[name] = len(ours)
+        found[name] = ours
         shown = ", ".join(ours[:4]) + (" ..." if len(ours) > 4 else "")
         say(
             f"  metrics: {name} http://127.0.0.1:{port}/metrics answers {len(ours)} series "
