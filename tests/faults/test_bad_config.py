@@ -1,0 +1,294 @@
+"""Bad configuration refused at start with one clear line; secrets never printed.
+
+Every command a user runs (`python scheduler.py`, `python scheduler.py status`,
+`dramatiq actors`) must exit non-zero with exactly one `configuration error:` line
+naming the variable (dramatiq adds its own boot/shutdown lines around it), never a
+traceback, never the rejected value. A whole pool run with recognizable secrets
+(Gemini key, Redis password, database password, Supabase service key) must not show
+any of them in any output nor in Redis.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg
+import psycopg.conninfo
+import pytest
+import redis
+
+from control_plane.queue.migrate import apply_schema
+from control_plane.samples import sample_document
+from tests.faults.checks import install_audit
+from tests.support.emulator import start_emulator
+from tests.support.pool import ROOT, PoolHarness, pool_harness, wait_until
+from tests.support.redis_server import free_port, private_redis
+from tests.support.supabase_endpoint import supabase_endpoint
+
+pytestmark = [pytest.mark.faults, pytest.mark.e2e]
+
+SCHEDULER = [sys.executable, "scheduler.py"]
+STATUS = [sys.executable, "scheduler.py", "status"]
+WORKERS = [sys.executable, "-m", "dramatiq", "actors", "-p", "1", "-t", "1"]
+COMMANDS = {"scheduler": SCHEDULER, "status": STATUS, "dramatiq": WORKERS}
+REJECTED = "Zr9-REJECTED-VALUE"  # a value that must never be echoed back
+ALL = ("scheduler", "status", "dramatiq")
+
+# variable, bad value (None: unset), what the one line must hold, commands to try
+BAD_SETTINGS: list[tuple[str, str | None, tuple[str, ...], tuple[str, ...]]] = [
+    ("OCR_WORKER_POOL_SIZE", "1", ("OCR_WORKER_POOL_SIZE", "greater than or equal to 2"), ALL),
+    ("OCR_LEASE_MS", REJECTED, ("OCR_LEASE_MS", "valid integer"), ALL),
+    (
+        "OCR_MIN_INDEX_WORKERS",
+        "9",
+        ("OCR_MIN_INDEX_WORKERS=9 is above OCR_WORKER_POOL_SIZE=4",),
+        ("scheduler", "dramatiq"),
+    ),
+    (
+        "REDIS_URL",
+        f"http://{REJECTED}",
+        ("REDIS_URL must start with redis://",),
+        ("scheduler", "dramatiq"),
+    ),
+    (
+        "SERVER_RESERVE_CPU_PERCENT",
+        "150",
+        ("SERVER_RESERVE_CPU_PERCENT", "less than 100"),
+        ("scheduler", "status"),
+    ),
+    (
+        "GEMINI_TEMPERATURE",
+        REJECTED,
+        ("GEMINI_TEMPERATURE", "valid number"),
+        ("scheduler", "status"),
+    ),
+    ("OCR_LOG_JSON", REJECTED, ("OCR_LOG_JSON", "valid boolean"), ("scheduler", "dramatiq")),
+    ("OCR_LOG_LEVEL", REJECTED, ("OCR_LOG_LEVEL", "trace|debug|info"), ALL),
+    (
+        "OCR_MAX_PAGES",
+        "0",
+        ("OCR_MAX_PAGES", "greater than or equal to 1"),
+        ("scheduler", "status"),
+    ),
+    (
+        "DEV_SUPABASE_URL",
+        "http://127.0.0.1:9",
+        ("DEV_SUPABASE_SERVICE_KEY is missing", "go together"),
+        ALL,
+    ),
+    ("DEV_DATABASE_URL", None, ("no environment configured", "DEV_DATABASE_URL"), ALL),
+    ("GEMINI_API_KEY", None, ("GEMINI_API_KEY: not set",), ("dramatiq",)),
+]
+
+
+def base_env(redis_url: str) -> dict[str, str]:
+    """A valid configuration (nothing is started far enough to use it)."""
+    import os
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OCR_", "GEMINI_", "DEV_", "STAGING_", "PROD_", "SERVER_", "REDIS_"))
+    }
+    env.update(
+        {
+            "DEV_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/postgres",
+            "REDIS_URL": redis_url,
+            "GEMINI_API_KEY": "test-key-not-used",
+            "OCR_REDIS_PREFIX": f"cfg:{uuid.uuid4().hex[:8]}:",
+            "OCR_SCHEDULER_METRICS_PORT": "0",
+            "OCR_WORKER_METRICS_PORT": "0",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def run(
+    argv: list[str], env: dict[str, str], timeout: float = 40
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], *said: str) -> str:
+    """Non-zero exit, exactly one `configuration error:` line holding `said`, no traceback."""
+    lines = [ln for ln in result.stderr.splitlines() if "configuration error" in ln]
+    assert result.returncode != 0, result
+    assert len(lines) == 1, result.stderr
+    assert all(part in lines[0] for part in said), lines[0]
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    assert REJECTED not in result.stderr + result.stdout, "the rejected value was echoed"
+    return lines[0]
+
+
+def test_each_invalid_variable_is_refused_with_one_line_naming_it(redis_url: str) -> None:
+    jobs = []
+    for variable, value, said, commands in BAD_SETTINGS:
+        env = base_env(redis_url)
+        if value is None:
+            env.pop(variable, None)
+        else:
+            env[variable] = value
+        jobs += [(variable, said, name, env) for name in commands]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda job: run(COMMANDS[job[2]], job[3]), jobs))
+    refused = {}
+    for (variable, said, name, _), result in zip(jobs, results, strict=True):
+        refused[(variable, name)] = assert_refused(result, *said)
+    assert len(refused) == len(jobs)
+
+
+def test_unreachable_redis_is_refused_with_one_clear_line(redis_url: str) -> None:
+    env = base_env(redis_url)
+    env["REDIS_URL"] = f"redis://:{REJECTED}@127.0.0.1:{free_port()}/0"
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = dict(
+            zip(COMMANDS, pool.map(lambda argv: run(argv, env), COMMANDS.values()), strict=True)
+        )
+    for name, result in results.items():
+        line = assert_refused(result, "REDIS_URL: cannot reach Redis at 127.0.0.1:")
+        assert line.startswith("configuration error: "), (name, line)
+
+
+# --- secrets -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def secret_role(pg_admin_dsn: str, pg_database_factory) -> Iterator[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    """A fresh database and a login role with a password on it: (dsn with password, password)."""
+    dsn = pg_database_factory("secrets")
+    apply_schema(dsn)
+    install_audit(dsn)
+    role, password = f"ocr_secret_{uuid.uuid4().hex[:8]}", f"PGPASS-{uuid.uuid4().hex}"
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for what in ("TABLES", "SEQUENCES", "FUNCTIONS"):
+            conn.execute(f"GRANT ALL ON ALL {what} IN SCHEMA public TO {role}")
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    params.update(user=role, password=password)
+    yield psycopg.conninfo.make_conninfo(**params), password
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP OWNED BY {role}")
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def redis_dump(client: redis.Redis, patterns: tuple[str, ...]) -> str:
+    """Every key and value under `patterns`, as text."""
+    out: list[str] = []
+    for pattern in patterns:
+        for key in client.scan_iter(match=pattern, count=1000):
+            kind = client.type(key)
+            value: object
+            if kind == "string":
+                value = client.get(key)
+            elif kind == "hash":
+                value = client.hgetall(key)
+            elif kind == "list":
+                value = client.lrange(key, 0, -1)
+            elif kind == "set":
+                value = client.smembers(key)
+            elif kind == "zset":
+                value = client.zrange(key, 0, -1, withscores=True)
+            elif kind == "stream":
+                value = client.xrange(key)
+            else:
+                value = kind
+            out.append(f"{key} {value!r}")
+    return "\n".join(out)
+
+
+def test_secrets_never_appear_in_any_output_nor_in_redis(
+    secret_role: tuple[str, str], tmp_path: Path, report, capfd: pytest.CaptureFixture[str]
+) -> None:
+    dsn, pg_password = secret_role
+    gemini_key = f"GEMKEY-{uuid.uuid4().hex}"
+    redis_password = f"REDISPASS-{uuid.uuid4().hex}"
+    service_key = f"SUPAKEY-{uuid.uuid4().hex}"
+    secrets = {
+        "GEMINI_API_KEY": gemini_key,
+        "Redis password": redis_password,
+        "database password": pg_password,
+        "Supabase service key": service_key,
+    }
+    storage = tmp_path / "storage"
+    (storage / "scans").mkdir(parents=True)
+    (storage / "scans" / "deed.pdf").write_bytes(sample_document("acte", 77, 2).pdf)
+
+    with (
+        private_redis() as server,
+        start_emulator(api_key=gemini_key, latency_ms=20, extra_args=["--verbose"]) as emu,
+        supabase_endpoint(dsn, service_key=service_key, storage_dir=storage) as supabase,
+    ):
+        admin = redis.Redis(host="127.0.0.1", port=server.port)
+        admin.config_set("requirepass", redis_password)
+        admin.close()
+        redis_url = f"redis://:{redis_password}@127.0.0.1:{server.port}/0"
+        with pool_harness(dsn, redis_url, emu.url, tmp_path / "pool") as pool:
+            pool.settings_env.update(
+                {
+                    "GEMINI_API_KEY": gemini_key,
+                    "DEV_SUPABASE_URL": supabase.url,
+                    "DEV_SUPABASE_SERVICE_KEY": service_key,
+                    "OCR_LOG_LEVEL": "DEBUG",  # the most talkative the product gets
+                }
+            )
+            outputs = run_pool_with_secrets(pool)
+            outputs["redis keys and values"] = redis_dump(
+                pool.redis(), (f"{pool.prefix}*", f"{pool.namespace}:*")
+            )
+            # A wrong Redis password and a wrong Gemini key must not echo the secret either.
+            wrong = pool.run("status", REDIS_URL=f"redis://:{REJECTED}@127.0.0.1:{server.port}/0")
+            assert wrong.returncode != 0
+            assert "authentication" in wrong.stderr.lower() or "auth" in wrong.stderr.lower()
+            outputs["status, wrong Redis password"] = wrong.stdout + wrong.stderr
+        emu.process.terminate()
+        emu.process.wait(10)
+        outputs["emulator stdout"] = emu.process.stdout.read() if emu.process.stdout else ""
+        # --verbose logs every request to stderr, inherited from this process: capfd holds it
+        outputs["emulator stderr (request log)"] = capfd.readouterr().err
+    assert supabase.requests > 0, "the Supabase key was used (Storage download)"
+    for where, text in outputs.items():
+        assert text or where == "emulator stdout", f"{where}: nothing captured"
+        for name, secret in secrets.items():
+            assert secret not in text, f"{name} appears in {where}"
+        assert REJECTED not in text, f"the wrong password appears in {where}"
+    report(
+        fault="secrets in all output (4 secrets, 7 outputs)",
+        documents_in=7,
+        completed=7,
+        notes="scheduler/workers logs, status, emulator stdout, Redis: no secret",
+    )
+
+
+def run_pool_with_secrets(pool: PoolHarness) -> dict[str, str]:
+    """Queue documents (one in Supabase Storage), run the pool to the end, return all output."""
+    pool.seed(index=4, acte=2)
+    with psycopg.connect(pool.dsn) as conn:
+        conn.execute(
+            "INSERT INTO extraction_queue (document_source, storage_path, status_id) "
+            "VALUES ('acte', 'scans/deed.pdf', 3)"
+        )
+    scheduler = pool.scheduler()
+    workers = pool.workers(processes=1, threads=2)
+    wait_until(
+        lambda: pool.status_counts() == {5: 7},
+        60,
+        message=lambda: f"all 7 done: {pool.status_counts()}\n{workers.log()[-2000:]}",
+    )
+    status = pool.run("status")
+    assert status.returncode == 0, status.stderr
+    assert workers.stop() == 0 and scheduler.stop() == 0
+    return {
+        "scheduler log": scheduler.log(),
+        "workers log": workers.log(),
+        "status output": status.stdout + status.stderr,
+    }
