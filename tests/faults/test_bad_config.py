@@ -13,9 +13,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import psycopg.conninfo
@@ -161,7 +162,9 @@ def test_unreachable_redis_is_refused_with_one_clear_line(redis_url: str) -> Non
 
 
 @pytest.fixture
-def secret_role(pg_admin_dsn: str, pg_database_factory) -> Iterator[tuple[str, str]]:  # type: ignore[no-untyped-def]
+def secret_role(
+    pg_admin_dsn: str, pg_database_factory: Callable[[str], str]
+) -> Iterator[tuple[str, str]]:
     """A fresh database and a login role with a password on it: (dsn with password, password)."""
     dsn = pg_database_factory("secrets")
     apply_schema(dsn)
@@ -174,7 +177,7 @@ def secret_role(pg_admin_dsn: str, pg_database_factory) -> Iterator[tuple[str, s
             conn.execute(f"GRANT ALL ON ALL {what} IN SCHEMA public TO {role}")
     params = psycopg.conninfo.conninfo_to_dict(dsn)
     params.update(user=role, password=password)
-    yield psycopg.conninfo.make_conninfo(**params), password
+    yield psycopg.conninfo.make_conninfo("", **params), password
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"DROP OWNED BY {role}")
     with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
@@ -207,7 +210,7 @@ def redis_dump(client: redis.Redis, patterns: tuple[str, ...]) -> str:
 
 
 def test_secrets_never_appear_in_any_output_nor_in_redis(
-    secret_role: tuple[str, str], tmp_path: Path, report, capfd: pytest.CaptureFixture[str]
+    secret_role: tuple[str, str], tmp_path: Path, report: Any, capfd: pytest.CaptureFixture[str]
 ) -> None:
     dsn, pg_password = secret_role
     gemini_key = f"GEMKEY-{uuid.uuid4().hex}"

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -75,7 +76,7 @@ def pages_pdf(count: int) -> bytes:
     return make_pdf([f"Registre page {n} of {count}" for n in range(1, count + 1)])
 
 
-def insert(conn: psycopg.Connection, source: str, path: str) -> int:  # type: ignore[type-arg]
+def insert(conn: psycopg.Connection[Any], source: str, path: str) -> int:
     row = conn.execute(
         "INSERT INTO extraction_queue (document_source, storage_path, status_id) "
         "VALUES (%s, %s, 3) RETURNING id",
@@ -86,10 +87,10 @@ def insert(conn: psycopg.Connection, source: str, path: str) -> int:  # type: ig
 
 
 def insert_legacy_unknown_source(
-    conn: psycopg.Connection,
+    conn: psycopg.Connection[Any],
     dsn: str,
     source: str,
-    path: str,  # type: ignore[type-arg]
+    path: str,
 ) -> int:
     """A row from before the CHECK existed: drop it, insert, then migrate (adds it NOT VALID)."""
     conn.execute(
@@ -101,7 +102,7 @@ def insert_legacy_unknown_source(
 
 
 def test_bad_documents_each_fail_with_their_own_message_and_the_pool_carries_on(
-    fx_pool: PoolHarness, fx_emulator: EmulatorProcess, report, tmp_path: Path
+    fx_pool: PoolHarness, fx_emulator: EmulatorProcess, report: Any, tmp_path: Path
 ) -> None:
     docs = fx_pool.docs_dir
     outside = tmp_path / "outside"

@@ -63,7 +63,7 @@ def attempts_by_status(pool: PoolHarness) -> dict[int, list[int]]:
 
 
 def test_429_storm_pauses_every_worker_through_redis_and_costs_no_attempt(
-    fx_pool: PoolHarness, fx_emulator: EmulatorProcess, report
+    fx_pool: PoolHarness, fx_emulator: EmulatorProcess, report: Any
 ) -> None:
     storm, delay = 8, 2.0
     fx_emulator.configure(storm_requests=storm, storm_retry_delay_s=delay)
@@ -104,7 +104,7 @@ def test_429_storm_pauses_every_worker_through_redis_and_costs_no_attempt(
 
 
 def test_per_day_quota_pauses_until_the_reset_without_burning_attempts(
-    fx_pool: PoolHarness, fx_emulator: EmulatorProcess, report
+    fx_pool: PoolHarness, fx_emulator: EmulatorProcess, report: Any
 ) -> None:
     fx_emulator.configure(per_day_quota=True)
     expected = fx_pool.seed(index=4, acte=2)
@@ -184,7 +184,7 @@ def chunk_hash(path: Path) -> str:
 
 
 def test_5xx_timeouts_malformed_and_blocked_answers_at_set_rates(
-    fx_pool: PoolHarness, fx_emulator: EmulatorProcess, report
+    fx_pool: PoolHarness, fx_emulator: EmulatorProcess, report: Any
 ) -> None:
     fx_emulator.configure(
         fault_rates={
@@ -210,12 +210,14 @@ def test_5xx_timeouts_malformed_and_blocked_answers_at_set_rates(
     stats = fx_emulator.stats(log=True)
     permanent_hashes = {e["doc"] for e in stats["log"] if e.get("fault") in PERMANENT_FAULTS}
     with psycopg.connect(fx_pool.dsn) as conn:
-        paths = dict(conn.execute("SELECT id, storage_path FROM extraction_queue").fetchall())
+        paths: dict[int, str] = dict(
+            conn.execute("SELECT id, storage_path FROM extraction_queue").fetchall()
+        )
     for row in fx_pool.rows():
         digest = chunk_hash(Path(paths[row["id"]].removeprefix("file://")))
         if row["status_id"] == ERROR:
             calls = sorted((e for e in stats["log"] if e["doc"] == digest), key=lambda e: e["t"])
-            assert calls, (row, digest, stats["log"])
+            assert calls, (row["error_message"], digest, len(stats["log"]), stats["requests"])
             fault = calls[-1].get("fault")  # the answer that ended it; no call after it
             assert fault in PERMANENT_FAULTS, (row, [c.get("fault") for c in calls])
             assert re.match(PERMANENT_FAULTS[fault], row["error_message"]), row["error_message"]

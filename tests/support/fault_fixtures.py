@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +45,10 @@ def fx_emulator() -> Iterator[EmulatorProcess]:
 
 @pytest.fixture
 def fx_pool(
-    pg_database_factory,
+    pg_database_factory: Callable[[str], str],
     redis_url: str,
     fx_emulator: EmulatorProcess,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
 ) -> Iterator[PoolHarness]:
     """A pool harness on a fresh database and Redis prefix, limiter under the emulator quota."""
     dsn = pg_database_factory("faults")
