@@ -380,15 +380,17 @@ def strategies(
             "OCR_ALLOCATION_HYSTERESIS": "0"}
     print("\n== Strategies against the seed rule (pool 4, index 1 page ~0.3 s, acte 4 pages "
           "~0.9 s) ==")
-    print(f"{'workload':<22} {'rule':<22} {'makespan s':>10} {'docs/min':>9} {'flips':>6}")
+    print(f"{'workload':<23} {'rule':<20} {'makespan s':>10} {'docs/min':>9} {'flips':>6} "
+          f"{'index done s':>12} {'acte done s':>11}")
 
     def compare(workload: str, make: Callable[[dict[str, str]], Run],
                 variants: list[tuple[str, dict[str, str]]]) -> None:
         for label, env in variants:
             out = run_pool(dbs, make({**base, **seed, **env}), workdir)
             rate = 60 * out.done / out.makespan
-            print_row(f"{workload:<22} {label:<22} {out.makespan:>10.1f} {rate:>9.1f} "
-                      f"{out.flips:>6}")
+            done = {t: out.by_type_done.get(t, 0.0) - out.first_start for t in ("index", "acte")}
+            print_row(f"{workload:<23} {label:<20} {out.makespan:>10.1f} {rate:>9.1f} "
+                      f"{out.flips:>6} {done['index']:>12.1f} {done['acte']:>11.1f}")
 
     if "weighting" in which:
         compare(
@@ -408,7 +410,7 @@ def strategies(
             "noisy 100/60 + trickle",
             lambda env: Run("hysteresis", emulator, env, index=100, acte=60, acte_pages=1,
                             arrivals=[(t, 6, 3) for t in range(2, 30, 2)]),
-            [("seed", {}), ("hysteresis 0.5", {"OCR_ALLOCATION_HYSTERESIS": "0.5"})],
+            [("seed", {}), ("hysteresis 0.25", {"OCR_ALLOCATION_HYSTERESIS": "0.25"})],
         )
 
 

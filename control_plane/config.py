@@ -102,8 +102,8 @@ class Settings(BaseSettings):
     ocr_feed_lookahead: int = Field(1, ge=0, le=100)
     # Beyond the seed (bench/pipeline.py measures each against the plain rule).
     ocr_allocation_weighting: Literal["count", "time"] = "count"
-    ocr_allocation_lend_idle: bool = False
-    ocr_allocation_hysteresis: float = Field(0.0, ge=0, le=100)
+    ocr_allocation_lend_idle: bool = True
+    ocr_allocation_hysteresis: float = Field(0.25, ge=0, le=100)
     ocr_status_interval_ms: int = Field(60_000, ge=100)
     ocr_lease_ms: int = Field(600_000, ge=1000)
     ocr_max_attempts: int = Field(3, ge=1, le=100)

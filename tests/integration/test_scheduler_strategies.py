@@ -78,7 +78,7 @@ def test_time_weighting_uses_recorded_job_seconds(
         record_job_seconds(redis_client, keys, "index", 1.0)
         record_job_seconds(redis_client, keys, "acte", 4.0)
     seed(dsn, index=40, acte=10)
-    sched = make_scheduler(ocr_allocation_weighting=weighting)
+    sched = make_scheduler(ocr_allocation_weighting=weighting, ocr_allocation_hysteresis=0)
     sched.rebalance()
     assert published(sched) == expected
 
@@ -97,7 +97,7 @@ def test_lent_slots_return_at_the_next_feed(make_scheduler: Any, dsn: str) -> No
 
 def test_seed_rule_keeps_the_minimum_of_an_idle_type(make_scheduler: Any, dsn: str) -> None:
     seed(dsn, index=6, acte=0)
-    sched = make_scheduler()
+    sched = make_scheduler(ocr_allocation_lend_idle=False)
     assert published(sched) == (3, 1)
 
 

@@ -67,7 +67,8 @@ def test_weights_from(raw: dict[str, str], expected: dict[str, float] | None) ->
 @pytest.mark.parametrize(
     ("env", "weights", "previous", "expected"),
     [
-        ({}, {"index": 1, "acte": 4}, {"index": 3, "acte": 1}, {}),  # defaults: the seed rule
+        ({}, {"index": 1, "acte": 4}, {"index": 3, "acte": 1},  # defaults: lend + hysteresis
+         {"lend_idle": True, "previous": {"index": 3, "acte": 1}, "hysteresis": 0.25}),
         ({"ocr_allocation_weighting": "time"}, None, None, {}),  # no durations yet
         ({"ocr_allocation_weighting": "time"}, {"index": 1, "acte": 4}, None,
          {"weights": {"index": 1, "acte": 4}}),
@@ -82,14 +83,15 @@ def test_allocation_options(
     env: dict[str, object], weights: dict[str, float] | None,
     previous: dict[str, int] | None, expected: dict[str, object],
 ) -> None:
-    settings = load_settings(require_environment=False, **env)
+    plain = {"ocr_allocation_lend_idle": False, "ocr_allocation_hysteresis": 0.0} if env else {}
+    settings = load_settings(require_environment=False, **{**plain, **env})
     assert allocation_options(settings, weights, previous) == expected
 
 
 def test_options_change_the_split_as_measured() -> None:
     """The options reach compute_allocation: 40 index / 10 slow actes."""
     queue = {"index": 40, "acte": 10}
-    plain = load_settings(require_environment=False)
+    plain = load_settings(require_environment=False, ocr_allocation_weighting="count")
     timed = load_settings(require_environment=False, ocr_allocation_weighting="time")
     weights = {"index": 1.0, "acte": 4.0}
     assert compute_allocation(queue, 4, M11, **allocation_options(plain, weights, None)) == {
