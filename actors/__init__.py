@@ -16,7 +16,7 @@ from control_plane.config import load_settings
 from control_plane.dispatch import make_broker
 from control_plane.errors import ConfigError
 from control_plane.logs import setup_logging
-from control_plane.redis_conn import check_redis, redis_client
+from control_plane.redis_conn import check_redis
 
 try:
     _settings = load_settings()
@@ -25,7 +25,7 @@ try:
     # Refused here, once: otherwise every consumer thread logs a connection error every
     # 3 s forever and the worker never says which setting is wrong.
     _url = _settings.redis_url.get_secret_value()
-    check_redis(redis_client(_url), _url)
+    check_redis(_url)
 except ConfigError as _exc:
     print(f"configuration error: {_exc}", file=sys.stderr)
     raise SystemExit(2) from None
@@ -48,7 +48,7 @@ from actors.runtime import OcrRuntime  # noqa: E402 - after the broker exists
 
 broker.add_middleware(OcrRuntime())
 if _settings.ocr_worker_metrics_port > 0:
-    from actors.metrics import WorkerMetrics  # noqa: E402
+    from actors.metrics import WorkerMetrics
 
     broker.add_middleware(WorkerMetrics())
 dramatiq.set_broker(broker)

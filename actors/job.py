@@ -18,6 +18,9 @@ import time
 from collections.abc import Callable
 from enum import StrEnum
 
+from dramatiq.middleware import TimeLimitExceeded
+
+from actors.runtime import ActiveJob, WorkerRuntime
 from control_plane.dispatch import DocumentMessage
 from control_plane.errors import (
     AcquireTimeoutError,
@@ -32,12 +35,14 @@ from control_plane.pool import SlotLease, SlotRefusal
 from control_plane.queue.models import ClaimedDocument, FailOutcome
 from control_plane.queue.pdf import inspect_pdf, split_pdf
 
-from actors.runtime import ActiveJob, WorkerRuntime
-
 try:  # the engine's auth error stops the worker loudly
     from control_plane.errors import GeminiAuthError
 except ImportError:  # pragma: no cover - older engine without the class
     GeminiAuthError = type("GeminiAuthError", (OcrPoolError,), {})  # type: ignore[misc,assignment]
+
+
+class JobTimeLimitError(TransientError):
+    """The job outlived OCR_JOB_TIME_LIMIT_MS (Dramatiq interrupted it): counts an attempt."""
 
 
 class Outcome(StrEnum):
@@ -99,7 +104,7 @@ def process_document(rt: WorkerRuntime, message: DocumentMessage) -> str:
         try:
             rt.pool.release_slot(slot)
             wake_slot_waiters(rt.client, rt.keys)
-        except Exception as exc:  # noqa: BLE001 - the slot lapses by TTL anyway
+        except Exception as exc:  # any failure: the slot lapses by TTL anyway
             log_event("job.slot_release_failed", "slot not released; it lapses by TTL",
                       level="WARNING", slot=slot.slot_id, error=type(exc).__name__)
 
@@ -108,7 +113,7 @@ def _quietly(fn: Callable[[], None]) -> None:
     """Best-effort bookkeeping: a Redis hiccup here must not fail a finished document."""
     try:
         fn()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # any failure: bookkeeping is best effort
         log_event("job.bookkeeping_failed", "job timing not recorded", level="WARNING",
                   error=type(exc).__name__)
 
@@ -126,7 +131,11 @@ def _run(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob, worker_id:
               slot=job.slot.slot_id if job.slot else None)
     try:
         result = _ocr(rt, message)
-    except Exception as exc:  # noqa: BLE001 - every error ends in a decided outcome
+    except TimeLimitExceeded:
+        limit_s = rt.settings.ocr_job_time_limit_ms / 1000
+        return _handle_error(rt, message, JobTimeLimitError(
+            f"job ran past OCR_JOB_TIME_LIMIT_MS ({limit_s:g} s); interrupted"))
+    except Exception as exc:  # every error ends in a decided outcome
         return _handle_error(rt, message, exc)
     return _complete(rt, message, job, result, time.monotonic() - started)
 

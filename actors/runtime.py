@@ -110,7 +110,7 @@ class WorkerRuntime:
         while not self._closed.wait(interval):
             try:
                 self.beat()
-            except Exception as exc:  # noqa: BLE001 - the heartbeat must outlive outages
+            except Exception as exc:  # the heartbeat must outlive outages
                 log_event("worker.heartbeat_failed", "heartbeat failed", level="WARNING",
                           error=type(exc).__name__)
 

@@ -107,7 +107,7 @@ def _run(settings: Settings, *, status_only: bool) -> int:
 
     url = settings.redis_url.get_secret_value()
     client = redis_client(url)
-    check_redis(client, url)
+    check_redis(url)
     keys = Keys(prefix=settings.ocr_redis_prefix)
     environments = Environments.from_settings(settings)
     scheduler = Scheduler(settings, client, keys, environments)

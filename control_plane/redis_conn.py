@@ -30,14 +30,17 @@ def describe_redis(url: str) -> str:
     return rest or "localhost:6379"
 
 
-def check_redis(client: redis.Redis, url: str) -> None:
-    """Ping once at start; an unreachable Redis is a configuration error (REDIS_URL)."""
+def check_redis(url: str) -> None:
+    """Ping once at start, without retries: an unreachable Redis is a configuration error."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5, retry=None)
     try:
         client.ping()
     except redis.AuthenticationError:
         raise ConfigError(f"REDIS_URL: authentication refused by {describe_redis(url)}") from None
     except (redis.ConnectionError, redis.TimeoutError, OSError):
         raise ConfigError(f"REDIS_URL: cannot reach Redis at {describe_redis(url)}") from None
+    finally:
+        client.close()
 
 
 def is_transient_redis_error(exc: BaseException) -> bool:
