@@ -1,6 +1,7 @@
 """Benchmark: our dual RPM+TPM limiter against dramatiq's and limits' single-limit Redis limiters.
 
     .venv/bin/python bench/limiter.py [--redis-url redis://127.0.0.1:6379/0] [--seconds 3]
+                                      [--repeat 3]
 
 Phase 1 (throughput, latency): limits far above demand, so every call is a grant; grants/s
 and per-call p50/p99 from 1 process and from 8 processes (spawned OS processes).
@@ -9,6 +10,10 @@ admission is recorded and every sliding window (t - W, t] ending at an admission
 An over-admission is an admission that made its window exceed a limit. Baselines are audited
 on the client clock (they have no other); ours on Redis time (what it enforces) and, for a
 like-for-like view, on the client clock too. All keys live under a unique prefix, deleted after.
+
+Fairness: one Redis, the same process counts and load loop for every limiter; the whole set is
+run `--repeat` times, rotating which limiter goes first, and the table shows the median of each
+figure (over-admissions: the total over all repetitions, so any single one shows).
 """
 
 from __future__ import annotations
@@ -178,46 +183,61 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else float("nan")  # type: ignore[call-overload]
 
 
+def measure(limiter: str, url: str, prefix: str, seconds: float) -> tuple[float, ...]:
+    """One repetition for one limiter: the table's figures (over-admissions as counts)."""
+    one = run_phase(limiter, url, prefix, 1, seconds, saturate=False)
+    eight = run_phase(limiter, url, prefix, 8, seconds, saturate=False)
+    sat = run_phase(limiter, url, prefix, 8, 3 * SAT_WINDOW_S, saturate=True)
+    tpm_limit = SAT_TPM if limiter.startswith("ours") else None
+    server = over_admissions(sat.server_events, SAT_RPM, tpm_limit) if sat.server_events else -1
+    return (
+        one.grants / seconds,
+        pct(one.latencies_us, 50),
+        pct(one.latencies_us, 99),
+        eight.grants / seconds,
+        pct(eight.latencies_us, 50),
+        pct(eight.latencies_us, 99),
+        sat.calls,
+        sat.grants,
+        over_admissions(sat.client_events, SAT_RPM, tpm_limit),
+        server,
+    )
+
+
+def summarize(runs: list[tuple[float, ...]]) -> tuple[float, ...]:
+    """Median of each performance figure; over-admissions summed (-1 = not measurable)."""
+    perf = tuple(statistics.median(run[i] for run in runs) for i in range(8))
+    client = sum(run[8] for run in runs)
+    server = -1 if runs[0][9] < 0 else sum(run[9] for run in runs)
+    return (*perf, client, server)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each throughput run")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions (median reported)")
     args = parser.parse_args()
-    prefix = f"bench:{uuid.uuid4().hex[:8]}:"
-    rows = []
+    base = f"bench:{uuid.uuid4().hex[:8]}:"
+    runs: dict[str, list[tuple[float, ...]]] = {name: [] for name in LIMITERS}
     try:
-        for limiter in LIMITERS:
-            one = run_phase(limiter, args.redis_url, prefix, 1, args.seconds, saturate=False)
-            eight = run_phase(limiter, args.redis_url, prefix, 8, args.seconds, saturate=False)
-            sat = run_phase(limiter, args.redis_url, prefix, 8, 3 * SAT_WINDOW_S, saturate=True)
-            tpm_limit = SAT_TPM if limiter.startswith("ours") else None
-            rows.append(
-                (
-                    limiter,
-                    one.grants / args.seconds,
-                    pct(one.latencies_us, 50),
-                    pct(one.latencies_us, 99),
-                    eight.grants / args.seconds,
-                    pct(eight.latencies_us, 50),
-                    pct(eight.latencies_us, 99),
-                    sat.calls,
-                    sat.grants,
-                    over_admissions(sat.client_events, SAT_RPM, tpm_limit),
-                    over_admissions(sat.server_events, SAT_RPM, tpm_limit)
-                    if sat.server_events
-                    else None,
-                )
-            )
-            print(f"  done: {limiter}", file=sys.stderr)
+        for rep in range(args.repeat):
+            order = LIMITERS[rep % len(LIMITERS) :] + LIMITERS[: rep % len(LIMITERS)]
+            for limiter in order:
+                prefix = f"{base}{rep}:"
+                runs[limiter].append(measure(limiter, args.redis_url, prefix, args.seconds))
+                figures = ", ".join(f"{v:.0f}" for v in runs[limiter][-1])
+                print(f"  rep {rep + 1}: {limiter}: {figures}", file=sys.stderr)
     finally:
         client = redis.Redis.from_url(args.redis_url)
-        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        for key in client.scan_iter(match=f"{base}*", count=1000):
             client.delete(key)
         client.close()
 
     print(
         f"\nthroughput: {args.seconds:g} s runs, no limit binding; saturation: 8 processes, "
-        f"{3 * SAT_WINDOW_S} s, {SAT_RPM} req / {SAT_WINDOW_S} s (+ {SAT_TPM} tokens for ours)"
+        f"{3 * SAT_WINDOW_S} s, {SAT_RPM} req / {SAT_WINDOW_S} s (+ {SAT_TPM} tokens for ours); "
+        f"median of {args.repeat} interleaved repetitions, over-admissions summed over them"
     )
     header = (
         f"{'limiter':22} {'1p grants/s':>11} {'p50 µs':>7} {'p99 µs':>7} {'8p grants/s':>11} "
@@ -226,11 +246,12 @@ def main() -> None:
     )
     print(header)
     print("-" * len(header))
-    for r in rows:
-        server = "-" if r[10] is None else str(r[10])
+    for name in LIMITERS:
+        r = summarize(runs[name])
+        server = "-" if r[9] < 0 else f"{r[9]:.0f}"
         print(
-            f"{r[0]:22} {r[1]:11.0f} {r[2]:7.0f} {r[3]:7.0f} {r[4]:11.0f} {r[5]:7.0f} {r[6]:7.0f} "
-            f"{r[7]:9d} {r[8]:7d} {r[9]:17d} {server:>17}"
+            f"{name:22} {r[0]:11.0f} {r[1]:7.0f} {r[2]:7.0f} {r[3]:11.0f} {r[4]:7.0f} {r[5]:7.0f} "
+            f"{r[6]:9.0f} {r[7]:7.0f} {r[8]:17.0f} {server:>17}"
         )
 
 

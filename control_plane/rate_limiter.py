@@ -104,6 +104,32 @@ def parse_decision(raw: str | bytes, grant_id: str, tokens: int) -> Decision:
     )
 
 
+def _bulk(value: str) -> bytes:
+    data = value.encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def pack_acquire(sha: str, keys: list[str], config: list[str]) -> tuple[bytes, bytes]:
+    """RESP bytes of an acquire EVALSHA around its three per-call arguments: (head, tail)."""
+    count = 3 + len(keys) + 3 + len(config)
+    head = b"*%d\r\n" % count + b"".join(_bulk(v) for v in ("EVALSHA", sha, str(len(keys)), *keys))
+    return head, b"".join(_bulk(v) for v in config)
+
+
+def pack_call(head: bytes, tail: bytes, member: str, flag: str, waited: str) -> bytes:
+    """The whole command: head, ARGV[1..3] (member, register flag, waited ms), tail."""
+    m, w = member.encode(), waited.encode()
+    return b"%s$%d\r\n%s\r\n$1\r\n%s\r\n$%d\r\n%s\r\n%s" % (
+        head,
+        len(m),
+        m,
+        flag.encode(),
+        len(w),
+        w,
+        tail,
+    )
+
+
 def wait_seconds(retry_after_ms: int, jitter: float, max_jitter_ms: int) -> float:
     """Sleep before the next attempt: the server's hint plus jitter in [0, 1) scaled.
 
@@ -164,9 +190,11 @@ class GeminiRateLimiter:
         self._client = client
         self._scripts = ScriptSet(client)
         self._rng = rng or random.Random()
+        # The acquire call is pre-packed once (EVALSHA, sha, keys, settings as RESP bytes): a call
+        # only packs its three own arguments and skips redis-py's per-command machinery.
+        self._acquire_script = self._scripts.get("limiter_acquire")
         self._acquire_keys = [
             keys.limiter_log,
-            keys.limiter_tokens,
             keys.limiter_epoch,
             keys.limiter_waiting,
             keys.cooldown_until,
@@ -174,20 +202,24 @@ class GeminiRateLimiter:
             keys.tpm_current,
             keys.stats,
         ]
-        # Static arguments travel as one string: each extra argument costs a round of packing.
-        self._config = " ".join(
+        self._acquire_config = [
             str(v)
             for v in (
                 rpm_limit,
                 tpm_limit,
                 window_ms,
+                WINDOW_TTL_MARGIN_MS,
                 repr(restart_fraction),
                 reserve_grace_ms,
                 LIMITER_EPOCH_TTL_MS,
                 STATS_TTL_MS,
-                WINDOW_TTL_MARGIN_MS,
             )
+        ]
+        self._packed_head, self._packed_tail = pack_acquire(
+            self._acquire_script.sha, self._acquire_keys, self._acquire_config
         )
+        # A single-connection client serialises its commands itself: use the ordinary path there.
+        self._packed_ok = getattr(client, "connection", None) is None
 
     @classmethod
     def from_settings(
@@ -257,12 +289,37 @@ class GeminiRateLimiter:
             )
 
     def _attempt(self, tokens: int, grant_id: str, *, register: bool, waited_ms: int) -> Decision:
-        raw = self._scripts.run(
-            "limiter_acquire",
-            self._acquire_keys,
-            [grant_id, f"{tokens} {1 if register else 0} {waited_ms}", self._config],
-        )
+        member, flag, waited = f"{grant_id}:{tokens}", "1" if register else "0", str(waited_ms)
+        raw = None
+        if self._packed_ok:
+            raw = self._run_packed(
+                pack_call(self._packed_head, self._packed_tail, member, flag, waited)
+            )
+        if raw is None:
+            # The ordinary path: NOSCRIPT reload and the client's retry policy. Rerunning after a
+            # failed fast attempt is safe: the grant id makes the script idempotent.
+            raw = self._acquire_script(
+                keys=self._acquire_keys, args=[member, flag, waited, *self._acquire_config]
+            )
         return parse_decision(raw, grant_id, tokens)
+
+    def _run_packed(self, packed: bytes) -> str | bytes | None:
+        """Send a pre-packed EVALSHA on a pooled connection; None when the caller must fall back."""
+        pool = self._client.connection_pool
+        try:
+            conn = pool.get_connection()  # connects if needed: may fail while Redis restarts
+        except (redis.ConnectionError, redis.TimeoutError):
+            return None
+        try:
+            conn.send_packed_command([packed])  # type: ignore[no-untyped-call]
+            return conn.read_response()  # type: ignore[no-any-return]
+        except redis.exceptions.NoScriptError:
+            return None  # script cache flushed: redis-py's Script reloads it
+        except (redis.ConnectionError, redis.TimeoutError):
+            conn.disconnect()  # type: ignore[no-untyped-call]  # a reply may be in flight
+            return None
+        finally:
+            pool.release(conn)
 
     def _give_up(self, grant_id: str, event: str) -> None:
         """Withdraw a reservation so nobody keeps leaving room for us; count it."""
@@ -277,8 +334,8 @@ class GeminiRateLimiter:
             raise ValueError("actual_tokens must be >= 0")
         self._scripts.run(
             "limiter_settle",
-            [self.keys.limiter_log, self.keys.limiter_tokens, self.keys.tpm_current],
-            [grant.grant_id, actual_tokens, self.window_ms, self.window_ms + WINDOW_TTL_MARGIN_MS],
+            [self.keys.limiter_log, self.keys.tpm_current],
+            [grant.grant_id, grant.tokens, grant.granted_at_us, actual_tokens, self.window_ms],
         )
 
     def cooldown(self, seconds: float, reason: str = "") -> None:
@@ -297,7 +354,6 @@ class GeminiRateLimiter:
             "limiter_status",
             [
                 self.keys.limiter_log,
-                self.keys.limiter_tokens,
                 self.keys.rpm_current,
                 self.keys.tpm_current,
                 self.keys.cooldown_until,

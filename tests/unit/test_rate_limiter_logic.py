@@ -9,6 +9,8 @@ from control_plane.errors import RequestTooLargeError
 from control_plane.rate_limiter import (
     Decision,
     GeminiRateLimiter,
+    pack_acquire,
+    pack_call,
     parse_decision,
     peak_window_load,
     wait_seconds,
@@ -80,3 +82,17 @@ def test_limits_are_validated_without_touching_redis() -> None:
         limiter.try_acquire(11)
     with pytest.raises(ValueError):
         limiter.try_acquire(-1)
+
+
+@pytest.mark.parametrize(
+    ("member", "flag", "waited"),
+    [("ab12:300", "1", "0"), ("x:0", "0", "123456"), ("é-id:7", "1", "5")],
+)
+def test_pre_packed_call_is_what_redis_py_would_send(member: str, flag: str, waited: str) -> None:
+    keys = ["gemini:limiter:log", "k2", "k3"]
+    config = ["10", "1000", "60000", "0.5"]
+    head, tail = pack_acquire("f" * 40, keys, config)
+    ours = pack_call(head, tail, member, flag, waited)
+    args = ("EVALSHA", "f" * 40, len(keys), *keys, member, flag, waited, *config)
+    expected = b"".join(redis.Connection().pack_command(*args))
+    assert ours == expected

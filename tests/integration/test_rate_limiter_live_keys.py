@@ -1,0 +1,153 @@
+"""The contract keys as the live count/sum, settle on the member, and the pre-packed call path."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from control_plane.keys import Keys
+from control_plane.rate_limiter import GeminiRateLimiter
+from control_plane.redis_conn import redis_client as make_client
+
+pytestmark = pytest.mark.integration
+
+
+def make(client: redis.Redis, keys: Keys, **overrides: object) -> GeminiRateLimiter:
+    options: dict[str, object] = {
+        "rpm_limit": 10,
+        "tpm_limit": 1_000,
+        "window_ms": 1_000,
+        "keys": keys,
+        "restart_fraction": 1.0,
+    }
+    options.update(overrides)
+    return GeminiRateLimiter(client, **options)  # type: ignore[arg-type]
+
+
+def published(client: redis.Redis, keys: Keys) -> tuple[int, int]:
+    """What a `redis-cli GET` of the two contract keys shows (missing reads as 0)."""
+    return int(client.get(keys.rpm_current) or 0), int(client.get(keys.tpm_current) or 0)
+
+
+def test_contract_keys_follow_grants_and_expiry_without_a_status_call(
+    redis_client, keys: Keys
+) -> None:
+    limiter = make(redis_client, keys, window_ms=400)
+    limiter.try_acquire(300)
+    limiter.try_acquire(200)
+    assert published(redis_client, keys) == (2, 500)
+    time.sleep(0.25)
+    limiter.try_acquire(100)
+    assert published(redis_client, keys) == (3, 600)
+    time.sleep(0.2)  # the first two have left the window; the next call prunes them
+    denied = limiter.try_acquire(1_000)
+    assert not denied.granted
+    assert published(redis_client, keys) == (1, 100), "a denial that prunes updates the keys"
+    time.sleep(0.45)
+    assert limiter.usage() == (0, 0)
+    assert published(redis_client, keys) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "delete tpm",
+        "delete rpm",
+        "wrong rpm",
+        "delete both",
+    ],
+)
+def test_lost_or_altered_contract_keys_are_rebuilt_from_the_log(
+    redis_client, keys: Keys, damage: str
+) -> None:
+    limiter = make(redis_client, keys, window_ms=10_000)
+    for tokens in (100, 250, 40):
+        limiter.try_acquire(tokens)
+    if damage in ("delete tpm", "delete both"):
+        redis_client.delete(keys.tpm_current)
+    if damage in ("delete rpm", "delete both"):
+        redis_client.delete(keys.rpm_current)
+    if damage == "wrong rpm":
+        redis_client.set(keys.rpm_current, 7)
+    assert limiter.try_acquire(600).granted, "the sum was rebuilt: 390 + 600 fits in 1000"
+    assert published(redis_client, keys) == (4, 990)
+    assert not limiter.try_acquire(20).granted, "and it is exact: 990 + 20 does not fit"
+    assert redis_client.pttl(keys.rpm_current) > 0 and redis_client.pttl(keys.tpm_current) > 0
+
+
+def test_settle_updates_the_live_sum_and_a_second_settle_with_a_new_figure_applies(
+    redis_client, keys: Keys
+) -> None:
+    limiter = make(redis_client, keys, window_ms=10_000)
+    grant = limiter.acquire(600)
+    limiter.try_acquire(100)
+    limiter.settle(grant, 150)
+    assert published(redis_client, keys) == (2, 250)
+    limiter.settle(grant, 150)
+    assert published(redis_client, keys) == (2, 250), "settling again changes nothing"
+    limiter.settle(grant, 200)
+    assert published(redis_client, keys) == (2, 300), "a corrected figure still applies"
+    assert limiter.usage() == (2, 300)
+    assert redis_client.zscore(keys.limiter_log, f"{grant.grant_id}:200") is not None
+
+
+def test_settle_while_the_live_sum_is_missing_leaves_it_to_the_rebuild(
+    redis_client, keys: Keys
+) -> None:
+    limiter = make(redis_client, keys, window_ms=10_000)
+    grant = limiter.acquire(600)
+    redis_client.delete(keys.tpm_current)
+    limiter.settle(grant, 100)
+    assert redis_client.get(keys.tpm_current) is None, "no sum started at the delta"
+    assert limiter.usage() == (1, 100)
+    assert published(redis_client, keys) == (1, 100)
+
+
+def test_ttls_are_renewed_while_grants_continue(redis_client, keys: Keys) -> None:
+    limiter = make(redis_client, keys, window_ms=200, rpm_limit=1_000)
+    deadline = time.monotonic() + 3.0  # longer than window + margin (5 s margin / 2 = 2.5 s)
+    while time.monotonic() < deadline:
+        assert limiter.try_acquire(1).granted
+        time.sleep(0.05)
+    for name in (keys.limiter_log, keys.rpm_current, keys.tpm_current):
+        assert redis_client.pttl(name) > 200, f"{name} could expire before its last grant leaves"
+
+
+def test_a_killed_connection_falls_back_to_the_retrying_path(redis_url: str, keys: Keys) -> None:
+    client = make_client(redis_url)
+    admin = make_client(redis_url)
+    try:
+        limiter = make(client, keys)
+        assert limiter.try_acquire(10).granted
+        own_id = client.client_id()  # the pool hands back the connection the limiter used
+        admin.client_kill_filter(_id=own_id)
+        decision = limiter.try_acquire(10)
+        assert decision.granted
+        assert limiter.usage() == (2, 20), "charged once despite the failed first attempt"
+    finally:
+        client.close()
+        admin.close()
+
+
+def test_script_cache_flush_is_invisible(redis_url: str, keys: Keys) -> None:
+    client = make_client(redis_url)
+    try:
+        limiter = make(client, keys)
+        assert limiter.try_acquire(10).granted
+        client.script_flush()
+        assert limiter.try_acquire(10).granted
+        assert limiter.usage() == (2, 20)
+    finally:
+        client.close()
+
+
+def test_a_single_connection_client_uses_the_ordinary_path(redis_url: str, keys: Keys) -> None:
+    client = redis.Redis.from_url(redis_url, single_connection_client=True)
+    try:
+        limiter = make(client, keys)
+        assert limiter.try_acquire(10).granted
+        assert limiter.try_acquire(995).reason == "tpm"
+    finally:
+        client.close()
