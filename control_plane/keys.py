@@ -37,22 +37,24 @@ class Keys:
     # --- Gemini limiter ---
     @property
     def rpm_current(self) -> str:
-        """CONTRACT string(int): requests admitted in the current sliding window."""
+        """CONTRACT string(int): requests admitted in the current sliding window (the limiter's
+        live count, as of its last call; read-only for everyone else)."""
         return self._k("gemini:rpm:current")
 
     @property
     def tpm_current(self) -> str:
-        """CONTRACT string(int): tokens admitted in the current sliding window."""
+        """CONTRACT string(int): tokens admitted in the current sliding window (the limiter's
+        live sum, as of its last call; read-only for everyone else)."""
         return self._k("gemini:tpm:current")
 
     @property
     def limiter_log(self) -> str:
-        """zset grant id -> admission time (µs, Redis TIME): the sliding log."""
+        """zset "grant id:tokens charged" -> admission time (µs, Redis TIME): the sliding log."""
         return self._k("gemini:limiter:log")
 
     @property
     def limiter_tokens(self) -> str:
-        """hash grant id -> tokens charged (estimate, then settled actual); '~sum' = total."""
+        """Unused since tokens live in the log members; kept so old deployments' keys are known."""
         return self._k("gemini:limiter:tokens")
 
     @property

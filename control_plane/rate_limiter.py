@@ -1,11 +1,19 @@
 """The shared Gemini rate limiter: requests and input tokens per window, on Redis time.
 
 Every admission is one Lua call (`lua/limiter_acquire.lua`) that checks both windows at once
-against an exact sliding log (a zset of grant id -> admission time in µs from Redis `TIME`,
-plus a hash of tokens per grant holding their running sum, kept incrementally, so a call
-costs O(log n + expired entries + queued waiters), never a re-sum). Requests in the last window
-+ 1 must stay within RPM and tokens in the last window + the estimate within TPM. A denial
-carries the server's `retry_after_ms`: when enough of the log expires for this request to fit.
+against an exact sliding log: a zset of "grant id:tokens" -> admission time in µs from Redis
+`TIME`. The window's running count and token sum are kept incrementally in the two contract keys
+themselves (`gemini:rpm:current`, `gemini:tpm:current`): a grant INCRs them, pruning DECRBYs
+them, so a `redis-cli GET` shows the usage as of the last limiter call at no extra write, and
+every call checks them against the log (ZCARD, existence) and rebuilds them if they were lost.
+A call costs O(log n + expired entries + queued waiters); a grant that prunes nothing is about
+ten Redis commands, four of them writes. Requests in the last window + 1 must stay within RPM
+and tokens in the last window + the estimate within TPM. A denial carries the server's
+`retry_after_ms`: when enough of the log expires for this request to fit.
+
+The acquire command is packed once per limiter (EVALSHA, sha, keys, settings) and sent on a
+pooled connection; any connection error, timeout or NOSCRIPT sends the same call again through
+redis-py's ordinary path (its retry policy, script reload), which the grant id makes idempotent.
 
 No starvation (reservations): an `acquire` that is denied joins a FIFO queue in Redis
 (`gemini:limiter:waiting`, ordered by first denial) with the tokens it needs. A queued waiter
@@ -24,7 +32,8 @@ empty: the next call starts a new epoch and, for one window, admits only `restar
 Gemini. (After more than a day fully idle the same happens once, harmlessly.) Scripts reload
 on NOSCRIPT (redis-py `Script`); connection errors are retried by `redis_conn.redis_client`.
 
-All keys expire: the log, tokens and sum one window (+ margin) after the last grant,
+All keys expire: the log and the two live keys more than one window after the last grant
+(renewed together when less than window + margin/2 is left, not on every call),
 reservations shortly after their last retry, the epoch after a day idle, counters after a week.
 """
 

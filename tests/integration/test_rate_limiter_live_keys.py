@@ -6,10 +6,13 @@ import time
 
 import pytest
 import redis
+from redis.backoff import ConstantBackoff
+from redis.retry import Retry
 
 from control_plane.keys import Keys
 from control_plane.rate_limiter import GeminiRateLimiter
 from control_plane.redis_conn import redis_client as make_client
+from tests.support.redis_server import private_redis
 
 pytestmark = pytest.mark.integration
 
@@ -115,7 +118,7 @@ def test_ttls_are_renewed_while_grants_continue(redis_client, keys: Keys) -> Non
         assert redis_client.pttl(name) > 200, f"{name} could expire before its last grant leaves"
 
 
-def test_a_killed_connection_falls_back_to_the_retrying_path(redis_url: str, keys: Keys) -> None:
+def test_a_killed_idle_connection_is_harmless(redis_url: str, keys: Keys) -> None:
     client = make_client(redis_url)
     admin = make_client(redis_url)
     try:
@@ -151,3 +154,29 @@ def test_a_single_connection_client_uses_the_ordinary_path(redis_url: str, keys:
         assert limiter.try_acquire(995).reason == "tpm"
     finally:
         client.close()
+
+
+@pytest.mark.faults
+def test_a_reply_timeout_falls_back_to_the_retrying_path_and_charges_once() -> None:
+    keys = Keys(prefix="live:")
+    with private_redis() as server:
+        client = redis.Redis.from_url(
+            server.url,
+            decode_responses=True,
+            socket_timeout=0.15,
+            retry=Retry(ConstantBackoff(0.1), 20),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        )
+        admin = redis.Redis.from_url(server.url)
+        try:
+            limiter = make(client, keys)
+            assert limiter.try_acquire(10).granted
+            admin.execute_command("CLIENT", "PAUSE", 500, "ALL")
+            started = time.monotonic()
+            decision = limiter.try_acquire(10)  # the pre-packed attempt times out mid-call
+            assert time.monotonic() - started >= 0.4, "the pause was not in the way"
+            assert decision.granted
+            assert limiter.usage() == (2, 20), "one charge despite the timed-out attempt"
+        finally:
+            client.close()
+            admin.close()
