@@ -27,9 +27,13 @@ died blocks others only briefly; a waiter that times out or is stopped withdraws
 Crash safety: grant ids are made here, so a script that redis-py re-runs after a lost reply
 finds its grant already in the log and returns it (no double charge). If the state is lost
 (Redis restarted without persistence, or flushed), the epoch key is missing and the log is
-empty: the next call starts a new epoch and, for one window, admits only `restart_fraction`
-(default half) of each limit, since grants admitted just before the loss may still count at
-Gemini. (After more than a day fully idle the same happens once, harmlessly.) Scripts reload
+empty, and grants admitted just before the loss may still count at Gemini. When the caller is a
+limiter that has talked to live state before, the loss is certain and the last window may have
+been full: the call sets a shared cooldown of one whole window, the only restart that cannot
+exceed the quota. A caller that never saw live state (a fresh install, or every process
+restarted with Redis) cannot tell a loss from a first start: it opens a new epoch that admits
+`restart_fraction` (default half) of each limit for one window. (After more than a day fully
+idle the same happens once, harmlessly.) Scripts reload
 on NOSCRIPT (redis-py `Script`); connection errors are retried by `redis_conn.redis_client`.
 
 All keys expire: the log and the two live keys more than one window after the last grant
@@ -224,8 +228,16 @@ class GeminiRateLimiter:
                 STATS_TTL_MS,
             )
         ]
+        # Once this instance has talked to live state, a missing epoch can only mean the state
+        # was lost under it: it then asks for a full pause (negated fraction) instead of a fraction.
+        self._lost_config = [*self._acquire_config]
+        self._lost_config[4] = repr(-restart_fraction)
+        self._seen_state = False
         self._packed_head, self._packed_tail = pack_acquire(
             self._acquire_script.sha, self._acquire_keys, self._acquire_config
+        )
+        self._packed_lost = pack_acquire(
+            self._acquire_script.sha, self._acquire_keys, self._lost_config
         )
         # A single-connection client serialises its commands itself: use the ordinary path there.
         self._packed_ok = getattr(client, "connection", None) is None
@@ -300,16 +312,16 @@ class GeminiRateLimiter:
     def _attempt(self, tokens: int, grant_id: str, *, register: bool, waited_ms: int) -> Decision:
         member, flag, waited = f"{grant_id}:{tokens}", "1" if register else "0", str(waited_ms)
         raw = None
+        seen = self._seen_state
         if self._packed_ok:
-            raw = self._run_packed(
-                pack_call(self._packed_head, self._packed_tail, member, flag, waited)
-            )
+            head, tail = self._packed_lost if seen else (self._packed_head, self._packed_tail)
+            raw = self._run_packed(pack_call(head, tail, member, flag, waited))
         if raw is None:
             # The ordinary path: NOSCRIPT reload and the client's retry policy. Rerunning after a
             # failed fast attempt is safe: the grant id makes the script idempotent.
-            raw = self._acquire_script(
-                keys=self._acquire_keys, args=[member, flag, waited, *self._acquire_config]
-            )
+            config = self._lost_config if seen else self._acquire_config
+            raw = self._acquire_script(keys=self._acquire_keys, args=[member, flag, waited, *config])
+        self._seen_state = True
         return parse_decision(raw, grant_id, tokens)
 
     def _run_packed(self, packed: bytes) -> str | bytes | None:

@@ -12,6 +12,8 @@
 -- ARGV[2]  register: 1 = queue a reservation when denied (acquire), 0 = one-shot (try_acquire)
 -- ARGV[3]  waited ms, added to the counters on grant
 -- ARGV[4..11]  rpm tpm window_ms margin_ms restart_fraction grace_ms epoch_ttl_ms stats_ttl_ms
+--          (restart_fraction negated by a caller that has seen live state: lost state then
+--          pauses everyone for one window)
 -- Returns  "granted retry_after_ms reason granted_at_us requests tokens" (one string: cheaper to
 --          read than an array); granted 0/1; reason ok | rpm | tpm | reserved | cooldown;
 --          requests/tokens = window usage after the call.
@@ -106,14 +108,26 @@ else
 end
 
 local fraction, grace, epoch_ttl, stats_ttl = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10], ARGV[11]
+-- A negative fraction says the caller has seen live state before (see below).
+local seen_state = fraction < 0
+fraction = math.abs(fraction)
 
 -- Lost state (flush, restart without persistence) shows as no epoch and an empty log: for one
 -- window admit only a fraction of each limit, since grants made just before the loss may still
--- count at Gemini. An epoch that lapsed while the log was busy is simply renewed.
+-- count at Gemini. When the caller had seen live state before (negative fraction), the loss is
+-- certain and the window before it may have been full: then nobody calls for a whole
+-- window (a shared cooldown), the only choice that cannot exceed the quota. An epoch that lapsed
+-- while the log was busy is simply renewed.
 local restart_end = tonumber(flags[1])
 if not restart_end then
   restart_end = 0
-  if count == 0 and fraction < 1 then restart_end = now_ms + window_ms end
+  if count == 0 and fraction < 1 then
+    restart_end = now_ms + window_ms
+    if seen_state and (tonumber(flags[2]) or 0) < restart_end then
+      redis.call('SET', KEYS[4], restart_end, 'PX', window_ms + margin)
+      flags[2] = tostring(restart_end)
+    end
+  end
   redis.call('SET', KEYS[2], restart_end, 'PX', epoch_ttl)
 elseif count == 0 then
   redis.call('PEXPIRE', KEYS[2], epoch_ttl)

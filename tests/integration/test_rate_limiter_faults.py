@@ -66,10 +66,10 @@ def test_callers_ride_through_script_flush_and_restart_without_errors() -> None:
     after = [event for event in grants if event[0] >= restarted_us]
     assert after, "no grant after the restart"
     first_after = min(at for at, _ in after)
-    in_restart_window = [e for e in after if e[0] < first_after + WINDOW_MS * 1000]
-    assert len(in_restart_window) <= RPM // 2, (
-        f"after losing its state the limiter admitted {len(in_restart_window)} in one window, "
-        f"more than the restart fraction of {RPM}"
+    assert first_after >= restarted_us + WINDOW_MS * 1000, (
+        "limiters that had seen live state must pause a whole window after losing it, "
+        f"but granted {(first_after - restarted_us) / 1000:.0f} ms after the restart"
     )
-    peak_before, _ = peak_window_load([e for e in grants if e[0] < restarted_us], WINDOW_MS * 1000)
-    assert peak_before <= RPM
+    # Across the loss too, no sliding window ever held more than the limit.
+    peak, _ = peak_window_load(grants, WINDOW_MS * 1000)
+    assert peak <= RPM, f"{peak} grants in one window across the restart (limit {RPM})"
