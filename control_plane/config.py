@@ -92,6 +92,7 @@ class Settings(BaseSettings):
     gemini_rpm_limit: int = Field(1600, ge=1)
     gemini_tpm_limit: int = Field(6_400_000, ge=1)
     gemini_rate_window_ms: int = Field(60_000, ge=100)
+    gemini_rate_margin_ms: int = Field(1_000, ge=0)
     gemini_timeout_ms: int = Field(300_000, ge=1000)
     gemini_max_output_tokens: int = Field(65_536, ge=256)
     gemini_temperature: float = Field(0.0, ge=0, le=2)

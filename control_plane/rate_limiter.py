@@ -246,12 +246,17 @@ class GeminiRateLimiter:
     def from_settings(
         cls, client: redis.Redis, settings: Settings, keys: Keys
     ) -> GeminiRateLimiter:
-        """The limiter configured by GEMINI_RPM_LIMIT / GEMINI_TPM_LIMIT / GEMINI_RATE_WINDOW_MS."""
+        """The limiter configured by GEMINI_RPM_LIMIT / GEMINI_TPM_LIMIT / GEMINI_RATE_WINDOW_MS.
+
+        A grant counts for the window plus GEMINI_RATE_MARGIN_MS: Gemini measures its window
+        when requests arrive, and requests granted a window apart may arrive closer together
+        (network, GIL, a busy host). Any transit jitter under the margin stays inside the quota.
+        """
         return cls(
             client,
             rpm_limit=settings.gemini_rpm_limit,
             tpm_limit=settings.gemini_tpm_limit,
-            window_ms=settings.gemini_rate_window_ms,
+            window_ms=settings.gemini_rate_window_ms + settings.gemini_rate_margin_ms,
             keys=keys,
         )
 

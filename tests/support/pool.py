@@ -100,6 +100,8 @@ class PoolHarness:
             "OCR_HEARTBEAT_INTERVAL_MS": "500",
             "OCR_SLOT_TTL_MS": "5000",
             "OCR_LEASE_MS": "20000",
+            # Short test windows: a short margin (the emulator also runs a little above our limit).
+            "GEMINI_RATE_MARGIN_MS": "150",
             "OCR_LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
         })
