@@ -90,14 +90,18 @@ def process_document(rt: WorkerRuntime, message: DocumentMessage) -> str:
     if slot is None:
         _release(rt, message, "no slot of its type became free")
         return "released"
-    job = ActiveJob(message.environment, message.id, message.lease_token,
-                    message.document_source, slot=slot)
+    job = ActiveJob(
+        message.environment, message.id, message.lease_token, message.document_source, slot=slot
+    )
     taken_at = time.monotonic()
     try:
         outcome = _run(rt, message, job, worker_id)
         if outcome == "completed":  # slot time per type, for OCR_ALLOCATION_WEIGHTING=time
-            _quietly(lambda: record_job_seconds(rt.client, rt.keys, message.document_source,
-                                                time.monotonic() - taken_at))
+            _quietly(
+                lambda: record_job_seconds(
+                    rt.client, rt.keys, message.document_source, time.monotonic() - taken_at
+                )
+            )
         return outcome
     finally:
         rt.track(None)
@@ -105,8 +109,13 @@ def process_document(rt: WorkerRuntime, message: DocumentMessage) -> str:
             rt.pool.release_slot(slot)
             wake_slot_waiters(rt.client, rt.keys)
         except Exception as exc:  # any failure: the slot lapses by TTL anyway
-            log_event("job.slot_release_failed", "slot not released; it lapses by TTL",
-                      level="WARNING", slot=slot.slot_id, error=type(exc).__name__)
+            log_event(
+                "job.slot_release_failed",
+                "slot not released; it lapses by TTL",
+                level="WARNING",
+                slot=slot.slot_id,
+                error=type(exc).__name__,
+            )
 
 
 def _quietly(fn: Callable[[], None]) -> None:
@@ -114,8 +123,12 @@ def _quietly(fn: Callable[[], None]) -> None:
     try:
         fn()
     except Exception as exc:  # any failure: bookkeeping is best effort
-        log_event("job.bookkeeping_failed", "job timing not recorded", level="WARNING",
-                  error=type(exc).__name__)
+        log_event(
+            "job.bookkeeping_failed",
+            "job timing not recorded",
+            level="WARNING",
+            error=type(exc).__name__,
+        )
 
 
 def _run(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob, worker_id: str) -> str:
@@ -126,15 +139,23 @@ def _run(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob, worker_id:
         return "stale"
     rt.track(job)
     started = time.monotonic()
-    log_event("job.started", "OCR started", document=message.ref,
-              document_source=message.document_source, attempt=message.attempts,
-              slot=job.slot.slot_id if job.slot else None)
+    log_event(
+        "job.started",
+        "OCR started",
+        document=message.ref,
+        document_source=message.document_source,
+        attempt=message.attempts,
+        slot=job.slot.slot_id if job.slot else None,
+    )
     try:
         result = _ocr(rt, message)
     except TimeLimitExceeded:
         limit_s = rt.settings.ocr_job_time_limit_ms / 1000
-        return _handle_error(rt, message, JobTimeLimitError(
-            f"job ran past OCR_JOB_TIME_LIMIT_MS ({limit_s:g} s); interrupted"))
+        return _handle_error(
+            rt,
+            message,
+            JobTimeLimitError(f"job ran past OCR_JOB_TIME_LIMIT_MS ({limit_s:g} s); interrupted"),
+        )
     except Exception as exc:  # every error ends in a decided outcome
         return _handle_error(rt, message, exc)
     return _complete(rt, message, job, result, time.monotonic() - started)
@@ -142,9 +163,12 @@ def _run(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob, worker_id:
 
 def _ocr(rt: WorkerRuntime, message: DocumentMessage) -> OcrResult:
     doc = ClaimedDocument(
-        environment=message.environment, id=message.id,
-        document_source=message.document_source, storage_path=message.storage_path,
-        lease_token=message.lease_token, lease_expires_at=None,  # type: ignore[arg-type]
+        environment=message.environment,
+        id=message.id,
+        document_source=message.document_source,
+        storage_path=message.storage_path,
+        lease_token=message.lease_token,
+        lease_expires_at=None,  # type: ignore[arg-type]
         attempts=message.attempts,
     )
     data = rt.fetcher.fetch(doc)
@@ -168,28 +192,53 @@ def _complete(
     )
     while True:
         try:
-            written = store.complete(message.id, message.lease_token, result.text,
-                                     result.prompt_tokens, result.output_tokens)
+            written = store.complete(
+                message.id,
+                message.lease_token,
+                result.text,
+                result.prompt_tokens,
+                result.output_tokens,
+            )
             break
         except TransientError as exc:
             if time.monotonic() > deadline:
-                log_event("job.result_dropped", "database unreachable until the job time "
-                          "limit; the document will be reclaimed and redone", level="ERROR",
-                          document=message.ref, error=str(exc)[:200])
+                log_event(
+                    "job.result_dropped",
+                    "database unreachable until the job time "
+                    "limit; the document will be reclaimed and redone",
+                    level="ERROR",
+                    document=message.ref,
+                    error=str(exc)[:200],
+                )
                 return "dropped"
-            log_event("job.complete_retry", f"database unavailable; result held, retry in "
-                      f"{delay:.1f}s", level="WARNING", document=message.ref)
+            log_event(
+                "job.complete_retry",
+                f"database unavailable; result held, retry in {delay:.1f}s",
+                level="WARNING",
+                document=message.ref,
+            )
             time.sleep(delay)
             delay = min(delay * 2, 5.0)  # a short cap: the write lands soon after the return
     if not written:
-        log_event("job.stale_result", "lease lost before completion; result not written",
-                  level="WARNING", document=message.ref)
+        log_event(
+            "job.stale_result",
+            "lease lost before completion; result not written",
+            level="WARNING",
+            document=message.ref,
+        )
         return "stale"
     rt.client.hincrby(rt.keys.pool_stats, f"completed:{message.document_source}", 1)
-    log_event("job.completed", "OCR complete", document=message.ref,
-              document_source=message.document_source, pages=result.pages, calls=result.calls,
-              prompt_tokens=result.prompt_tokens, output_tokens=result.output_tokens,
-              seconds=round(elapsed, 3))
+    log_event(
+        "job.completed",
+        "OCR complete",
+        document=message.ref,
+        document_source=message.document_source,
+        pages=result.pages,
+        calls=result.calls,
+        prompt_tokens=result.prompt_tokens,
+        output_tokens=result.output_tokens,
+        seconds=round(elapsed, 3),
+    )
     return "completed"
 
 
@@ -199,24 +248,43 @@ def _handle_error(rt: WorkerRuntime, message: DocumentMessage, exc: BaseExceptio
     if outcome in (Outcome.RELEASE, Outcome.FATAL):
         _release(rt, message, text)
         if outcome is Outcome.FATAL:
-            log_event("worker.fatal", f"Gemini refused our credentials: {text}; stopping this "
-                      "worker (fix GEMINI_API_KEY)", level="CRITICAL")
+            log_event(
+                "worker.fatal",
+                f"Gemini refused our credentials: {text}; stopping this "
+                "worker (fix GEMINI_API_KEY)",
+                level="CRITICAL",
+            )
             os.kill(os.getppid(), signal.SIGTERM)
         return outcome.value
     permanent = outcome is Outcome.FAIL_PERMANENT
     store = rt.environments.store(message.environment)
     try:
-        result = store.fail(message.id, message.lease_token, text, permanent=permanent,
-                            max_attempts=rt.settings.ocr_max_attempts)
+        result = store.fail(
+            message.id,
+            message.lease_token,
+            text,
+            permanent=permanent,
+            max_attempts=rt.settings.ocr_max_attempts,
+        )
     except TransientError:
-        log_event("job.fail_unrecorded", "could not record the failure; the lease will lapse "
-                  "and the document be retried", level="WARNING", document=message.ref)
+        log_event(
+            "job.fail_unrecorded",
+            "could not record the failure; the lease will lapse and the document be retried",
+            level="WARNING",
+            document=message.ref,
+        )
         return "unrecorded"
     if result is FailOutcome.ERROR:
         rt.client.hincrby(rt.keys.pool_stats, f"failed:{message.document_source}", 1)
-    log_event("job.failed", text, level="WARNING" if result is FailOutcome.RETRY else "ERROR",
-              document=message.ref, outcome=str(result), permanent=permanent,
-              attempt=message.attempts)
+    log_event(
+        "job.failed",
+        text,
+        level="WARNING" if result is FailOutcome.RETRY else "ERROR",
+        document=message.ref,
+        outcome=str(result),
+        permanent=permanent,
+        attempt=message.attempts,
+    )
     return f"fail_{result}"
 
 
@@ -225,8 +293,13 @@ def _release(rt: WorkerRuntime, message: DocumentMessage, why: str) -> None:
         rt.environments.store(message.environment).release(message.id, message.lease_token)
         log_event("job.released", f"document back to ready: {why}", document=message.ref)
     except OcrPoolError as exc:
-        log_event("job.release_failed", "could not release; the lease will lapse",
-                  level="WARNING", document=message.ref, error=type(exc).__name__)
+        log_event(
+            "job.release_failed",
+            "could not release; the lease will lapse",
+            level="WARNING",
+            document=message.ref,
+            error=type(exc).__name__,
+        )
 
 
 def _wait_for_slot(rt: WorkerRuntime, message: DocumentMessage, worker_id: str) -> SlotLease | None:
@@ -238,8 +311,12 @@ def _wait_for_slot(rt: WorkerRuntime, message: DocumentMessage, worker_id: str) 
             return taken
         assert isinstance(taken, SlotRefusal)
         if rt.stop_event.is_set() or time.monotonic() > deadline:
-            log_event("job.no_slot", f"no {message.document_source} slot ({taken.reason})",
-                      level="WARNING", document=message.ref)
+            log_event(
+                "job.no_slot",
+                f"no {message.document_source} slot ({taken.reason})",
+                level="WARNING",
+                document=message.ref,
+            )
             return None
         # Woken by the next release anywhere in the pool; the timeout only bounds a
         # missed wake-up (and how long a stop request waits).

@@ -101,8 +101,9 @@ class WorkerRuntime:
     # --- heartbeat ---
 
     def start_heartbeat(self) -> None:
-        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="ocr-heartbeat",
-                                           daemon=True)
+        self._heartbeat = threading.Thread(
+            target=self._heartbeat_loop, name="ocr-heartbeat", daemon=True
+        )
         self._heartbeat.start()
 
     def _heartbeat_loop(self) -> None:
@@ -111,8 +112,12 @@ class WorkerRuntime:
             try:
                 self.beat()
             except Exception as exc:  # the heartbeat must outlive outages
-                log_event("worker.heartbeat_failed", "heartbeat failed", level="WARNING",
-                          error=type(exc).__name__)
+                log_event(
+                    "worker.heartbeat_failed",
+                    "heartbeat failed",
+                    level="WARNING",
+                    error=type(exc).__name__,
+                )
 
     def beat(self) -> None:
         """Heartbeat every thread; renew slots and leases of running jobs."""
@@ -124,8 +129,13 @@ class WorkerRuntime:
             if job is None:
                 continue
             if job.slot is not None and not self.pool.renew_slot(job.slot):
-                log_event("worker.slot_lost", "slot lease lapsed; re-taken by the pool",
-                          level="WARNING", document=job.ref, slot=job.slot.slot_id)
+                log_event(
+                    "worker.slot_lost",
+                    "slot lease lapsed; re-taken by the pool",
+                    level="WARNING",
+                    document=job.ref,
+                    slot=job.slot.slot_id,
+                )
             if time.monotonic() - job.lease_renewed_at >= lease_ms / 4000:
                 self._renew_lease(job)
 
@@ -135,19 +145,31 @@ class WorkerRuntime:
                 job.doc_id, job.lease_token, self.settings.ocr_lease_ms
             )
         except OcrPoolError as exc:
-            log_event("worker.lease_renew_failed", "lease not renewed (will retry)",
-                      level="WARNING", document=job.ref, error=type(exc).__name__)
+            log_event(
+                "worker.lease_renew_failed",
+                "lease not renewed (will retry)",
+                level="WARNING",
+                document=job.ref,
+                error=type(exc).__name__,
+            )
             return
         job.lease_renewed_at = time.monotonic()
         if not ok and not job.lease_lost:
             job.lease_lost = True
-            log_event("worker.lease_lost", "lease was taken over; the result will not be written",
-                      level="WARNING", document=job.ref)
+            log_event(
+                "worker.lease_lost",
+                "lease was taken over; the result will not be written",
+                level="WARNING",
+                document=job.ref,
+            )
 
     def _beat_one(self, ident: int, job: ActiveJob | None) -> None:
         self.registry.heartbeat(
-            self.worker_id(ident), host=self.host, pid=self.pid,
-            mode=job.mode if job else None, document=job.ref if job else None,
+            self.worker_id(ident),
+            host=self.host,
+            pid=self.pid,
+            mode=job.mode if job else None,
+            document=job.ref if job else None,
         )
 
     def close(self) -> None:
@@ -192,8 +214,9 @@ class OcrRuntime(Middleware):
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         rt = runtime()
         rt.stop_event.set()
-        log_event("worker.stopping", "finishing current jobs; waiting ones go back to ready",
-                  pid=rt.pid)
+        log_event(
+            "worker.stopping", "finishing current jobs; waiting ones go back to ready", pid=rt.pid
+        )
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         runtime().close()

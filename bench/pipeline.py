@@ -272,22 +272,34 @@ def throughput(dbs: Databases, workdir: Path, print_row: Callable[..., None]) ->
             {"latency_ms": latency_ms},
             {"GEMINI_RPM_LIMIT": "100000", "GEMINI_RATE_WINDOW_MS": "60000"},
             min(100_000, 4 * 60_000 / latency_ms),
-            5.0, 30.0, 290,
+            5.0,
+            30.0,
+            290,
         ),
         (
             "quota-bound",
             {"latency_ms": 20, "rpm_limit": 62, "window_s": 10},
             {"GEMINI_RPM_LIMIT": "60", "GEMINI_RATE_WINDOW_MS": "10000"},
             min(60 * 6, 4 * 60_000 / 20),
-            10.0, 40.0, 330,
+            10.0,
+            40.0,
+            330,
         ),
     ]
     print("\n== Throughput against the bound (pool 4, single-chunk documents) ==")
-    print(f"{'setting':<15} {'bound/min':>9} {'achieved/min':>12} {'%':>6} {'docs':>5} "
-          f"{'CPU ms/doc':>10} {'job s':>6} {'429s':>5}")
+    print(
+        f"{'setting':<15} {'bound/min':>9} {'achieved/min':>12} {'%':>6} {'docs':>5} "
+        f"{'CPU ms/doc':>10} {'job s':>6} {'429s':>5}"
+    )
     for name, emulator, env, bound, warmup, measured, docs in settings:
-        run = Run(name, emulator, {**BASE_ENV, **env}, index=docs // 2, acte=docs - docs // 2,
-                  timeout_s=warmup + measured + 60)
+        run = Run(
+            name,
+            emulator,
+            {**BASE_ENV, **env},
+            index=docs // 2,
+            acte=docs - docs // 2,
+            timeout_s=warmup + measured + 60,
+        )
         out = run_pool(dbs, run, workdir)
         start = out.first_start + warmup
         end = start + measured
@@ -296,9 +308,11 @@ def throughput(dbs: Databases, workdir: Path, print_row: Callable[..., None]) ->
         rate, n = out.rate_between(start, end)
         cpu = out.cpu_between(start, end)
         cpu_ms = 1000 * cpu / n if n else float("nan")
-        print_row(f"{name:<15} {bound:>9.0f} {rate:>12.1f} {100 * rate / bound:>5.1f}% {n:>5} "
-                  f"{cpu_ms:>10.1f} {statistics.median(out.job_seconds):>6.3f} "
-                  f"{out.emulator.get('sent_429', 0):>5}")
+        print_row(
+            f"{name:<15} {bound:>9.0f} {rate:>12.1f} {100 * rate / bound:>5.1f}% {n:>5} "
+            f"{cpu_ms:>10.1f} {statistics.median(out.job_seconds):>6.3f} "
+            f"{out.emulator.get('sent_429', 0):>5}"
+        )
 
 
 # --- 2. the control plane's own operations per document ---
@@ -309,15 +323,23 @@ def micro(dbs: Databases, documents: int = 400) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO extraction_queue (document_source, storage_path, status_id)"
-            " SELECT 'index', 'b/' || g || '.pdf', 3 FROM generate_series(1, %s) g", (documents,)
+            " SELECT 'index', 'b/' || g || '.pdf', 3 FROM generate_series(1, %s) g",
+            (documents,),
         )
     client = redis.Redis.from_url(REDIS_URL)
     keys = Keys(prefix=f"bench:{uuid.uuid4().hex[:8]}:")
-    pool = WorkerPool(client, keys, pool_size=4, costs={"index": (1.0, 1.0), "acte": (1.0, 1.0)},
-                      cpu_budget=100, ram_budget=100)
+    pool = WorkerPool(
+        client,
+        keys,
+        pool_size=4,
+        costs={"index": (1.0, 1.0), "acte": (1.0, 1.0)},
+        cpu_budget=100,
+        ram_budget=100,
+    )
     pool.publish_allocation({"index": 2, "acte": 2}, version=1, reason="bench")
-    limiter = GeminiRateLimiter(client, rpm_limit=10**6, tpm_limit=10**9, window_ms=60_000,
-                                keys=keys)
+    limiter = GeminiRateLimiter(
+        client, rpm_limit=10**6, tpm_limit=10**9, window_ms=60_000, keys=keys
+    )
     store = PostgresStore("dev", dsn)
     enqueued = EnqueuedSet(client, keys)
     steps: dict[str, float] = {}
@@ -363,8 +385,10 @@ def micro(dbs: Databases, documents: int = 400) -> None:
     print("\n== Control-plane operations per document (one process, sequential) ==")
     for step, seconds in steps.items():
         print(f"  {step:<21} {1000 * seconds / documents:6.2f} ms wall")
-    print(f"  {'total':<21} {1000 * wall / documents:6.2f} ms wall, "
-          f"{1000 * cpu / documents:.2f} ms client CPU per document")
+    print(
+        f"  {'total':<21} {1000 * wall / documents:6.2f} ms wall, "
+        f"{1000 * cpu / documents:.2f} ms client CPU per document"
+    )
 
 
 # --- 3. strategies beyond the seed ---
@@ -376,21 +400,33 @@ def strategies(
     # Actes take ~4x longer than index documents (pages x per-page latency), as in real life.
     emulator = {"latency_ms": 100, "latency_per_page_ms": 200}
     base = {**BASE_ENV, "OCR_REBALANCE_INTERVAL_MS": "2000", "GEMINI_RPM_LIMIT": "100000"}
-    seed = {"OCR_ALLOCATION_WEIGHTING": "count", "OCR_ALLOCATION_LEND_IDLE": "false",
-            "OCR_ALLOCATION_HYSTERESIS": "0"}
-    print("\n== Strategies against the seed rule (pool 4, index 1 page ~0.3 s, acte 4 pages "
-          "~0.9 s) ==")
-    print(f"{'workload':<23} {'rule':<20} {'makespan s':>10} {'docs/min':>9} {'flips':>6} "
-          f"{'index done s':>12} {'acte done s':>11}")
+    seed = {
+        "OCR_ALLOCATION_WEIGHTING": "count",
+        "OCR_ALLOCATION_LEND_IDLE": "false",
+        "OCR_ALLOCATION_HYSTERESIS": "0",
+    }
+    print(
+        "\n== Strategies against the seed rule (pool 4, index 1 page ~0.3 s, acte 4 pages "
+        "~0.9 s) =="
+    )
+    print(
+        f"{'workload':<23} {'rule':<20} {'makespan s':>10} {'docs/min':>9} {'flips':>6} "
+        f"{'index done s':>12} {'acte done s':>11}"
+    )
 
-    def compare(workload: str, make: Callable[[dict[str, str]], Run],
-                variants: list[tuple[str, dict[str, str]]]) -> None:
+    def compare(
+        workload: str,
+        make: Callable[[dict[str, str]], Run],
+        variants: list[tuple[str, dict[str, str]]],
+    ) -> None:
         for label, env in variants:
             out = run_pool(dbs, make({**base, **seed, **env}), workdir)
             rate = 60 * out.done / out.makespan
             done = {t: out.by_type_done.get(t, 0.0) - out.first_start for t in ("index", "acte")}
-            print_row(f"{workload:<23} {label:<20} {out.makespan:>10.1f} {rate:>9.1f} "
-                      f"{out.flips:>6} {done['index']:>12.1f} {done['acte']:>11.1f}")
+            print_row(
+                f"{workload:<23} {label:<20} {out.makespan:>10.1f} {rate:>9.1f} "
+                f"{out.flips:>6} {done['index']:>12.1f} {done['acte']:>11.1f}"
+            )
 
     if "weighting" in which:
         compare(
@@ -401,15 +437,23 @@ def strategies(
     if "lending" in which:
         compare(
             "index 200, +20 acte@10s",
-            lambda env: Run("lending", emulator, env, index=200, acte=0, acte_pages=4,
-                            arrivals=[(10.0, 0, 20)]),
+            lambda env: Run(
+                "lending", emulator, env, index=200, acte=0, acte_pages=4, arrivals=[(10.0, 0, 20)]
+            ),
             [("seed (reserve min)", {}), ("lend idle", {"OCR_ALLOCATION_LEND_IDLE": "true"})],
         )
     if "hysteresis" in which:
         compare(
             "noisy 100/60 + trickle",
-            lambda env: Run("hysteresis", emulator, env, index=100, acte=60, acte_pages=1,
-                            arrivals=[(t, 6, 3) for t in range(2, 30, 2)]),
+            lambda env: Run(
+                "hysteresis",
+                emulator,
+                env,
+                index=100,
+                acte=60,
+                acte_pages=1,
+                arrivals=[(t, 6, 3) for t in range(2, 30, 2)],
+            ),
             [("seed", {}), ("hysteresis 0.25", {"OCR_ALLOCATION_HYSTERESIS": "0.25"})],
         )
 

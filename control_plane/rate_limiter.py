@@ -325,7 +325,9 @@ class GeminiRateLimiter:
             # The ordinary path: NOSCRIPT reload and the client's retry policy. Rerunning after a
             # failed fast attempt is safe: the grant id makes the script idempotent.
             config = self._lost_config if seen else self._acquire_config
-            raw = self._acquire_script(keys=self._acquire_keys, args=[member, flag, waited, *config])
+            raw = self._acquire_script(
+                keys=self._acquire_keys, args=[member, flag, waited, *config]
+            )
         self._seen_state = True
         return parse_decision(raw, grant_id, tokens)
 

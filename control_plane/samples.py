@@ -77,12 +77,26 @@ def make_pdf(pages: list[str], *, compress: bool = True) -> bytes:
 # --- realistic French land-registry content -------------------------------------
 
 _NATURES = [
-    "Vente", "Donation", "Hypothèque conventionnelle", "Attestation immobilière",
-    "Servitude de passage", "Partage", "Bail emphytéotique", "Radiation",
+    "Vente",
+    "Donation",
+    "Hypothèque conventionnelle",
+    "Attestation immobilière",
+    "Servitude de passage",
+    "Partage",
+    "Bail emphytéotique",
+    "Radiation",
 ]
 _NAMES = [
-    "DUPONT Jean", "MARTIN Marie", "BERNARD Luc", "PETIT Anne", "ROBERT Paul",
-    "RICHARD Claire", "DURAND Louis", "LEROY Sophie", "MOREAU Henri", "SIMON Lucie",
+    "DUPONT Jean",
+    "MARTIN Marie",
+    "BERNARD Luc",
+    "PETIT Anne",
+    "ROBERT Paul",
+    "RICHARD Claire",
+    "DURAND Louis",
+    "LEROY Sophie",
+    "MOREAU Henri",
+    "SIMON Lucie",
 ]
 _COMMUNES = ["Lyon 3e", "Villeurbanne", "Bron", "Caluire-et-Cuire", "Vénissieux"]
 

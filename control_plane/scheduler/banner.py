@@ -36,7 +36,8 @@ def render_banner(
         "Environments      : " + "; ".join(e.describe() for e in s.environments),
         f"Gemini            : {s.gemini_model} via {endpoint}, API key {key_state}",
         f"Gemini budget     : {s.gemini_rpm_limit:,} RPM, {s.gemini_tpm_limit:,} TPM per "
-        f"{s.gemini_rate_window_ms / 1000:g} s window (+{s.gemini_rate_margin_ms / 1000:g} s margin)",
+        f"{s.gemini_rate_window_ms / 1000:g} s window "
+        f"(+{s.gemini_rate_margin_ms / 1000:g} s margin)",
         f"Server capacity   : {s.server_max_cpu:g} vCPU / {s.server_max_ram:g} GB, reserve "
         f"{s.server_reserve_cpu_percent:g}% / {s.server_reserve_ram_percent:g}% -> budget "
         f"{s.cpu_budget:g} vCPU / {s.ram_budget:g} GB",

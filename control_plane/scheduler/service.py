@@ -28,6 +28,7 @@ from control_plane.pool import WorkerPool
 from control_plane.queue.environments import Environments
 from control_plane.rate_limiter import GeminiRateLimiter
 from control_plane.redis_conn import is_transient_redis_error
+from control_plane.scheduler.backoff import JobBackoff
 from control_plane.scheduler.leader import LeaderLock, instance_id
 from control_plane.scheduler.metrics import SchedulerMetrics
 from control_plane.scheduler.status import StatusSnapshot, now_utc, render_status
@@ -97,8 +98,7 @@ class Scheduler:
         self._stopping = threading.Event()
         self._feed_paused = False
         self._out = out
-        self._backoff_until: dict[str, float] = {}
-        self._db_error_at: float | None = None  # monotonic time of the last database error
+        self._backoff = JobBackoff()
 
     # --- leadership ---
 
@@ -108,17 +108,29 @@ class Scheduler:
         try:
             leading = self.leader.try_acquire()
         except redis.RedisError as exc:
-            log_event("leader.error", "cannot reach Redis for the leader lock", level="WARNING",
-                      error=type(exc).__name__)
+            log_event(
+                "leader.error",
+                "cannot reach Redis for the leader lock",
+                level="WARNING",
+                error=type(exc).__name__,
+            )
             self.leader.is_leader = False
             return False
         if leading and not was_leader:
-            log_event("leader.acquired", "this scheduler now leads", owner=self.owner,
-                      epoch=self.leader.epoch)
+            log_event(
+                "leader.acquired",
+                "this scheduler now leads",
+                owner=self.owner,
+                epoch=self.leader.epoch,
+            )
             self.rebalance(force=True)
         elif was_leader and not leading:
-            log_event("leader.lost", "leadership lost to another scheduler", level="WARNING",
-                      holder=self.leader.holder())
+            log_event(
+                "leader.lost",
+                "leadership lost to another scheduler",
+                level="WARNING",
+                holder=self.leader.holder(),
+            )
         return leading
 
     # --- rebalance ---
@@ -132,6 +144,7 @@ class Scheduler:
         except TransientError as exc:
             self._back_off("rebalance", exc)
             return None
+        self._backoff.succeeded("rebalance")
         queued = {t: counts[t].ready if t in counts else 0 for t in DOCUMENT_TYPES}
         return self.apply_queue(queued, force=force)
 
@@ -155,18 +168,30 @@ class Scheduler:
         previous = self.pool.read_allocation() or {}
         changed = any(previous.get(t) != fitted.get(t) for t in DOCUMENT_TYPES)
         published = self.pool.publish_allocation(
-            fitted, version=version, reason=reason, queue=queued, planned=planned,
-            capacity_bound=capacity_bound, leader=self.owner,
+            fitted,
+            version=version,
+            reason=reason,
+            queue=queued,
+            planned=planned,
+            capacity_bound=capacity_bound,
+            leader=self.owner,
         )
         if not published:
-            log_event("rebalance.stale", "a newer allocation exists; not overwritten",
-                      level="WARNING", version=version)
+            log_event(
+                "rebalance.stale",
+                "a newer allocation exists; not overwritten",
+                level="WARNING",
+                version=version,
+            )
         elif changed or force:
             log_event(
                 "rebalance.changed" if changed else "rebalance.kept",
                 f"allocation index {fitted['index']} / acte {fitted['acte']}",
-                queue_index=queued["index"], queue_acte=queued["acte"], reason=reason,
-                previous_index=previous.get("index"), previous_acte=previous.get("acte"),
+                queue_index=queued["index"],
+                queue_acte=queued["acte"],
+                reason=reason,
+                previous_index=previous.get("index"),
+                previous_acte=previous.get("acte"),
             )
         self._last_queue = queued
         if published:
@@ -198,12 +223,19 @@ class Scheduler:
             except TransientError as exc:
                 self._back_off("feed", exc)
                 break
+            self._backoff.succeeded("feed")
             if not docs:
                 continue
             now_ms = self._redis_now_ms()
             messages = [
-                DocumentMessage(d.environment, d.id, d.document_source, d.storage_path,
-                                d.lease_token, d.attempts)
+                DocumentMessage(
+                    d.environment,
+                    d.id,
+                    d.document_source,
+                    d.storage_path,
+                    d.lease_token,
+                    d.attempts,
+                )
                 for d in docs
             ]
             self.enqueued.add(source, [m.ref for m in messages], now_ms)
@@ -215,8 +247,13 @@ class Scheduler:
                     raise
             claimed[source] = len(messages)
             self.metrics.fed(source, len(messages))
-            log_event("feed.enqueued", f"{len(messages)} {source} document(s) enqueued",
-                      document_source=source, free_slots=free.get(source, 0), count=len(messages))
+            log_event(
+                "feed.enqueued",
+                f"{len(messages)} {source} document(s) enqueued",
+                document_source=source,
+                free_slots=free.get(source, 0),
+                count=len(messages),
+            )
         return FeedResult(claimed=claimed, wanted=wants)
 
     def _gemini_paused(self) -> bool:
@@ -230,9 +267,13 @@ class Scheduler:
             self._feed_paused = paused
             if paused:
                 reason = self.client.get(self.keys.cooldown_reason) or "reason not recorded"
-                log_event("feed.paused", f"Gemini paused for {remaining_ms / 3_600_000:.1f} h; "
-                          "no document is claimed until then, the queue stays ready",
-                          level="WARNING", reason=reason)
+                log_event(
+                    "feed.paused",
+                    f"Gemini paused for {remaining_ms / 3_600_000:.1f} h; "
+                    "no document is claimed until then, the queue stays ready",
+                    level="WARNING",
+                    reason=reason,
+                )
             else:
                 log_event("feed.resumed", "Gemini cooldown over; feeding again")
         return paused
@@ -249,8 +290,12 @@ class Scheduler:
             return
         queued = {t: counts[t].ready if t in counts else 0 for t in DOCUMENT_TYPES}
         if any(queued[t] > 0 for t in lent):
-            log_event("rebalance.reclaim", f"{', '.join(lent)} has work again: slots return",
-                      queue_index=queued["index"], queue_acte=queued["acte"])
+            log_event(
+                "rebalance.reclaim",
+                f"{', '.join(lent)} has work again: slots return",
+                queue_index=queued["index"],
+                queue_acte=queued["acte"],
+            )
             self.apply_queue(queued)
 
     def _give_back(self, message: DocumentMessage) -> None:
@@ -271,16 +316,24 @@ class Scheduler:
         if not self._db_recently_down():
             try:
                 results = self.environments.reap(self.settings.ocr_max_attempts)
+                self._backoff.succeeded("reap")
             except TransientError as exc:
                 self._back_off("reap", exc)
         for env, result in results.items():
             if result.requeued or result.errored:
-                log_event("reap.leases", "expired leases reaped", environment=env,
-                          requeued=result.requeued, errored=result.errored)
+                log_event(
+                    "reap.leases",
+                    "expired leases reaped",
+                    environment=env,
+                    requeued=result.requeued,
+                    errored=result.errored,
+                )
                 self.metrics.reaped(env, result.requeued + result.errored)
         dead = self.registry.reap_stale(WORKER_STALE_MS)
         if dead:
-            log_event("reap.workers", f"{len(dead)} silent worker(s) removed", workers=",".join(dead))
+            log_event(
+                "reap.workers", f"{len(dead)} silent worker(s) removed", workers=",".join(dead)
+            )
         slots = self.pool.reap_expired()
         if slots:
             log_event("reap.slots", f"{len(slots)} lapsed slot(s) freed", slots=",".join(slots))
@@ -352,12 +405,16 @@ class Scheduler:
     # --- error handling ---
 
     def _back_off(self, job: str, exc: BaseException) -> None:
-        delay = min(30.0, 2.0 * (2 ** min(5, int(self._backoff_until.get(job + ".n", 0)))))
-        self._backoff_until[job + ".n"] = self._backoff_until.get(job + ".n", 0) + 1
-        self._backoff_until[job] = time.monotonic() + delay
-        self._db_error_at = time.monotonic()
-        log_event(f"{job}.backoff", f"{job} paused {delay:.0f}s: queue database unavailable",
-                  level="WARNING", error=str(exc)[:200])
+        delay = self._backoff.failed(job, time.monotonic())
+        log_event(
+            f"{job}.backoff",
+            f"{job} paused {delay:.0f}s: queue database unavailable",
+            level="WARNING",
+            error=str(exc)[:200],
+        )
+
+    def _backing_off(self, job: str) -> bool:
+        return self._backoff.paused(job, time.monotonic())
 
     def _db_recently_down(self) -> bool:
         """True within one lease of a database error.
@@ -367,20 +424,7 @@ class Scheduler:
         results that workers hold and redo them (paying Gemini twice). Holders get one
         lease to renew or complete first.
         """
-        if self._db_error_at is None:
-            return False
-        return time.monotonic() - self._db_error_at < self.settings.ocr_lease_ms / 1000
-
-    def _backing_off(self, job: str) -> bool:
-        until = self._backoff_until.get(job, 0.0)
-        if until and time.monotonic() < until:
-            return True
-        if until:
-            self._backoff_until.pop(job, None)
-        return False
-
-    def _ok(self, job: str) -> None:
-        self._backoff_until.pop(job + ".n", None)
+        return self._backoff.failed_within(self.settings.ocr_lease_ms / 1000, time.monotonic())
 
     def _redis_now_ms(self) -> int:
         sec, usec = self.client.time()
@@ -394,11 +438,14 @@ class Scheduler:
         def run() -> None:
             try:
                 fn()
-                self._ok(job)
             except Exception as exc:
                 level = "WARNING" if is_transient_redis_error(exc) else "ERROR"
-                log_event(f"{job}.failed", f"{job} failed: {type(exc).__name__}", level=level,
-                          error=str(exc)[:300])
+                log_event(
+                    f"{job}.failed",
+                    f"{job} failed: {type(exc).__name__}",
+                    level=level,
+                    error=str(exc)[:300],
+                )
 
         return run
 
@@ -416,8 +463,13 @@ class Scheduler:
         ]
         for name, fn, interval_ms in every:
             sched.add_job(
-                self.guarded(name, fn), "interval", seconds=interval_ms / 1000, id=name,
-                max_instances=1, coalesce=True, next_run_time=now,
+                self.guarded(name, fn),
+                "interval",
+                seconds=interval_ms / 1000,
+                id=name,
+                max_instances=1,
+                coalesce=True,
+                next_run_time=now,
                 misfire_grace_time=max(1, interval_ms // 1000),
             )
 
@@ -425,8 +477,11 @@ class Scheduler:
             if self._stopping.is_set():
                 return
             self._stopping.set()
-            log_event("scheduler.stopping", f"signal {signal.Signals(signum).name}: stopping",
-                      owner=self.owner)
+            log_event(
+                "scheduler.stopping",
+                f"signal {signal.Signals(signum).name}: stopping",
+                owner=self.owner,
+            )
             sched.shutdown(wait=False)
 
         signal.signal(signal.SIGINT, stop)

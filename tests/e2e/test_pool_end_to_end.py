@@ -188,8 +188,11 @@ def test_a_job_past_the_time_limit_fails_with_a_clear_message(pool: PoolHarness,
     pool.seed(index=1, acte=0)
     pool.scheduler()
     workers = pool.workers(processes=1, threads=1, OCR_JOB_TIME_LIMIT_MS=1000, OCR_MAX_ATTEMPTS=1)
-    wait_until(lambda: pool.status_counts().get(4, 0) == 1, 60,
-               message=lambda: f"the document to fail: {pool.status_counts()}")
+    wait_until(
+        lambda: pool.status_counts().get(4, 0) == 1,
+        60,
+        message=lambda: f"the document to fail: {pool.status_counts()}",
+    )
     (row,) = pool.rows()
     assert "OCR_JOB_TIME_LIMIT_MS" in row["error_message"], row["error_message"]
     assert "Traceback" not in workers.log()

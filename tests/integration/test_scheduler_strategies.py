@@ -40,8 +40,12 @@ def make_scheduler(
 
     def make(**env: Any) -> Scheduler:
         settings = load_settings(
-            dev_database_url=dsn, redis_url=redis_url, ocr_redis_prefix=keys.prefix,
-            ocr_dramatiq_namespace=keys.prefix.rstrip(":"), ocr_worker_pool_size=4, **env,
+            dev_database_url=dsn,
+            redis_url=redis_url,
+            ocr_redis_prefix=keys.prefix,
+            ocr_dramatiq_namespace=keys.prefix.rstrip(":"),
+            ocr_worker_pool_size=4,
+            **env,
         )
         sched = Scheduler(settings, redis_client, keys, Environments.from_settings(settings))
         made.append(sched)
@@ -59,7 +63,8 @@ def seed(dsn: str, index: int, acte: int) -> None:
             for n in range(count):
                 conn.execute(
                     "INSERT INTO extraction_queue (document_source, storage_path, status_id) "
-                    "VALUES (%s, %s, 3)", (source, f"b/{source}-{n}.pdf"),
+                    "VALUES (%s, %s, 3)",
+                    (source, f"b/{source}-{n}.pdf"),
                 )
 
 
@@ -71,8 +76,12 @@ def published(sched: Scheduler) -> tuple[int, int]:
 
 @pytest.mark.parametrize(("weighting", "expected"), [("count", (3, 1)), ("time", (2, 2))])
 def test_time_weighting_uses_recorded_job_seconds(
-    make_scheduler: Any, dsn: str, redis_client: redis.Redis, keys: Keys,
-    weighting: str, expected: tuple[int, int],
+    make_scheduler: Any,
+    dsn: str,
+    redis_client: redis.Redis,
+    keys: Keys,
+    weighting: str,
+    expected: tuple[int, int],
 ) -> None:
     for _ in range(3):  # actes hold a slot four times longer
         record_job_seconds(redis_client, keys, "index", 1.0)

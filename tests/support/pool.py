@@ -58,7 +58,9 @@ class Proc:
         except subprocess.TimeoutExpired:
             self.send(signal.SIGKILL, group=True)
             self.popen.wait(10)
-            raise AssertionError(f"{self.name} did not stop within {timeout}s:\n{self.log()[-3000:]}") from None
+            raise AssertionError(
+                f"{self.name} did not stop within {timeout}s:\n{self.log()[-3000:]}"
+            ) from None
 
 
 @dataclass
@@ -81,30 +83,35 @@ class PoolHarness:
 
     def env(self, **overrides: Any) -> dict[str, str]:
         base = {
-            k: v for k, v in os.environ.items()
-            if not k.startswith(("OCR_", "GEMINI_", "DEV_", "STAGING_", "PROD_", "SERVER_", "REDIS_"))
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(
+                ("OCR_", "GEMINI_", "DEV_", "STAGING_", "PROD_", "SERVER_", "REDIS_")
+            )
         }
-        base.update({
-            "DEV_DATABASE_URL": self.dsn,
-            "REDIS_URL": self.redis_url,
-            "OCR_REDIS_PREFIX": self.prefix,
-            "OCR_DRAMATIQ_NAMESPACE": self.namespace,
-            "GEMINI_BASE_URL": self.emulator_url,
-            "GEMINI_API_KEY": TEST_API_KEY,
-            "OCR_LOCAL_DOCUMENTS_DIR": str(self.docs_dir),
-            "OCR_SCHEDULER_METRICS_PORT": "0",
-            "OCR_WORKER_METRICS_PORT": "0",
-            "OCR_REBALANCE_INTERVAL_MS": "1000",
-            "OCR_FEED_INTERVAL_MS": "200",
-            "OCR_STATUS_INTERVAL_MS": "5000",
-            "OCR_HEARTBEAT_INTERVAL_MS": "500",
-            "OCR_SLOT_TTL_MS": "5000",
-            "OCR_LEASE_MS": "20000",
-            # Short test windows: a short margin (the emulator also runs a little above our limit).
-            "GEMINI_RATE_MARGIN_MS": "150",
-            "OCR_LOG_LEVEL": "INFO",
-            "PYTHONUNBUFFERED": "1",
-        })
+        base.update(
+            {
+                "DEV_DATABASE_URL": self.dsn,
+                "REDIS_URL": self.redis_url,
+                "OCR_REDIS_PREFIX": self.prefix,
+                "OCR_DRAMATIQ_NAMESPACE": self.namespace,
+                "GEMINI_BASE_URL": self.emulator_url,
+                "GEMINI_API_KEY": TEST_API_KEY,
+                "OCR_LOCAL_DOCUMENTS_DIR": str(self.docs_dir),
+                "OCR_SCHEDULER_METRICS_PORT": "0",
+                "OCR_WORKER_METRICS_PORT": "0",
+                "OCR_REBALANCE_INTERVAL_MS": "1000",
+                "OCR_FEED_INTERVAL_MS": "200",
+                "OCR_STATUS_INTERVAL_MS": "5000",
+                "OCR_HEARTBEAT_INTERVAL_MS": "500",
+                "OCR_SLOT_TTL_MS": "5000",
+                "OCR_LEASE_MS": "20000",
+                # Short test windows, short margin (the emulator runs a little above our limit).
+                "GEMINI_RATE_MARGIN_MS": "150",
+                "OCR_LOG_LEVEL": "INFO",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         base.update(self.settings_env)
         base.update({k: str(v) for k, v in overrides.items()})
         return base
@@ -115,7 +122,11 @@ class PoolHarness:
         log_path = self.workdir / f"{name}-{len(self.procs)}.log"
         handle = log_path.open("wb")
         popen = subprocess.Popen(
-            argv, cwd=ROOT, env=self.env(**env), stdout=handle, stderr=subprocess.STDOUT,
+            argv,
+            cwd=ROOT,
+            env=self.env(**env),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         handle.close()
@@ -129,15 +140,30 @@ class PoolHarness:
     def workers(self, processes: int = 1, threads: int = 4, **env: Any) -> Proc:
         return self.start(
             "workers",
-            [sys.executable, "-m", "dramatiq", "actors", "-p", str(processes), "-t", str(threads),
-             "--worker-shutdown-timeout", "60000"],
+            [
+                sys.executable,
+                "-m",
+                "dramatiq",
+                "actors",
+                "-p",
+                str(processes),
+                "-t",
+                str(threads),
+                "--worker-shutdown-timeout",
+                "60000",
+            ],
             **env,
         )
 
     def run(self, *args: str, timeout: float = 60, **env: Any) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "scheduler.py", *args], cwd=ROOT, env=self.env(**env),
-            capture_output=True, text=True, timeout=timeout, check=False,
+            [sys.executable, "scheduler.py", *args],
+            cwd=ROOT,
+            env=self.env(**env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
 
     def stop_all(self) -> None:
@@ -148,7 +174,9 @@ class PoolHarness:
 
     # --- documents ---
 
-    def seed(self, index: int, acte: int, start: int = 1, pages: int | None = None) -> dict[int, str]:
+    def seed(
+        self, index: int, acte: int, start: int = 1, pages: int | None = None
+    ) -> dict[int, str]:
         """Queue sample documents; returns id -> expected text."""
         expected: dict[int, str] = {}
         with psycopg.connect(self.dsn) as conn:
@@ -159,7 +187,8 @@ class PoolHarness:
                     path.write_bytes(doc.pdf)
                     row = conn.execute(
                         "INSERT INTO extraction_queue (document_source, storage_path, status_id) "
-                        "VALUES (%s, %s, 3) RETURNING id", (source, path.as_uri()),
+                        "VALUES (%s, %s, 3) RETURNING id",
+                        (source, path.as_uri()),
                     ).fetchone()
                     assert row is not None
                     expected[int(row[0])] = doc.text
@@ -195,7 +224,10 @@ class PoolHarness:
 
 
 def wait_until(
-    predicate: Callable[[], Any], timeout: float, *, interval: float = 0.25,
+    predicate: Callable[[], Any],
+    timeout: float,
+    *,
+    interval: float = 0.25,
     message: str | Callable[[], str] = "condition",
 ) -> Any:
     """Poll `predicate` until truthy; fail with `message` after `timeout` seconds."""
@@ -211,7 +243,9 @@ def wait_until(
 
 
 @contextlib.contextmanager
-def pool_harness(dsn: str, redis_url: str, emulator_url: str, workdir: Path) -> Iterator[PoolHarness]:
+def pool_harness(
+    dsn: str, redis_url: str, emulator_url: str, workdir: Path
+) -> Iterator[PoolHarness]:
     harness = PoolHarness(dsn, redis_url, emulator_url, workdir)
     try:
         yield harness

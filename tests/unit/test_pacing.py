@@ -49,8 +49,10 @@ def test_ewma_rejects_bad_alpha(alpha: float) -> None:
         ({"index": "1.0", "index:n": "5", "acte": "4.0", "acte:n": "2"}, None),  # too few
         ({"index": "1.0", "index:n": "3", "acte": "4.0", "acte:n": "3"}, {"index": 1, "acte": 4}),
         ({"index": "2.0", "index:n": "9", "acte": "1.0", "acte:n": "9"}, {"index": 2, "acte": 1}),
-        ({"index": "0.1", "index:n": "9", "acte": "100", "acte:n": "9"},
-         {"index": 1, "acte": MAX_WEIGHT_RATIO}),  # capped
+        (
+            {"index": "0.1", "index:n": "9", "acte": "100", "acte:n": "9"},
+            {"index": 1, "acte": MAX_WEIGHT_RATIO},
+        ),  # capped
         ({"index": "0", "index:n": "9", "acte": "1", "acte:n": "9"}, None),
         ({"index": "x", "index:n": "9", "acte": "1", "acte:n": "9"}, None),
         ({"index": "inf", "index:n": "9", "acte": "1", "acte:n": "9"}, None),
@@ -67,21 +69,35 @@ def test_weights_from(raw: dict[str, str], expected: dict[str, float] | None) ->
 @pytest.mark.parametrize(
     ("env", "weights", "previous", "expected"),
     [
-        ({}, {"index": 1, "acte": 4}, {"index": 3, "acte": 1},  # defaults: lend + hysteresis
-         {"lend_idle": True, "previous": {"index": 3, "acte": 1}, "hysteresis": 0.25}),
+        (
+            {},
+            {"index": 1, "acte": 4},
+            {"index": 3, "acte": 1},  # defaults: lend + hysteresis
+            {"lend_idle": True, "previous": {"index": 3, "acte": 1}, "hysteresis": 0.25},
+        ),
         ({"ocr_allocation_weighting": "time"}, None, None, {}),  # no durations yet
-        ({"ocr_allocation_weighting": "time"}, {"index": 1, "acte": 4}, None,
-         {"weights": {"index": 1, "acte": 4}}),
+        (
+            {"ocr_allocation_weighting": "time"},
+            {"index": 1, "acte": 4},
+            None,
+            {"weights": {"index": 1, "acte": 4}},
+        ),
         ({"ocr_allocation_weighting": "count"}, {"index": 1, "acte": 4}, None, {}),
         ({"ocr_allocation_lend_idle": True}, None, None, {"lend_idle": True}),
         ({"ocr_allocation_hysteresis": 0.5}, None, None, {}),  # nothing to hold on to yet
-        ({"ocr_allocation_hysteresis": 0.5}, None, {"index": 3, "acte": 1},
-         {"previous": {"index": 3, "acte": 1}, "hysteresis": 0.5}),
+        (
+            {"ocr_allocation_hysteresis": 0.5},
+            None,
+            {"index": 3, "acte": 1},
+            {"previous": {"index": 3, "acte": 1}, "hysteresis": 0.5},
+        ),
     ],
 )
 def test_allocation_options(
-    env: dict[str, object], weights: dict[str, float] | None,
-    previous: dict[str, int] | None, expected: dict[str, object],
+    env: dict[str, object],
+    weights: dict[str, float] | None,
+    previous: dict[str, int] | None,
+    expected: dict[str, object],
 ) -> None:
     plain = {"ocr_allocation_lend_idle": False, "ocr_allocation_hysteresis": 0.0} if env else {}
     settings = load_settings(require_environment=False, **{**plain, **env})
@@ -95,9 +111,13 @@ def test_options_change_the_split_as_measured() -> None:
     timed = load_settings(require_environment=False, ocr_allocation_weighting="time")
     weights = {"index": 1.0, "acte": 4.0}
     assert compute_allocation(queue, 4, M11, **allocation_options(plain, weights, None)) == {
-        "index": 3, "acte": 1}
+        "index": 3,
+        "acte": 1,
+    }
     assert compute_allocation(queue, 4, M11, **allocation_options(timed, weights, None)) == {
-        "index": 2, "acte": 2}
+        "index": 2,
+        "acte": 2,
+    }
 
 
 @pytest.mark.parametrize(
@@ -138,14 +158,20 @@ def test_lookahead_for(
         ({"index": 2, "acte": 0}, {"index": 1}, None, {"index": 1, "acte": 0}),
         ({"index": 0, "acte": 0}, {}, {"index": 1, "acte": 1}, {"index": 1, "acte": 1}),
         # a look-ahead message already waits (queued or in a thread): nothing more
-        ({"index": 0, "acte": 0}, {"index": 1, "acte": 1}, {"index": 1, "acte": 1},
-         {"index": 0, "acte": 0}),
+        (
+            {"index": 0, "acte": 0},
+            {"index": 1, "acte": 1},
+            {"index": 1, "acte": 1},
+            {"index": 0, "acte": 0},
+        ),
         ({"index": 1, "acte": 0}, {"index": 1}, {"index": 1, "acte": 0}, {"index": 1, "acte": 0}),
         ({"index": 0, "acte": 0}, {"index": 5}, {"index": 1}, {"index": 0, "acte": 0}),
     ],
 )
 def test_feed_wants_with_lookahead(
-    free: dict[str, int], enqueued: dict[str, int], ahead: dict[str, int] | None,
+    free: dict[str, int],
+    enqueued: dict[str, int],
+    ahead: dict[str, int] | None,
     expected: dict[str, int],
 ) -> None:
     assert feed_wants(free, enqueued, ahead) == expected
