@@ -22,21 +22,12 @@ from typing import Any
 
 import pytest
 
-from control_plane.queue.migrate import apply_schema
 from tests.faults.checks import install_audit
-from tests.support.emulator import EmulatorProcess, start_emulator
-from tests.support.pool import TEST_API_KEY, PoolHarness, pool_harness
-
-# Same shape as tests/e2e: the pool's limiter a little under the emulator's quota.
-WINDOW_MS = 2000
-POOL_RPM, POOL_TPM = 30, 60_000
-EMULATOR_RPM, EMULATOR_TPM = 32, 64_000
+from tests.support.emulator import EmulatorProcess
+from tests.support.pool import PoolHarness, fresh_pool, quota_emulator
 
 # Short leases so a killed holder's documents come back within seconds.
 FAULT_ENV = {
-    "GEMINI_RATE_WINDOW_MS": str(WINDOW_MS),
-    "GEMINI_RPM_LIMIT": str(POOL_RPM),
-    "GEMINI_TPM_LIMIT": str(POOL_TPM),
     "OCR_LEASE_MS": "8000",
     "OCR_SLOT_TTL_MS": "3000",
     "OCR_HEARTBEAT_INTERVAL_MS": "500",
@@ -125,14 +116,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 @pytest.fixture
 def emulator() -> Iterator[EmulatorProcess]:
     """The emulator with a latency long enough to catch jobs mid-call."""
-    with start_emulator(
-        api_key=TEST_API_KEY,
-        rpm_limit=EMULATOR_RPM,
-        tpm_limit=EMULATOR_TPM,
-        window_s=WINDOW_MS / 1000,
-        latency_ms=900,
-        latency_jitter_ms=100,
-    ) as emu:
+    with quota_emulator(latency_ms=900, latency_jitter_ms=100) as emu:
         yield emu
 
 
@@ -142,10 +126,8 @@ def fault_pool(emulator: EmulatorProcess, tmp_path: Path) -> FaultPool:
 
     @contextmanager
     def make(dsn: str, redis_url: str) -> Iterator[PoolHarness]:
-        apply_schema(dsn)
-        install_audit(dsn)
-        with pool_harness(dsn, redis_url, emulator.url, tmp_path) as harness:
-            harness.settings_env.update(FAULT_ENV)
+        with fresh_pool(dsn, redis_url, emulator.url, tmp_path, **FAULT_ENV) as harness:
+            install_audit(dsn)
             yield harness
 
     return make

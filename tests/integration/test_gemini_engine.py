@@ -229,13 +229,18 @@ def test_a_429_burst_gives_one_shared_cooldown_that_every_caller_waits_out(
 ) -> None:
     """Six workers (separate engines and limiters, one Redis prefix) hit a 429 storm."""
     delay = 2.0
-    emu.configure(storm_requests=6, storm_retry_delay_s=delay, latency_ms=50.0)
+    # The storm refuses the first six requests: they must all leave together (a barrier, and a
+    # latency longer than a thread's start-up) for "one burst" to mean one burst.
+    emu.configure(storm_requests=6, storm_retry_delay_s=delay, latency_ms=300.0)
     settings = _settings(emu)
     workers = [engines(settings) for _ in range(6)]
     docs = [make_pdf([f"document {i}"]) for i in range(12)]
+    start = threading.Barrier(6)
 
     def run(i: int) -> str:
         engine = workers[i % 6]
+        if i < 6:
+            start.wait(timeout=30)
         return engine.ocr_chunks("index", _whole(docs[i], 1)).text
 
     with ThreadPoolExecutor(6) as pool:

@@ -16,30 +16,17 @@ from typing import Any
 
 import pytest
 
-from control_plane.queue.migrate import apply_schema
 from tests.faults.checks import duplicate_writes, install_audit
-from tests.support.emulator import EmulatorProcess, start_emulator
-from tests.support.pool import TEST_API_KEY, PoolHarness, pool_harness
+from tests.support.emulator import EmulatorProcess
+from tests.support.pool import PoolHarness, fresh_pool, quota_emulator
 
-# As in the e2e suite: the pool's limiter runs a little under the emulator's quota,
-# over a 2 s window so a run sees many windows.
-WINDOW_MS = 2000
-POOL_RPM, POOL_TPM = 30, 60_000
-EMULATOR_RPM, EMULATOR_TPM = 32, 64_000
 DONE, ERROR = 5, 4
 
 
 @pytest.fixture
 def fx_emulator() -> Iterator[EmulatorProcess]:
     """An emulator with the pool's quota (a little above it), small latency, no faults yet."""
-    with start_emulator(
-        api_key=TEST_API_KEY,
-        rpm_limit=EMULATOR_RPM,
-        tpm_limit=EMULATOR_TPM,
-        window_s=WINDOW_MS / 1000,
-        latency_ms=30,
-        seed=7,
-    ) as emu:
+    with quota_emulator(latency_ms=30, seed=7) as emu:
         yield emu
 
 
@@ -52,16 +39,8 @@ def fx_pool(
 ) -> Iterator[PoolHarness]:
     """A pool harness on a fresh database and Redis prefix, limiter under the emulator quota."""
     dsn = pg_database_factory("faults")
-    apply_schema(dsn)
-    install_audit(dsn)
-    with pool_harness(dsn, redis_url, fx_emulator.url, tmp_path) as harness:
-        harness.settings_env.update(
-            {
-                "GEMINI_RATE_WINDOW_MS": str(WINDOW_MS),
-                "GEMINI_RPM_LIMIT": str(POOL_RPM),
-                "GEMINI_TPM_LIMIT": str(POOL_TPM),
-            }
-        )
+    with fresh_pool(dsn, redis_url, fx_emulator.url, tmp_path) as harness:
+        install_audit(dsn)
         yield harness
 
 

@@ -252,3 +252,43 @@ def pool_harness(
     finally:
         harness.stop_all()
         harness.cleanup_redis()
+
+
+# --- the quota every multi-process suite runs under ------------------------------------
+# A 2 s window so a run sees many windows; the pool's limiter a little under the
+# emulator's quota (grants leave Redis and reach the emulator a few ms apart, as with
+# the real API).
+WINDOW_MS = 2000
+POOL_RPM, POOL_TPM = 30, 60_000
+EMULATOR_RPM, EMULATOR_TPM = 32, 64_000
+QUOTA_ENV = {
+    "GEMINI_RATE_WINDOW_MS": str(WINDOW_MS),
+    "GEMINI_RPM_LIMIT": str(POOL_RPM),
+    "GEMINI_TPM_LIMIT": str(POOL_TPM),
+}
+
+
+def quota_emulator(**config: Any) -> Any:
+    """The emulator with the suites' quota (a little above the pool's) and `config`."""
+    from tests.support.emulator import start_emulator
+
+    return start_emulator(
+        api_key=TEST_API_KEY,
+        rpm_limit=EMULATOR_RPM,
+        tpm_limit=EMULATOR_TPM,
+        window_s=WINDOW_MS / 1000,
+        **config,
+    )
+
+
+@contextlib.contextmanager
+def fresh_pool(
+    dsn: str, redis_url: str, emulator_url: str, workdir: Path, **env: str
+) -> Iterator[PoolHarness]:
+    """A harness on `dsn` (schema applied) under the suites' quota, plus `env`."""
+    from control_plane.queue.migrate import apply_schema
+
+    apply_schema(dsn)
+    with pool_harness(dsn, redis_url, emulator_url, workdir) as harness:
+        harness.settings_env.update({**QUOTA_ENV, **env})
+        yield harness
