@@ -118,6 +118,11 @@ def process_document(rt: WorkerRuntime, message: DocumentMessage) -> str:
             )
 
 
+def _count(rt: WorkerRuntime, field: str) -> None:
+    """Shared document counters (completed:index, failed:acte, ...) for status and metrics."""
+    rt.client.hincrby(rt.keys.pool_stats, field, 1)
+
+
 def _quietly(fn: Callable[[], None]) -> None:
     """Best-effort bookkeeping: a Redis hiccup here must not fail a finished document."""
     try:
@@ -125,7 +130,7 @@ def _quietly(fn: Callable[[], None]) -> None:
     except Exception as exc:  # any failure: bookkeeping is best effort
         log_event(
             "job.bookkeeping_failed",
-            "job timing not recorded",
+            "bookkeeping not recorded",
             level="WARNING",
             error=type(exc).__name__,
         )
@@ -227,7 +232,7 @@ def _complete(
             document=message.ref,
         )
         return "stale"
-    rt.client.hincrby(rt.keys.pool_stats, f"completed:{message.document_source}", 1)
+    _quietly(lambda: _count(rt, f"completed:{message.document_source}"))
     log_event(
         "job.completed",
         "OCR complete",
@@ -275,7 +280,7 @@ def _handle_error(rt: WorkerRuntime, message: DocumentMessage, exc: BaseExceptio
         )
         return "unrecorded"
     if result is FailOutcome.ERROR:
-        rt.client.hincrby(rt.keys.pool_stats, f"failed:{message.document_source}", 1)
+        _quietly(lambda: _count(rt, f"failed:{message.document_source}"))
     log_event(
         "job.failed",
         text,

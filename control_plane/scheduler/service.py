@@ -144,7 +144,7 @@ class Scheduler:
         except TransientError as exc:
             self._back_off("rebalance", exc)
             return None
-        self._backoff.succeeded("rebalance")
+        self._backoff.succeeded("rebalance", time.monotonic())
         queued = {t: counts[t].ready if t in counts else 0 for t in DOCUMENT_TYPES}
         return self.apply_queue(queued, force=force)
 
@@ -223,7 +223,7 @@ class Scheduler:
             except TransientError as exc:
                 self._back_off("feed", exc)
                 break
-            self._backoff.succeeded("feed")
+            self._backoff.succeeded("feed", time.monotonic())
             if not docs:
                 continue
             now_ms = self._redis_now_ms()
@@ -316,7 +316,7 @@ class Scheduler:
         if not self._db_recently_down():
             try:
                 results = self.environments.reap(self.settings.ocr_max_attempts)
-                self._backoff.succeeded("reap")
+                self._backoff.succeeded("reap", time.monotonic())
             except TransientError as exc:
                 self._back_off("reap", exc)
         for env, result in results.items():
@@ -424,7 +424,7 @@ class Scheduler:
         results that workers hold and redo them (paying Gemini twice). Holders get one
         lease to renew or complete first.
         """
-        return self._backoff.failed_within(self.settings.ocr_lease_ms / 1000, time.monotonic())
+        return self._backoff.unsettled(self.settings.ocr_lease_ms / 1000, time.monotonic())
 
     def _redis_now_ms(self) -> int:
         sec, usec = self.client.time()
