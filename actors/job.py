@@ -139,7 +139,18 @@ def _quietly(fn: Callable[[], None]) -> None:
 def _run(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob, worker_id: str) -> str:
     store = rt.environments.store(message.environment)
     lease_ms = rt.settings.ocr_lease_ms
-    if not store.start(message.id, message.lease_token, worker_id, lease_ms):
+    try:
+        started_ok = store.start(message.id, message.lease_token, worker_id, lease_ms)
+    except TransientError as exc:
+        log_event(
+            "job.start_unavailable",
+            "database unavailable at start; the lease will lapse and the document be retried",
+            level="WARNING",
+            document=message.ref,
+            error=str(exc)[:200],
+        )
+        return "unstarted"
+    if not started_ok:
         log_event("job.stale", "lease no longer ours; message dropped", document=message.ref)
         return "stale"
     rt.track(job)

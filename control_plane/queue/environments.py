@@ -10,11 +10,13 @@ result goes back to the right database.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from control_plane.errors import PermanentError, TransientError
 from control_plane.logs import log_event
+from control_plane.queue.health import EnvironmentHealth
 from control_plane.queue.models import ClaimedDocument, QueueCounts, ReapResult
 from control_plane.queue.postgres import PostgresStore
 from control_plane.queue.store import QueueStore
@@ -62,6 +64,7 @@ class Environments:
         self.names: list[str] = list(self._stores)
         self._next_start = 0
         self._lock = threading.Lock()
+        self.health = EnvironmentHealth()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Environments:
@@ -91,6 +94,12 @@ class Environments:
         """The Supabase client of an environment, for Storage downloads (None if none)."""
         return self._storage.get(name)
 
+    def _failed(self, name: str) -> None:
+        self.health.failed(name, time.monotonic())
+
+    def _reached(self, name: str) -> None:
+        self.health.reached(name, time.monotonic())
+
     def counts_by_environment(self) -> dict[str, dict[str, QueueCounts]]:
         """Counts per environment; an unreachable environment is logged and left out."""
         result: dict[str, dict[str, QueueCounts]] = {}
@@ -98,7 +107,10 @@ class Environments:
             try:
                 result[name] = store.counts()
             except TransientError as exc:
+                self._failed(name)
                 log_event("queue.counts_unavailable", str(exc), level="WARNING", environment=name)
+            else:
+                self._reached(name)
         return result
 
     def counts(self) -> dict[str, QueueCounts]:
@@ -134,11 +146,13 @@ class Environments:
                 try:
                     got = self._stores[name].claim(document_source, share, worker_id, lease_ms)
                 except TransientError as exc:
+                    self._failed(name)
                     failures.append(exc)
                     log_event(
                         "queue.claim_unavailable", str(exc), level="WARNING", environment=name
                     )
                     continue
+                self._reached(name)
                 claimed.extend(got)
                 if len(got) == share:
                     filled.append(name)  # may have more
@@ -149,14 +163,23 @@ class Environments:
             raise TransientError(f"no environment reachable: {failures[0]}")
         return claimed
 
-    def reap(self, max_attempts: int) -> dict[str, ReapResult]:
-        """Reap expired leases in every reachable environment."""
+    def reap(self, max_attempts: int, *, settle_s: float = 0.0) -> dict[str, ReapResult]:
+        """Reap expired leases in every reachable environment.
+
+        An environment whose database failed is skipped until it has answered again for
+        `settle_s` seconds (see EnvironmentHealth.unsettled).
+        """
         results: dict[str, ReapResult] = {}
         for name, store in self._stores.items():
+            if settle_s > 0 and self.health.unsettled(name, settle_s, time.monotonic()):
+                continue
             try:
                 results[name] = store.reap(max_attempts)
             except TransientError as exc:
+                self._failed(name)
                 log_event("queue.reap_unavailable", str(exc), level="WARNING", environment=name)
+            else:
+                self._reached(name)
         return results
 
     def close(self) -> None:

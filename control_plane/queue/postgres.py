@@ -41,8 +41,11 @@ class PostgresStore:
             max_size=max_size,
             open=False,
             timeout=pool_timeout_s,
-            # Reconnect for as long as the outage lasts; callers see TransientError meanwhile.
-            reconnect_timeout=24 * 3600.0,
+            # psycopg_pool doubles its reconnect delay without a cap until reconnect_timeout:
+            # with a long timeout a 30 s outage left workers unconnected for half a minute
+            # more (and a long one for many minutes). A short one makes it give up quickly
+            # and try again on the next request, so it reconnects soon after the database.
+            reconnect_timeout=5.0,
             kwargs={"autocommit": True, "connect_timeout": connect_timeout_s},
             configure=self._configure,
             name=f"ocr-queue-{environment}",

@@ -144,7 +144,7 @@ class Scheduler:
         except TransientError as exc:
             self._back_off("rebalance", exc)
             return None
-        self._backoff.succeeded("rebalance", time.monotonic())
+        self._backoff.succeeded("rebalance")
         queued = {t: counts[t].ready if t in counts else 0 for t in DOCUMENT_TYPES}
         return self.apply_queue(queued, force=force)
 
@@ -223,7 +223,7 @@ class Scheduler:
             except TransientError as exc:
                 self._back_off("feed", exc)
                 break
-            self._backoff.succeeded("feed", time.monotonic())
+            self._backoff.succeeded("feed")
             if not docs:
                 continue
             now_ms = self._redis_now_ms()
@@ -312,13 +312,12 @@ class Scheduler:
         """Expired leases back to ready; dead workers and lapsed slots out."""
         if not self.leader.is_leader or self._backing_off("reap"):
             return
-        results = {}
-        if not self._db_recently_down():
-            try:
-                results = self.environments.reap(self.settings.ocr_max_attempts)
-                self._backoff.succeeded("reap", time.monotonic())
-            except TransientError as exc:
-                self._back_off("reap", exc)
+        # Leases lapse during an outage because nobody can renew them, not because their
+        # holders died: an environment is reaped only once its database has answered again
+        # for a whole lease, so the workers holding results can write them first.
+        results = self.environments.reap(
+            self.settings.ocr_max_attempts, settle_s=self.settings.ocr_lease_ms / 1000
+        )
         for env, result in results.items():
             if result.requeued or result.errored:
                 log_event(
@@ -415,16 +414,6 @@ class Scheduler:
 
     def _backing_off(self, job: str) -> bool:
         return self._backoff.paused(job, time.monotonic())
-
-    def _db_recently_down(self) -> bool:
-        """True within one lease of a database error.
-
-        Leases lapse during an outage because nobody can renew them, not because their
-        holders died: reaping them the moment the database returns would throw away
-        results that workers hold and redo them (paying Gemini twice). Holders get one
-        lease to renew or complete first.
-        """
-        return self._backoff.unsettled(self.settings.ocr_lease_ms / 1000, time.monotonic())
 
     def _redis_now_ms(self) -> int:
         sec, usec = self.client.time()
