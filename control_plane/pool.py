@@ -98,6 +98,19 @@ class WorkerPool:
 
     # --- allocation and assignments ---
 
+    @property
+    def _slot_keys(self) -> list[str]:
+        """The keys every slot script touches: modes, holders, leases, pending modes, capacity."""
+        k = self._keys
+        return [
+            k.assignments,
+            k.slot_holders,
+            k.slot_leases,
+            k.pending_modes,
+            k.cpu_allocated,
+            k.ram_allocated,
+        ]
+
     def publish_allocation(
         self, allocation: Mapping[str, int], *, version: int, reason: str, **fields: Any
     ) -> bool:
@@ -177,16 +190,7 @@ class WorkerPool:
         k = self._keys
         result = self._scripts.run(
             "pool_take",
-            [
-                k.assignments,
-                k.slot_holders,
-                k.slot_leases,
-                k.pending_modes,
-                k.cpu_allocated,
-                k.ram_allocated,
-                k.external_usage,
-                k.external_leases,
-            ],
+            [*self._slot_keys, k.external_usage, k.external_leases],
             [
                 mode,
                 token,
@@ -222,17 +226,9 @@ class WorkerPool:
 
     def release_slot(self, lease: SlotLease) -> bool:
         """Give the slot and its capacity back; a second release does nothing (False)."""
-        k = self._keys
         released = self._scripts.run(
             "pool_release",
-            [
-                k.assignments,
-                k.slot_holders,
-                k.slot_leases,
-                k.pending_modes,
-                k.cpu_allocated,
-                k.ram_allocated,
-            ],
+            self._slot_keys,
             [lease.slot_id, lease.token],
         )
         return bool(released)
@@ -242,16 +238,7 @@ class WorkerPool:
         k = self._keys
         slots, externals = self._scripts.run(
             "pool_reap",
-            [
-                k.assignments,
-                k.slot_holders,
-                k.slot_leases,
-                k.pending_modes,
-                k.cpu_allocated,
-                k.ram_allocated,
-                k.external_usage,
-                k.external_leases,
-            ],
+            [*self._slot_keys, k.external_usage, k.external_leases],
             [],
         )
         reaped = [_s(s) for s in slots]
