@@ -146,14 +146,20 @@ LANGUAGE sql VOLATILE AS $$
         LIMIT p_limit
         FOR UPDATE SKIP LOCKED
     ), moved AS (
+        -- A claim that was never started (its message waited in a queue, or was lost
+        -- before a worker took it) gives its attempt back: only work that ran counts.
         UPDATE extraction_queue q
-        SET status_id = CASE WHEN q.attempts >= p_max_attempts THEN 4 ELSE 3 END,
+        SET status_id = CASE WHEN q.started_at IS NOT NULL AND q.attempts >= p_max_attempts
+                             THEN 4 ELSE 3 END,
+            attempts = CASE WHEN q.started_at IS NULL THEN greatest(q.attempts - 1, 0)
+                            ELSE q.attempts END,
             error_message = CASE
-                WHEN q.attempts >= p_max_attempts THEN format(
+                WHEN q.started_at IS NOT NULL AND q.attempts >= p_max_attempts THEN format(
                     'lease expired on attempt %s of %s (last worker %s): giving up',
                     q.attempts, p_max_attempts, coalesce(q.worker_id, 'unknown'))
                 ELSE q.error_message END,
-            worker_id = CASE WHEN q.attempts >= p_max_attempts THEN q.worker_id END,
+            worker_id = CASE WHEN q.started_at IS NOT NULL AND q.attempts >= p_max_attempts
+                             THEN q.worker_id END,
             lease_token = NULL,
             lease_expires_at = NULL,
             updated_at = now()

@@ -82,6 +82,7 @@ def test_stale_token_after_reap_and_reclaim_changes_nothing(store_case: StoreCas
     add_ready(store_case.dsn, 1)
     store = store_case.store
     (old,) = store.claim("index", 1, "w-old", LEASE)
+    assert store.start(old.id, old.lease_token, "w-old", LEASE)
     expire_leases(store_case.dsn)
     assert store.reap(3) == ReapResult(requeued=1, errored=0)
     (new,) = store.claim("index", 1, "w-new", LEASE)
@@ -155,6 +156,7 @@ def test_reap_requeues_expired_leases_then_errors_after_max_attempts(
     results = []
     for _ in range(3):
         docs = store.claim("index", 1, "w-crashed", LEASE)  # only the first document
+        assert store.start(docs[0].id, docs[0].lease_token, "w-crashed", LEASE)
         expire_leases(store_case.dsn)
         results.append(store.reap(3))
     assert results == [ReapResult(1, 0), ReapResult(1, 0), ReapResult(0, 1)]
@@ -164,6 +166,18 @@ def test_reap_requeues_expired_leases_then_errors_after_max_attempts(
         "lease expired on attempt 3 of 3 (last worker w-crashed): giving up"
     )
     assert row(store_case.dsn, 2)["status_id"] == 3, "the other document is untouched"
+
+
+def test_reap_gives_back_the_attempt_of_a_claim_never_started(store_case: StoreCase) -> None:
+    """A message that waited in a queue (or was lost) past its lease costs no attempt."""
+    add_ready(store_case.dsn, 1)
+    store = store_case.store
+    for _ in range(5):
+        (doc,) = store.claim("index", 1, "scheduler", LEASE)
+        expire_leases(store_case.dsn)
+        assert store.reap(3) == ReapResult(requeued=1, errored=0)
+    again = row(store_case.dsn, doc.id)
+    assert again["status_id"] == 3 and again["attempts"] == 0
 
 
 def test_reap_leaves_live_leases_alone(store_case: StoreCase) -> None:
