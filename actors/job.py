@@ -83,7 +83,10 @@ SLOT_WAIT_S = 60.0
 def process_document(rt: WorkerRuntime, message: DocumentMessage) -> str:
     """Run one job; returns what happened (for logs and tests)."""
     worker_id = rt.worker_id()
-    slot = _wait_for_slot(rt, message, worker_id)
+    try:
+        slot = _wait_for_slot(rt, message, worker_id)
+    except TimeLimitExceeded:
+        slot = None  # waited past OCR_JOB_TIME_LIMIT_MS for a slot: give the document back
     # Only now does the message stop counting as "enqueued": while it waits for a slot
     # it is the feed's look-ahead, and the feed must not send more behind it.
     rt.enqueued.remove(message.document_source, message.ref)
