@@ -24,6 +24,7 @@ from actors.runtime import ActiveJob, WorkerRuntime
 from control_plane.dispatch import DocumentMessage
 from control_plane.errors import (
     AcquireTimeoutError,
+    GeminiAuthError,
     OcrPoolError,
     PermanentError,
     TransientError,
@@ -34,11 +35,6 @@ from control_plane.pacing import record_job_seconds, wait_slot_freed, wake_slot_
 from control_plane.pool import SlotLease, SlotRefusal
 from control_plane.queue.models import ClaimedDocument, FailOutcome
 from control_plane.queue.pdf import inspect_pdf, split_pdf
-
-try:  # the engine's auth error stops the worker loudly
-    from control_plane.errors import GeminiAuthError
-except ImportError:  # pragma: no cover - older engine without the class
-    GeminiAuthError = type("GeminiAuthError", (OcrPoolError,), {})  # type: ignore[misc,assignment]
 
 
 class JobTimeLimitError(TransientError):

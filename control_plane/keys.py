@@ -53,11 +53,6 @@ class Keys:
         return self._k("gemini:limiter:log")
 
     @property
-    def limiter_tokens(self) -> str:
-        """Unused since tokens live in the log members; kept so old deployments' keys are known."""
-        return self._k("gemini:limiter:tokens")
-
-    @property
     def limiter_waiting(self) -> str:
         """zset "waiter id:tokens:expires_ms" -> first-denial µs: FIFO reservation queue."""
         return self._k("gemini:limiter:waiting")

@@ -6,7 +6,6 @@ Printed every OCR_STATUS_INTERVAL_MS by the leader and once by
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -123,16 +122,6 @@ def _slot_order(s: StatusSnapshot) -> list[tuple[str, str]]:
         return int(tail) if tail.isdigit() else 0
 
     return sorted(s.assignments.items(), key=lambda kv: number(kv[0]))
-
-
-def parse_allocation(raw: str | None) -> dict[str, Any] | None:
-    if not raw:
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def now_utc() -> datetime:
