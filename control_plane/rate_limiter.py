@@ -321,7 +321,9 @@ class GeminiRateLimiter:
                 if grant is not None:
                     return grant
                 queued = True
-                delay = wait_seconds(decision.retry_after_ms, self._rng.random(), self.max_jitter_ms)
+                delay = wait_seconds(
+                    decision.retry_after_ms, self._rng.random(), self.max_jitter_ms
+                )
                 now = time.monotonic()
                 if deadline is not None:
                     if deadline - now <= 0:
@@ -402,7 +404,9 @@ class GeminiRateLimiter:
                 [f"{grant_id}:{tokens}", grant_id],
             )
         except (redis.RedisError, OSError) as exc:
-            log_event("acquire_withdraw_failed", "reservation left to lapse", error=type(exc).__name__)
+            log_event(
+                "acquire_withdraw_failed", "reservation left to lapse", error=type(exc).__name__
+            )
 
     def _count(self, field: str, event: str, grant_id: str) -> None:
         """Count a wait that ended without a grant, and log it."""

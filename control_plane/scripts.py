@@ -15,7 +15,6 @@ from typing import Any
 import redis
 from redis.commands.core import Script
 
-
 # A line `--! include <name>` is replaced by the text of lua/<name>.lua (shared Lua helpers:
 # Redis runs one self-contained script, so helpers are pasted in at load time).
 _INCLUDE = re.compile(r"^--! include (\S+)$", re.MULTILINE)
