@@ -33,8 +33,8 @@ retry, so a waiter that died blocks others only briefly; one that gives up withd
 
 Lost or rolled-back state: every grant increments `gemini:limiter:seq`, which only grows, and
 each limiter instance remembers the highest value it saw (and the Redis time it saw it). A call
-that finds a lower value (or none) while its memory is younger than a day
-(`LIMITER_EPOCH_TTL_MS`) knows grants are missing: Redis restarted without persistence or was
+that finds a lower value (or none) while its memory is younger than half a day (half of
+`LIMITER_EPOCH_TTL_MS`, which the counter always outlives) knows grants are missing: Redis restarted without persistence or was
 flushed, an older RDB/AOF snapshot was restored, or a failover promoted a lagging replica. Those
 grants may still count at Gemini for up to one window, so that call sets a shared cooldown of one
 whole window (the only restart that cannot exceed the quota), for every `restart_fraction`, and
@@ -44,8 +44,9 @@ new one and admits `restart_fraction` (default half) of each limit for one windo
 limit; grants made before a loss may then still count: up to 1 + fraction of the quota in the
 worst case); with a restored older counter it carries on as if it were live, until any instance
 that saw newer state makes its next call (in a busy pool, within its next retry) and pauses
-everyone for a window. The counter and its memory live a day past the last call, so an idle
-night is never taken for a loss; after more than a day fully idle an instance acts as fresh.
+everyone for a window. The counter lives at least half a day past the last call (any call
+renews it to a day when less is left), so an idle night is never taken for a loss; after more than half a day fully
+idle an instance acts as fresh.
 
 Key names are unchanged and not hash-tagged: the script must write the two contract keys, whose
 fixed names fall in different Redis Cluster slots, so no tag could put one call's keys in one
@@ -207,6 +208,7 @@ class GeminiRateLimiter:
         reserve_grace_ms: int = 2_000,
         max_jitter_ms: int = 25,
         reserved_waiters: int = 64,
+        state_life_ms: int = LIMITER_EPOCH_TTL_MS,
         rng: random.Random | None = None,
     ) -> None:
         if rpm_limit < 1 or tpm_limit < 1 or window_ms < 1:
@@ -250,7 +252,7 @@ class GeminiRateLimiter:
                 WINDOW_TTL_MARGIN_MS,
                 repr(restart_fraction),
                 reserve_grace_ms,
-                LIMITER_EPOCH_TTL_MS,
+                state_life_ms,
                 STATS_TTL_MS,
                 reserved_waiters,
             )

@@ -81,11 +81,10 @@ if not cooling and count + ahead_req + 1 <= eff_rpm and sum + ahead_tok + tokens
   sum = redis.call('INCRBY', k.tpm, tokens)
   seq = redis.call('INCR', k.seq)
   -- Renew every TTL together: when the log starts, or when less than window + margin/2 is left.
-  -- The counter lives life_ms past the last grant (or call): idle nights are no loss.
   if count == 1 or redis.call('PTTL', k.log) < ttl - c.margin / 2 then
     for _, key in ipairs({k.log, k.cum, k.rpm, k.tpm}) do redis.call('PEXPIRE', key, ttl) end
-    redis.call('PEXPIRE', k.seq, c.life_ms)
   end
+  state_keep(k, c)
   if queued then queue_leave(k, member, gid) end
   count_stat('grants')
   if waited ~= '0' then
@@ -120,7 +119,7 @@ if register == '1' then
   local until_ms = now_ms + retry + c.grace
   queue_keep(k, member, gid, queued, now_us, until_ms, until_ms - now_ms + ttl)
 end
-if redis.call('PTTL', k.seq) < c.life_ms / 2 then redis.call('PEXPIRE', k.seq, c.life_ms) end
+state_keep(k, c)
 count_stat('denials')
 count_stat('denied_' .. reason)
 return reply(0, retry, reason, 0, count, sum, seq)
