@@ -77,8 +77,9 @@ class Keys:
 
     @property
     def limiter_seq(self) -> str:
-        """string(int): grants ever admitted by this state; only grows. A limiter that saw a
-        higher value treats a lower one as lost or rolled-back state (one window's pause)."""
+        """string "grants tokens": grants ever admitted by this state (only grows) and their
+        estimated tokens (the running total of gemini:limiter:cum). A limiter that saw more
+        grants treats fewer as lost or rolled-back state (one window's pause)."""
         return self._k("gemini:limiter:seq")
 
     @property

@@ -145,8 +145,9 @@ def _bulk(value: str) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
-# ARGV[1..5] of an acquire call: member, register flag, waited ms, seen seq, seen Redis ms.
-PER_CALL_ARGS = 5
+# ARGV[1..6] of an acquire call: member, register flag, waited ms, seen seq, seen Redis ms, and
+# whether the grant id may already be in the log (a resend after an unknown outcome).
+PER_CALL_ARGS = 6
 
 
 def pack_acquire(sha: str, keys: list[str], config: list[str]) -> tuple[bytes, bytes]:
@@ -367,11 +368,15 @@ class GeminiRateLimiter:
         args = (member, "1" if register else "0", str(waited_ms), *seen)
         raw = None
         if self._packed_ok:
-            raw = self._run_packed(pack_call(self._packed_head, self._packed_tail, *args))
+            # Every earlier send of this id had a definite answer (a denial), or fell back to the
+            # path below, which looks the id up: this one needs no lookup.
+            raw = self._run_packed(pack_call(self._packed_head, self._packed_tail, *args, "0"))
         if raw is None:
             # The ordinary path: NOSCRIPT reload and the client's retry policy. Rerunning after a
-            # failed fast attempt is safe: the grant id makes the script idempotent.
-            raw = self._acquire_script(keys=self._acquire_keys, args=[*args, *self._acquire_config])
+            # failed fast attempt is safe: the script looks the grant id up first (idempotent).
+            raw = self._acquire_script(
+                keys=self._acquire_keys, args=[*args, "1", *self._acquire_config]
+            )
         decision = parse_decision(raw, grant_id, tokens)
         with self._seen_lock:
             if decision.seq >= self._seen_seq:

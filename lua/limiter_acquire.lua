@@ -9,7 +9,8 @@
 --          after a lost reply finds its grant and returns it (idempotent)
 -- ARGV[2]  register: 1 = keep a FIFO reservation when denied (acquire), 0 = one-shot (try_acquire)
 -- ARGV[3]  waited ms (counters)   ARGV[4] highest seq this limiter saw   ARGV[5] Redis ms of that
--- ARGV[6..14]  rpm tpm window_ms margin_ms restart_fraction grace_ms life_ms stats_ttl_ms reserved
+-- ARGV[6]  1 = this grant id may have been sent before with an unknown outcome: look it up
+-- ARGV[7..15]  rpm tpm window_ms margin_ms restart_fraction grace_ms life_ms stats_ttl_ms reserved
 -- Returns  "granted retry_ms reason granted_at_us requests tokens seq now_ms" (one string: cheaper
 --          to read than an array); reason ok | rpm | tpm | reserved | cooldown; requests/tokens =
 --          the window's usage after the call; seq = the grant counter; now_ms = Redis time.
@@ -17,7 +18,7 @@
 -- A request fits when requests in the window + those reserved ahead + 1 <= RPM and tokens in the
 -- window + those reserved ahead + its estimate <= TPM, no cooldown runs, and (restart period) a
 -- fraction of each limit. Every call: O(log n + log w) in the log size n and queue length w, plus
--- small constants (PRUNE_MAX, reserved). An uncontended grant is about 16 Redis commands.
+-- small constants (PRUNE_MAX, reserved). An uncontended grant is 12 Redis commands.
 
 --! include limiter_lib_window
 --! include limiter_lib_state
@@ -30,9 +31,9 @@ local k = {log = KEYS[1], cum = KEYS[2], waitq = KEYS[3], wuntil = KEYS[4], seq 
 local member, register, waited = ARGV[1], ARGV[2], ARGV[3]
 local gid, tokens = string.match(member, '^(%S+):(%d+)$')
 tokens = tonumber(tokens)
-local c = {rpm = tonumber(ARGV[6]), tpm = tonumber(ARGV[7]), window_ms = tonumber(ARGV[8]),
-  margin = tonumber(ARGV[9]), fraction = tonumber(ARGV[10]), grace = tonumber(ARGV[11]),
-  life_ms = tonumber(ARGV[12]), stats_ttl = tonumber(ARGV[13]), reserved = tonumber(ARGV[14])}
+local c = {rpm = tonumber(ARGV[7]), tpm = tonumber(ARGV[8]), window_ms = tonumber(ARGV[9]),
+  margin = tonumber(ARGV[10]), fraction = tonumber(ARGV[11]), grace = tonumber(ARGV[12]),
+  life_ms = tonumber(ARGV[13]), stats_ttl = tonumber(ARGV[14]), reserved = tonumber(ARGV[15])}
 
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -52,17 +53,21 @@ local function count_stat(field, by)
 end
 
 -- Idempotence: redis-py may rerun us after a lost reply; the first run's grant stands.
-local prev = redis.call('ZSCORE', k.log, member)
-if prev then
-  local live = redis.call('MGET', k.rpm, k.tpm, k.seq)
-  return reply(1, 0, 'ok', tonumber(prev), tonumber(live[1]) or 0, tonumber(live[2]) or 0,
-    tonumber(live[3]) or 0)
+if ARGV[6] == '1' then
+  local prev = redis.call('ZSCORE', k.log, member)
+  if prev then
+    local live = redis.call('MGET', k.rpm, k.tpm, k.seq)
+    return reply(1, 0, 'ok', tonumber(prev), tonumber(live[1]) or 0, tonumber(live[2]) or 0,
+      tonumber(string.match(live[3] or '0', '^%d+')))
+  end
 end
 
 local f = redis.call('MGET', k.seq, k.epoch, k.cool, k.rpm, k.tpm)
 local count, sum = window_prune(k, tonumber(f[4]), tonumber(f[5]), now_us - window_us, ttl)
 c.cool_until, c.restart_end = tonumber(f[3]) or 0, tonumber(f[2]) or 0
-local seq = state_check(k, c, tonumber(f[1]), tonumber(ARGV[4]), tonumber(ARGV[5]), now_ms)
+local seq_read, total_read = string.match(f[1] or '', '^(%d+) (%d+)$')
+c.cum_total = tonumber(total_read) or 0
+local seq = state_check(k, c, tonumber(seq_read), tonumber(ARGV[4]), tonumber(ARGV[5]), now_ms)
 local eff_rpm, eff_tpm = c.rpm, c.tpm
 if now_ms < c.restart_end then
   eff_rpm = math.max(1, math.floor(c.rpm * c.fraction))
@@ -73,18 +78,15 @@ local cooling = now_ms < c.cool_until
 
 if not cooling and count + ahead_req + 1 <= eff_rpm and sum + ahead_tok + tokens <= eff_tpm then
   redis.call('ZADD', k.log, now_us, member)
-  local last = redis.call('ZRANGE', k.cum, -1, -1, 'WITHSCORES')
-  local before = 0
-  if last[2] then before = tonumber(last[2]) + cost(last[1]) end
-  redis.call('ZADD', k.cum, before, gid .. ':' .. string.format('%.0f', now_us) .. ':' .. tokens)
+  redis.call('ZADD', k.cum, c.cum_total, gid .. ':' .. string.format('%.0f', now_us) .. ':' .. tokens)
   count = redis.call('INCR', k.rpm)
   sum = redis.call('INCRBY', k.tpm, tokens)
-  seq = redis.call('INCR', k.seq)
+  seq = seq + 1  -- the counter and running total in one write, which also renews its lifetime
+  redis.call('SET', k.seq, string.format('%.0f %.0f', seq, c.cum_total + tokens), 'PX', c.life_ms)
   -- Renew every TTL together: when the log starts, or when less than window + margin/2 is left.
   if count == 1 or redis.call('PTTL', k.log) < ttl - c.margin / 2 then
     for _, key in ipairs({k.log, k.cum, k.rpm, k.tpm}) do redis.call('PEXPIRE', key, ttl) end
   end
-  state_keep(k, c)
   if queued then queue_leave(k, member, gid) end
   count_stat('grants')
   if waited ~= '0' then
@@ -106,7 +108,8 @@ else
   end
   -- Requests: the caller's place in the whole queue; tokens: the room reserved ahead of it.
   local need_req = count + math.max(ahead_req, position) + 1 - eff_rpm
-  retry = retry_hint(k, need_req, sum + ahead_tok + tokens - eff_tpm, count, now_us, window_us)
+  retry = retry_hint(k, need_req, sum + ahead_tok + tokens - eff_tpm, count, now_us, window_us,
+    ttl)
   if not retry and now_ms < c.restart_end then
     retry = c.restart_end - now_ms
   elseif not retry then

@@ -1,7 +1,7 @@
 -- limiter_lib_hint: how long until a denied request can fit. Not a script: pasted into
 -- limiter_acquire where it says `--! include limiter_lib_hint`.
 --
--- retry_hint(k, need_req, need_tok, count, now_us, window_us) -> ms, or nil when the log alone
+-- retry_hint(k, need_req, need_tok, count, now_us, window_us, ttl) -> ms, or nil when the log alone
 --   cannot make that much room (only waiters ahead being served, or the restart period ending).
 --   need_req/need_tok: requests and tokens that must leave the window first.
 --   Requests: the need_req-th oldest grant's expiry (ZRANGE by rank: O(log n)).
@@ -14,7 +14,7 @@ local function expiry_ms(at_us, now_us, window_us)
   return math.max(1, math.ceil((tonumber(at_us) + window_us - now_us) / 1000))
 end
 
-local function retry_hint(k, need_req, need_tok, count, now_us, window_us)
+local function retry_hint(k, need_req, need_tok, count, now_us, window_us, ttl)
   local retry = 1
   if need_req > 0 then
     if need_req > count then return nil end
@@ -22,6 +22,7 @@ local function retry_hint(k, need_req, need_tok, count, now_us, window_us)
     retry = expiry_ms(e[2], now_us, window_us)
   end
   if need_tok > 0 then
+    cum_check(k, count, ttl)
     local first = redis.call('ZRANGE', k.cum, 0, 0, 'WITHSCORES')
     if not first[2] then return nil end
     local target = string.format('%.0f', tonumber(first[2]) + need_tok)

@@ -13,7 +13,9 @@
 --   each grant leaves once, so O(1) amortised per grant and O(log n + PRUNE_MAX) per call. Grants
 --   left over by the cap stay counted until a later call (conservative: never an over-admission).
 --   A live key lost or altered (eviction, a flushed key, an outside write) is rebuilt from the
---   log, and cum too when its size differs: O(n), only after such damage.
+--   log: O(n), only after such damage.
+-- cum_check(k, count, ttl): rebuilds cum from the log when its size differs (damage: O(n), only
+--   then); called before cum is read (a token retry hint), not on every grant.
 
 local PRUNE_MAX = 256
 
@@ -22,7 +24,8 @@ local function cost(entry)
   return tonumber(string.match(entry, ':(%d+)$') or '0')
 end
 
-local function rebuild_cum(k, count, ttl)
+local function cum_check(k, count, ttl)
+  if redis.call('ZCARD', k.cum) == count then return end
   redis.call('DEL', k.cum)
   local before = 0
   for start = 0, count - 1, 1000 do
@@ -69,6 +72,5 @@ local function window_prune(k, live_count, live_sum, cutoff_us, ttl)
     redis.call('SET', k.rpm, count, 'PX', ttl)
     redis.call('SET', k.tpm, string.format('%.0f', sum), 'PX', ttl)
   end
-  if redis.call('ZCARD', k.cum) ~= count then rebuild_cum(k, count, ttl) end
   return count, sum
 end
