@@ -64,6 +64,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -194,6 +195,10 @@ def peak_window_load(events: list[tuple[int, int]], window_us: int) -> tuple[int
     return peak_req, peak_tok
 
 
+class _Holder:
+    """Lives as long as a thread's locals: its finalizer gives the thread's connection back."""
+
+
 class GeminiRateLimiter:
     """One RPM + TPM budget shared by every worker through Redis."""
 
@@ -268,6 +273,10 @@ class GeminiRateLimiter:
         )
         # A single-connection client serialises its commands itself: use the ordinary path there.
         self._packed_ok = getattr(client, "connection", None) is None
+        # The fast path keeps one pooled connection per thread (taking it from the pool and
+        # giving it back at every call costs more than the script itself); a forked child takes
+        # its own.
+        self._local = threading.local()
 
     @classmethod
     def from_settings(
@@ -384,22 +393,25 @@ class GeminiRateLimiter:
         return decision
 
     def _run_packed(self, packed: bytes) -> str | bytes | None:
-        """Send a pre-packed EVALSHA on a pooled connection; None when the caller must fall back."""
-        pool = self._client.connection_pool
+        """Send a pre-packed EVALSHA on this thread's connection; None when the caller must fall
+        back to the ordinary path."""
+        local = self._local
+        conn = getattr(local, "conn", None)
         try:
-            conn = pool.get_connection()  # connects if needed: may fail while Redis restarts
-        except (redis.ConnectionError, redis.TimeoutError):
-            return None
-        try:
-            conn.send_packed_command([packed])  # type: ignore[no-untyped-call]
+            if conn is None or local.pid != os.getpid():
+                pool = self._client.connection_pool
+                conn = pool.get_connection()  # may fail while Redis restarts
+                local.conn, local.pid, local.holder = conn, os.getpid(), _Holder()
+                # Back to the pool when the thread ends (its locals are dropped).
+                weakref.finalize(local.holder, pool.release, conn)
+            conn.send_packed_command([packed])  # type: ignore[no-untyped-call]  # reconnects
             return conn.read_response()  # type: ignore[no-any-return]
         except redis.exceptions.NoScriptError:
             return None  # script cache flushed: redis-py's Script reloads it
         except (redis.ConnectionError, redis.TimeoutError):
-            conn.disconnect()  # type: ignore[no-untyped-call]  # a reply may be in flight
+            if conn is not None:
+                conn.disconnect()  # type: ignore[no-untyped-call]  # a reply may be in flight
             return None
-        finally:
-            pool.release(conn)
 
     def _withdraw(self, grant_id: str, tokens: int) -> None:
         """Withdraw a reservation so nobody keeps leaving room for us (best effort: it lapses

@@ -124,8 +124,9 @@ def test_a_killed_idle_connection_is_harmless(redis_url: str, keys: Keys) -> Non
     try:
         limiter = make(client, keys)
         assert limiter.try_acquire(10).granted
-        own_id = client.client_id()  # the pool hands back the connection the limiter used
-        admin.client_kill_filter(_id=own_id)
+        own = limiter._local.conn  # the connection the fast path keeps for this thread
+        own.send_command("CLIENT", "ID")
+        admin.client_kill_filter(_id=own.read_response())  # only ours: the server is shared
         decision = limiter.try_acquire(10)
         assert decision.granted
         assert limiter.usage() == (2, 20), "charged once despite the failed first attempt"
