@@ -34,19 +34,20 @@ retry, so a waiter that died blocks others only briefly; one that gives up withd
 Lost or rolled-back state: every grant increments `gemini:limiter:seq`, which only grows, and
 each limiter instance remembers the highest value it saw (and the Redis time it saw it). A call
 that finds a lower value (or none) while its memory is younger than half a day (half of
-`LIMITER_EPOCH_TTL_MS`, which the counter always outlives) knows grants are missing: Redis restarted without persistence or was
-flushed, an older RDB/AOF snapshot was restored, or a failover promoted a lagging replica. Those
-grants may still count at Gemini for up to one window, so that call sets a shared cooldown of one
-whole window (the only restart that cannot exceed the quota), for every `restart_fraction`, and
-puts the counter back to what it saw. What holds for a fresh process (no memory): it cannot tell
-restored state from live state, nor a loss from a first start. With no counter at all it opens a
-new one and admits `restart_fraction` (default half) of each limit for one window (1 = the whole
-limit; grants made before a loss may then still count: up to 1 + fraction of the quota in the
-worst case); with a restored older counter it carries on as if it were live, until any instance
-that saw newer state makes its next call (in a busy pool, within its next retry) and pauses
-everyone for a window. The counter lives at least half a day past the last call (any call
-renews it to a day when less is left), so an idle night is never taken for a loss; after more than half a day fully
-idle an instance acts as fresh.
+`LIMITER_EPOCH_TTL_MS`, which the counter always outlives) knows grants are missing: Redis
+restarted without persistence or was flushed, an older RDB/AOF snapshot was restored, or a
+failover promoted a lagging replica. Those grants may still count at Gemini for up to one window,
+so that call sets a shared cooldown of one whole window (the only restart that cannot exceed the
+quota), for every `restart_fraction`, and puts the counter back to what it saw. What holds for a
+fresh process (no memory): it cannot tell restored state from live state, nor a loss from a first
+start. With no counter at all it opens a new one and admits `restart_fraction` (default half) of
+each limit for one window (1 = the whole limit; grants made before a loss may then still count:
+up to 1 + fraction of the quota in the worst case); with a restored older counter it carries on as
+if it were live, until any instance that saw newer state makes its next call (in a busy pool,
+within its next retry) and pauses everyone for a window. The counter lives at least half a day
+past the last call (a grant rewrites it for a day, a denial renews it when less than half is
+left), so an idle night is never taken for a loss; after more than half a day fully idle an
+instance acts as fresh.
 
 Key names are unchanged and not hash-tagged: the script must write the two contract keys, whose
 fixed names fall in different Redis Cluster slots, so no tag could put one call's keys in one
@@ -404,13 +405,13 @@ class GeminiRateLimiter:
                 local.conn, local.pid, local.holder = conn, os.getpid(), _Holder()
                 # Back to the pool when the thread ends (its locals are dropped).
                 weakref.finalize(local.holder, pool.release, conn)
-            conn.send_packed_command([packed])  # type: ignore[no-untyped-call]  # reconnects
+            conn.send_packed_command([packed])  # reconnects if needed
             return conn.read_response()  # type: ignore[no-any-return]
         except redis.exceptions.NoScriptError:
             return None  # script cache flushed: redis-py's Script reloads it
         except (redis.ConnectionError, redis.TimeoutError):
             if conn is not None:
-                conn.disconnect()  # type: ignore[no-untyped-call]  # a reply may be in flight
+                conn.disconnect()  # a reply may be in flight
             return None
 
     def _withdraw(self, grant_id: str, tokens: int) -> None:
