@@ -11,10 +11,10 @@ minute, on a scaled window (6 s: 1,000 requests and 4 M tokens per window). Each
 (tokens 1k-7k, mean 4k, so both limits bind), then "calls Gemini" for --call-ms, and again: the
 demand is about 3x the quota. Reports utilization of the binding limit in every whole window
 after the first, over-admissions (every sliding window on Redis time), Jain's fairness index
-over the workers' grants, p50/p99 of one admission call (the EVALSHA round trip, as the worker
-sees it) and of the whole wait, Redis time per call (commandstats) and Redis CPU (INFO cpu
-deltas, as a share of one core). Without --redis-url it starts a private redis-server, so
-nothing else's load is counted.
+over the workers' grants, p50/p99 of one admission call as the worker sees it (after each
+worker's first call, which opens its connection) and inside Redis (LATENCY HISTOGRAM), of the
+whole wait, and Redis CPU (INFO cpu deltas, as a share of one core). Without --redis-url it
+starts a private redis-server, so nothing else's load is counted.
 
 Phase 1 (throughput, latency): limits far above demand, so every call is a grant; grants/s
 and per-call p50/p99 from 1 process and from 8 processes (spawned OS processes).
@@ -269,13 +269,16 @@ def run_scale_job(job: ScaleJob) -> ScaleOutcome:
     out = ScaleOutcome(grants_per_worker=[0] * job.threads)
     lock = threading.Lock()
     attempt = limiter._attempt
+    started = threading.local()
 
     def timed_attempt(*a: object, **kw: object) -> object:
         before = time.perf_counter()
         decision = attempt(*a, **kw)  # type: ignore[arg-type]
         elapsed = (time.perf_counter() - before) * 1e6
-        with lock:
-            out.call_us.append(elapsed)
+        if getattr(started, "done", False):  # a thread's first call opens its connection
+            with lock:
+                out.call_us.append(elapsed)
+        started.done = True
         return decision
 
     limiter._attempt = timed_attempt  # type: ignore[method-assign]
@@ -371,6 +374,7 @@ def scale(args: argparse.Namespace) -> None:
             parts = [f.result() for f in futures]
             cpu_after, wall_after = _redis_cpu(admin), time.time()
         stats = admin.info("commandstats").get("cmdstat_evalsha", {"calls": 0, "usec": 0})
+        histogram = server_histogram(admin)
         for key in admin.scan_iter(match=f"{prefix}*", count=1000):
             admin.delete(key)
         admin.close()
@@ -405,8 +409,29 @@ def scale(args: argparse.Namespace) -> None:
         f"p99 {pct(wait_us, 99) / 1000:.0f} ms"
     )
     per_call = stats["usec"] / stats["calls"] if stats["calls"] else float("nan")
-    print(f"  Redis time per EVALSHA      {per_call:.0f} µs ({stats['calls']} calls)")
+    print(
+        f"  Redis time per EVALSHA      mean {per_call:.0f} µs, "
+        f"p50 <= {bucket(histogram, 0.5)} µs, p99 <= {bucket(histogram, 0.99)} µs "
+        f"({stats['calls']} calls; LATENCY HISTOGRAM)"
+    )
     print(f"  Redis CPU                   {100 * cpu_share:.1f}% of one core  (goal < 20%)")
+
+
+def server_histogram(admin: redis.Redis) -> list[tuple[int, int]]:
+    """EVALSHA's execution time inside Redis: (bucket upper bound µs, cumulative calls)."""
+    reply = admin.execute_command("LATENCY", "HISTOGRAM", "evalsha")
+    entry = next(iter(reply.values()), {}) if isinstance(reply, dict) else {}
+    raw = entry.get(b"histogram_usec", entry.get("histogram_usec", {}))
+    return sorted((int(bound), int(count)) for bound, count in raw.items())
+
+
+def bucket(histogram: list[tuple[int, int]], q: float) -> int:
+    """The smallest histogram bucket bound holding a fraction q of the calls."""
+    total = histogram[-1][1] if histogram else 0
+    for bound, cumulative in histogram:
+        if cumulative >= q * total:
+            return bound
+    return -1
 
 
 def scale_over_admissions(
