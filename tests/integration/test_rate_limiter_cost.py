@@ -109,3 +109,29 @@ def test_denial_cost_is_flat_in_log_size_and_waiters() -> None:
         times = [cost.median_us for cost in costs.values()]
         # Flat, not a timing target: the old script grew ~100x over these shapes.
         assert max(times) <= 4 * max(min(times), 20), f"{name}: denial time grows: {costs}"
+
+
+def test_grant_cost_is_flat_in_log_size() -> None:
+    costs: dict[int, Cost] = {}
+    with private_redis() as server:
+        client = redis_client(server.url)
+        admin = redis.Redis.from_url(server.url, decode_responses=True)
+        try:
+            for log_size in (100, 10_000):
+                keys = Keys(prefix=f"grant:{log_size}:")
+                limiter = GeminiRateLimiter(
+                    client, rpm_limit=10**6, tpm_limit=10**9, window_ms=600_000, keys=keys
+                )
+                for _ in range(log_size):
+                    assert limiter.try_acquire(1).granted
+
+                def grant(lim: GeminiRateLimiter = limiter) -> None:
+                    assert lim.try_acquire(1).granted
+
+                costs[log_size] = _measure(admin, grant)
+        finally:
+            client.close()
+            admin.close()
+    print(f"\ngrant: commands per call, median µs in Redis: {costs}")
+    assert round(costs[100].commands_per_call) == round(costs[10_000].commands_per_call) <= 13
+    assert costs[10_000].median_us <= 4 * max(costs[100].median_us, 20)
