@@ -1,5 +1,5 @@
 -- limiter_lib_queue: the FIFO reservation queue. Not a script: pasted into limiter_acquire
--- where it says `--! include limiter_lib_queue` (after limiter_lib_window: uses cost()).
+-- where it says `--! include limiter_lib_queue`.
 --
 -- k.waitq   zset "waiter id:tokens" -> first-denial µs: FIFO order. A waiter keeps its place for
 --           as long as it keeps asking (one acquire call, however long it waits).
@@ -20,8 +20,11 @@
 local function queue_ahead(k, own, now_ms, reserved)
   local top = redis.call('ZRANGE', k.waitq, 0, reserved - 1)
   if #top == 0 then return 0, 0, false, 0 end
-  local ids = {}
-  for i = 1, #top do ids[i] = string.match(top[i], '^(.*):%d+$') or top[i] end
+  local ids, toks = {}, {}
+  for i = 1, #top do
+    local id, t = string.match(top[i], '^(.*):(%d+)$')
+    ids[i], toks[i] = id or top[i], tonumber(t) or 0
+  end
   local untils = redis.call('HMGET', k.wuntil, unpack(ids))
   local req, tok = 0, 0
   for i = 1, #top do
@@ -31,7 +34,7 @@ local function queue_ahead(k, own, now_ms, reserved)
       redis.call('ZREM', k.waitq, top[i])
       redis.call('HDEL', k.wuntil, ids[i])
     else
-      req, tok = req + 1, tok + cost(top[i])
+      req, tok = req + 1, tok + toks[i]
     end
   end
   if #top < reserved then return req, tok, false, req end
