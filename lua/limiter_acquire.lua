@@ -66,7 +66,8 @@ local f = redis.call('MGET', k.seq, k.epoch, k.cool, k.rpm, k.tpm)
 local count, sum = window_prune(k, tonumber(f[4]), tonumber(f[5]), now_us - window_us, ttl)
 c.cool_until, c.restart_end = tonumber(f[3]) or 0, tonumber(f[2]) or 0
 local seq_read, total_read = string.match(f[1] or '', '^(%d+) (%d+)$')
-c.cum_total = tonumber(total_read) or 0
+c.cum_total = tonumber(total_read)
+if not c.cum_total then c.cum_total = cum_rebuild(k, count, ttl) end  -- counter lost: realign
 local seq = state_check(k, c, tonumber(seq_read), tonumber(ARGV[4]), tonumber(ARGV[5]), now_ms)
 local eff_rpm, eff_tpm = c.rpm, c.tpm
 if now_ms < c.restart_end then

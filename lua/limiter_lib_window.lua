@@ -14,8 +14,10 @@
 --   left over by the cap stay counted until a later call (conservative: never an over-admission).
 --   A live key lost or altered (eviction, a flushed key, an outside write) is rebuilt from the
 --   log: O(n), only after such damage.
--- cum_check(k, count, ttl): rebuilds cum from the log when its size differs (damage: O(n), only
---   then); called before cum is read (a token retry hint), not on every grant.
+-- cum_rebuild(k, count, ttl) -> running total: cum rebuilt from the log (O(n): only when the
+--   counter that holds the running total was lost, or cum was damaged)
+-- cum_check(k, count, ttl): rebuilds cum when its size differs from the log's; called before cum
+--   is read (a token retry hint), not on every grant.
 
 local PRUNE_MAX = 256
 
@@ -24,8 +26,7 @@ local function cost(entry)
   return tonumber(string.match(entry, ':(%d+)$') or '0')
 end
 
-local function cum_check(k, count, ttl)
-  if redis.call('ZCARD', k.cum) == count then return end
+local function cum_rebuild(k, count, ttl)
   redis.call('DEL', k.cum)
   local before = 0
   for start = 0, count - 1, 1000 do
@@ -38,6 +39,11 @@ local function cum_check(k, count, ttl)
     end
   end
   if count > 0 then redis.call('PEXPIRE', k.cum, ttl) end
+  return before
+end
+
+local function cum_check(k, count, ttl)
+  if redis.call('ZCARD', k.cum) ~= count then cum_rebuild(k, count, ttl) end
 end
 
 local function window_prune(k, live_count, live_sum, cutoff_us, ttl)
