@@ -242,6 +242,7 @@ class ScaleJob:
     start_at: float
     end_at: float
     seed: int
+    ramp_s: float = 0.0
 
 
 @dataclass
@@ -285,6 +286,7 @@ def run_scale_job(job: ScaleJob) -> ScaleOutcome:
 
     def worker(index: int) -> None:
         rng = random.Random(job.seed * 1000 + index)
+        time.sleep(rng.random() * job.ramp_s)  # workers joining over the ramp, as a pool starts
         while (remaining := job.end_at - time.time()) > 0:
             tokens = rng.choice(SCALE_TOKENS)
             before = time.perf_counter()
@@ -361,6 +363,7 @@ def scale(args: argparse.Namespace) -> None:
                 start,
                 start + seconds,
                 seed,
+                args.ramp_s,
             )
             for seed in range(args.processes)
         ]
@@ -390,7 +393,7 @@ def scale(args: argparse.Namespace) -> None:
         f"scale: {args.processes} processes x {args.threads} threads = {len(grants)} workers, "
         f"{rpm} requests and {tpm} tokens per {args.window_s:g} s window "
         f"({SCALE_RPM_PER_MIN}/min, {SCALE_TPM_PER_MIN}/min), {args.windows} windows, "
-        f"call {args.call_ms} ms"
+        f"call {args.call_ms} ms, ramp {args.ramp_s:g} s"
     )
     print(f"  grants                      {len(events)}")
     print(
@@ -464,6 +467,9 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--window-s", type=float, default=6.0)
     parser.add_argument("--call-ms", type=int, default=200)
+    parser.add_argument(
+        "--ramp-s", type=float, default=0.0, help="workers start at random over this many seconds"
+    )
     args = parser.parse_args()
     if args.scale:
         scale(args)
