@@ -103,6 +103,7 @@ def _seed(settings: Settings, args: argparse.Namespace) -> int:
 def _run(settings: Settings, *, status_only: bool) -> int:
     from control_plane.queue.environments import Environments
     from control_plane.scheduler.banner import render_banner
+    from control_plane.scheduler.screens import wants_emoji
     from control_plane.scheduler.service import Scheduler
 
     url = settings.redis_url.get_secret_value()
@@ -113,7 +114,7 @@ def _run(settings: Settings, *, status_only: bool) -> int:
     scheduler = Scheduler(settings, client, keys, environments)
     if status_only:
         try:
-            print(scheduler.status_text(), flush=True)
+            print(scheduler.status_text(emoji=wants_emoji(sys.stdout)), flush=True)
         finally:
             environments.close()
         return 0
@@ -125,6 +126,7 @@ def _run(settings: Settings, *, status_only: bool) -> int:
             allocation=scheduler.pool.read_allocation(),
             assignments=scheduler.pool.assignments(),
             leading=leading,
+            emoji=wants_emoji(sys.stdout),
         ),
         flush=True,
     )
@@ -141,8 +143,5 @@ def _run(settings: Settings, *, status_only: bool) -> int:
         owner=scheduler.owner,
         role="leader" if leading else "standby",
     )
-    scheduler.run_forever()
-    print(
-        "Scheduler stopped: feeding stopped, leadership released, connections closed.", flush=True
-    )
+    scheduler.run_forever()  # prints the shutdown block on SIGINT/SIGTERM
     return 0

@@ -7,6 +7,7 @@ the others are hot standbys that take over within a lock TTL of its death.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -29,8 +30,10 @@ from control_plane.queue.environments import Environments
 from control_plane.rate_limiter import GeminiRateLimiter
 from control_plane.redis_conn import is_transient_redis_error
 from control_plane.scheduler.backoff import JobBackoff
+from control_plane.scheduler.banner import SHUTDOWN_STEPS, shutdown_footer, shutdown_header
 from control_plane.scheduler.leader import LeaderLock, instance_id
 from control_plane.scheduler.metrics import SchedulerMetrics
+from control_plane.scheduler.screens import wants_emoji
 from control_plane.scheduler.status import StatusSnapshot, now_utc, render_status
 from control_plane.workers import WorkerRegistry
 
@@ -372,6 +375,11 @@ class Scheduler:
             leader=self.leader.holder(),
             enqueued=self.enqueued.counts(),
         )
+        epoch = self.client.get(self.keys.leader_epoch)
+        snap.leader_epoch = int(epoch) if epoch is not None and snap.leader else None
+        if snap.cooldown_ms > 0:
+            reason = self.client.get(self.keys.cooldown_reason)
+            snap.cooldown_reason = str(reason) if reason else None
         try:
             by_env = self.environments.counts_by_environment()
         except TransientError as exc:
@@ -391,15 +399,16 @@ class Scheduler:
         snap.documents = {str(k): int(v) for k, v in raw.items()}
         return snap
 
-    def status_text(self) -> str:
+    def status_text(self, *, emoji: bool = False) -> str:
         snap = self.snapshot()
         self.metrics.observe(snap, self.limiter)
-        return render_status(snap)
+        return render_status(snap, emoji=emoji)
 
     def print_status(self) -> None:
         if not self.leader.is_leader:
             return
-        print(self.status_text(), file=self._out, flush=True)
+        out = self._out or sys.stdout
+        print(self.status_text(emoji=wants_emoji(out)), file=out, flush=True)
 
     # --- error handling ---
 
@@ -476,15 +485,35 @@ class Scheduler:
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
         sched.start()
-        self.shutdown()
+        self.shutdown(announce=True)
 
-    def shutdown(self) -> None:
-        """Stop feeding, hand over leadership, close connections."""
+    def shutdown(self, *, announce: bool = False) -> None:
+        """Stop feeding, hand over leadership, close connections.
+
+        With `announce`, print the seed's shutdown block step by step: "workers" is
+        the feed (the dramatiq workers finish their jobs and stop on their own
+        signal), "pool manager" the leadership, "rate limiter" and "capacity
+        manager" their connections and the metrics endpoint (their state lives in
+        Redis and outlives us).
+        """
+        out = self._out or sys.stdout
+        emoji = wants_emoji(out)
+
+        def say(lines: list[str] | tuple[str, ...]) -> None:
+            if announce:
+                print("\n".join(lines), file=out, flush=True)
+
+        say(shutdown_header(emoji))
+        say(SHUTDOWN_STEPS[:1])
         self._stopping.set()
+        say(SHUTDOWN_STEPS[1:2])
         try:
             self.leader.release()
         except redis.RedisError:
             pass
+        say(SHUTDOWN_STEPS[2:3])
         self.environments.close()
+        say(SHUTDOWN_STEPS[3:4])
         self.metrics.stop()
         log_event("scheduler.stopped", "scheduler stopped cleanly", owner=self.owner)
+        say(shutdown_footer(emoji))

@@ -48,10 +48,11 @@ def test_demo_runs_end_to_end_and_cleans_up(
     out = result.stdout
     assert result.returncode == 0, out[-4000:] + result.stderr[-2000:]
     for needle in (
-        "OCR pool scheduler",
-        "Slots started",
+        "UNIFIED OCR WORKER POOL STARTING",
+        "Started ocr-worker-1 (mode: ",
+        "WORKER POOL STARTED SUCCESSFULLY",
         "done  24/24",
-        "OCR pool status",
+        "WORKER POOL STATUS",
         "Demo summary",
         "stopped workers",
         "stopped scheduler",

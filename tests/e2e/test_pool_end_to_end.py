@@ -77,21 +77,30 @@ def test_mixed_queue_is_processed_end_to_end_inside_the_quota(pool: PoolHarness,
     status = pool.run("status")
     assert status.returncode == 0, status.stderr
     for needle in (
-        "Worker allocation",
-        "Active workers",
-        "Gemini",
-        "RPM",
-        "TPM",
-        "Server capacity",
-        "Workers by type",
-        "registre",
+        "WORKER POOL STATUS",
+        "Worker Allocation:",
+        "   Index workers: ",
+        "   Active workers: 4",
+        "Gemini API Usage:",
+        "   RPM: ",
+        "   TPM: ",
+        "Server Capacity:",
+        "   Workers by type:",
+        "     - Registre: 0",
     ):
         assert needle in status.stdout, status.stdout
-    assert "Worker allocation" in scheduler.log()  # the status block was printed live too
+    assert "WORKER POOL STATUS" in scheduler.log()  # the status block was printed live too
 
     assert workers.stop() == 0
     assert scheduler.stop() == 0
     assert "scheduler stopped cleanly" in scheduler.log()
+    log = scheduler.log()
+    shutdown = log[log.index("SHUTTING DOWN WORKER POOL") :]
+    assert (
+        shutdown.index("Stopping workers...")
+        < shutdown.index("Stopping capacity manager...")
+        < shutdown.index("WORKER POOL STOPPED SUCCESSFULLY")
+    ), shutdown
 
 
 def test_seed_rebalancing_examples_live(pool: PoolHarness) -> None:
