@@ -304,6 +304,66 @@ BEGIN
 END
 $$;
 
+-- What `python scheduler.py doctor` needs to know of a database, over either transport:
+-- ('function', name, 1) per ocr_* function; ('table', name, 1 if row level security is on
+-- else 0); ('exposed', 'role PRIVILEGE object', 1) per privilege Supabase's API roles
+-- (anon, authenticated) hold on our tables or functions; ('ready', type, n) and
+-- ('ready_with_worker', type, n) for ready rows, the latter those carrying a worker_id.
+CREATE OR REPLACE FUNCTION ocr_doctor()
+RETURNS TABLE (kind text, name text, value bigint)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    r record;
+    api_role text;
+    priv text;
+BEGIN
+    RETURN QUERY
+    SELECT 'function'::text, p.proname::text, 1::bigint
+    FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE n.nspname = current_schema() AND p.proname LIKE 'ocr\_%'
+    GROUP BY p.proname;
+    RETURN QUERY
+    SELECT 'table'::text, c.relname::text, (CASE WHEN c.relrowsecurity THEN 1 ELSE 0 END)::bigint
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
+      AND (c.relname = 'extraction_queue' OR c.relname LIKE 'ocr\_%');
+    FOREACH api_role IN ARRAY ARRAY['anon', 'authenticated'] LOOP
+        CONTINUE WHEN NOT EXISTS (SELECT FROM pg_roles WHERE rolname = api_role);
+        FOR r IN
+            SELECT c.oid, c.relname::text AS relname, c.relrowsecurity
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
+              AND (c.relname = 'extraction_queue' OR c.relname LIKE 'ocr\_%')
+        LOOP
+            FOREACH priv IN ARRAY ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE'] LOOP
+                IF has_table_privilege(api_role, r.oid, priv) AND NOT r.relrowsecurity THEN
+                    kind := 'exposed'; name := api_role || ' ' || priv || ' ' || r.relname;
+                    value := 1;
+                    RETURN NEXT;
+                END IF;
+            END LOOP;
+        END LOOP;
+        FOR r IN
+            SELECT p.oid, p.proname::text AS proname
+            FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+            WHERE n.nspname = current_schema() AND p.proname LIKE 'ocr\_%'
+        LOOP
+            IF has_function_privilege(api_role, r.oid, 'EXECUTE') THEN
+                kind := 'exposed'; name := api_role || ' EXECUTE ' || r.proname; value := 1;
+                RETURN NEXT;
+            END IF;
+        END LOOP;
+    END LOOP;
+    RETURN QUERY
+    SELECT 'ready'::text, q.document_source, count(*)
+    FROM extraction_queue q WHERE q.status_id = 3 GROUP BY q.document_source;
+    RETURN QUERY
+    SELECT 'ready_with_worker'::text, q.document_source, count(*)
+    FROM extraction_queue q WHERE q.status_id = 3 AND q.worker_id IS NOT NULL
+    GROUP BY q.document_source;
+END
+$$;
+
 DO $$
 DECLARE
     fn text;
@@ -311,7 +371,8 @@ BEGIN
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'service_role') THEN
         FOREACH fn IN ARRAY ARRAY[
             'ocr_errors(text, integer)',
-            'ocr_requeue(text, text, bigint[], boolean, text)'
+            'ocr_requeue(text, text, bigint[], boolean, text)',
+            'ocr_doctor()'
         ] LOOP
             EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
             IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'anon') THEN
