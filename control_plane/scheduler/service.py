@@ -119,6 +119,7 @@ class Scheduler:
             )
             self.leader.is_leader = False
             return False
+        self._observe_leadership(leading)
         if leading and not was_leader:
             log_event(
                 "leader.acquired",
@@ -136,18 +137,34 @@ class Scheduler:
             )
         return leading
 
+    def _observe_leadership(self, leading: bool) -> None:
+        """Leader gauge on every scheduler, with the current leadership's epoch (issue 14)."""
+        try:
+            epoch = self.client.get(self.keys.leader_epoch)
+        except redis.RedisError:
+            epoch = None
+        self.metrics.leadership(self.owner, leading, int(epoch) if epoch is not None else None)
+
+    def _succeeded(self, job: str, started: float) -> None:
+        """The environments this job reached since `started` (monotonic), for the metrics."""
+        failed = self.environments.health.failed_since
+        reached = [env for env in self.environments.names if not failed(env, started)]
+        self.metrics.succeeded(job, reached, time.time())
+
     # --- rebalance ---
 
     def rebalance(self, *, force: bool = False) -> dict[str, int] | None:
         """Queue shares -> allocation -> capacity fit -> publish (leader only)."""
         if not self.leader.is_leader or self._backing_off("rebalance"):
             return None
+        started = time.monotonic()
         try:
             counts = self.environments.counts()
         except TransientError as exc:
             self._back_off("rebalance", exc)
             return None
         self._backoff.succeeded("rebalance")
+        self._succeeded("rebalance", started)
         queued = {t: counts[t].ready if t in counts else 0 for t in DOCUMENT_TYPES}
         return self.apply_queue(queued, force=force)
 
@@ -211,6 +228,7 @@ class Scheduler:
             return None
         if self._gemini_paused():
             return None
+        started = time.monotonic()
         self._reclaim_lent()
         free = self.pool.free_slots()
         ahead = lookahead_for(self._allocation, self.settings.ocr_feed_lookahead)
@@ -257,6 +275,7 @@ class Scheduler:
                 free_slots=free.get(source, 0),
                 count=len(messages),
             )
+        self._succeeded("feed", started)
         return FeedResult(claimed=claimed, wanted=wants)
 
     def _gemini_paused(self) -> bool:
@@ -321,6 +340,7 @@ class Scheduler:
         results = self.environments.reap(
             self.settings.ocr_max_attempts, settle_s=self.settings.ocr_lease_ms / 1000
         )
+        self.metrics.succeeded("reap", sorted(results), time.time())
         for env, result in results.items():
             if result.requeued or result.errored:
                 log_event(
@@ -406,6 +426,8 @@ class Scheduler:
 
     def print_status(self) -> None:
         if not self.leader.is_leader:
+            # A standby prints nothing but keeps its gauges live (issue 14).
+            self.metrics.observe(self.snapshot(), self.limiter)
             return
         out = self._out or sys.stdout
         print(self.status_text(emoji=wants_emoji(out)), file=out, flush=True)
