@@ -54,7 +54,7 @@ def diagnose() -> list[Check]:
         return [
             c.fail(
                 "configuration",
-                str(exc),
+                str(exc).removeprefix("configuration: "),
                 "set the variable it names in the environment or .env (README: Configuration)",
             )
         ]

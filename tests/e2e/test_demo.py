@@ -78,10 +78,19 @@ def test_demo_runs_end_to_end_and_cleans_up(
         "ocr_gemini_rpm_limit",
         "ocr_capacity_cpu_budget",
         "ocr_documents_fed_total",
+        "ocr_scheduler_leader",
+        "ocr_scheduler_leader_epoch",
+        "ocr_last_success_timestamp_seconds",
     ):
         assert series in scheduler_series, f"{series} not served: {sorted(scheduler_series)}"
     worker_series = set(summary["metrics"]["workers"])
-    for series in ("dramatiq_messages_total", "dramatiq_message_duration_milliseconds_bucket"):
+    for series in (
+        "dramatiq_messages_total",
+        "dramatiq_message_duration_milliseconds_bucket",
+        "ocr_gemini_call_seconds_bucket",
+        "ocr_limiter_wait_seconds_bucket",
+        "ocr_gemini_responses_total",
+    ):
         assert series in worker_series, f"{series} not served: {sorted(worker_series)}"
 
     # Everything the demo started or created is gone.

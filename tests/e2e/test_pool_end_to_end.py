@@ -91,6 +91,19 @@ def test_mixed_queue_is_processed_end_to_end_inside_the_quota(pool: PoolHarness,
         assert needle in status.stdout, status.stdout
     assert "WORKER POOL STATUS" in scheduler.log()  # the status block was printed live too
 
+    # The doctor passes on this live, healthy pool (real scheduler, workers, emulator);
+    # Gemini headroom recovers once the run's requests leave the limiter's window.
+    doctor: list[str] = []
+
+    def doctor_passes() -> bool:
+        run = pool.run("doctor")
+        doctor[:] = [run.stdout + run.stderr]
+        return run.returncode == 0
+
+    wait_until(doctor_passes, 60, message=lambda: f"doctor on a healthy pool:\n{doctor[0]}")
+    assert "✔ worker threads: 6 registered for a pool of 4" in doctor[0], doctor[0]
+    assert "✔ host clocks vs Redis TIME: 1 host(s)" in doctor[0], doctor[0]
+
     assert workers.stop() == 0
     assert scheduler.stop() == 0
     assert "scheduler stopped cleanly" in scheduler.log()

@@ -328,3 +328,11 @@ def test_cli_doctor_exit_status(healthy: dict[str, str], tmp_path: Path) -> None
     assert [c["name"] for c in payload["checks"] if c["status"] == "fail"] == [
         "Gemini API key and model"
     ]
+
+
+def test_invalid_configuration(healthy: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OCR_MIN_ACTE_WORKERS", "9")
+    code, checks, text = doctor()
+    assert code != 0 and list(checks) == ["configuration"]
+    assert "✘ configuration: OCR_MIN_ACTE_WORKERS" in text
+    assert "fix: set the variable it names" in text
