@@ -21,6 +21,7 @@ from enum import StrEnum
 from dramatiq.middleware import TimeLimitExceeded
 
 from actors.runtime import ActiveJob, WorkerRuntime
+from control_plane import observe
 from control_plane.dispatch import DocumentMessage
 from control_plane.errors import (
     AcquireTimeoutError,
@@ -117,9 +118,13 @@ def process_document(rt: WorkerRuntime, message: DocumentMessage) -> str:
             )
 
 
-def _count(rt: WorkerRuntime, field: str) -> None:
-    """Shared document counters (completed:index, failed:acte, ...) for status and metrics."""
-    rt.client.hincrby(rt.keys.pool_stats, field, 1)
+def _count(rt: WorkerRuntime, outcome: str, message: DocumentMessage) -> None:
+    """Shared document counters for status and metrics: completed:index, failed:acte, ...
+    and per environment (issue 14) completed:dev:index, ..."""
+    source, env = message.document_source, message.environment
+    rt.client.hincrby(rt.keys.pool_stats, f"{outcome}:{source}", 1)
+    rt.client.hincrby(rt.keys.pool_stats, f"{outcome}:{env}:{source}", 1)
+    observe.document(env, source, outcome)
 
 
 def _quietly(fn: Callable[[], None]) -> None:
@@ -242,7 +247,7 @@ def _complete(
             document=message.ref,
         )
         return "stale"
-    _quietly(lambda: _count(rt, f"completed:{message.document_source}"))
+    _quietly(lambda: _count(rt, "completed", message))
     log_event(
         "job.completed",
         "OCR complete",
@@ -290,7 +295,7 @@ def _handle_error(rt: WorkerRuntime, message: DocumentMessage, exc: BaseExceptio
         )
         return "unrecorded"
     if result is FailOutcome.ERROR:
-        _quietly(lambda: _count(rt, f"failed:{message.document_source}"))
+        _quietly(lambda: _count(rt, "failed", message))
     log_event(
         "job.failed",
         text,

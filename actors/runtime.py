@@ -63,6 +63,7 @@ class WorkerRuntime:
         self.settings = settings
         self.host = socket.gethostname()
         self.pid = os.getpid()
+        self.types: list[str] | None = None  # issue 14: types this process consumes (None: all)
         self.client = redis_client(settings.redis_url.get_secret_value())
         self.keys = Keys(prefix=settings.ocr_redis_prefix)
         self.pool = WorkerPool.from_settings(self.client, settings, self.keys)
@@ -170,6 +171,10 @@ class WorkerRuntime:
             pid=self.pid,
             mode=job.mode if job else None,
             document=job.ref if job else None,
+            # issue 14: the doctor compares this host's clock with Redis TIME and checks
+            # that every type with ready documents has a thread consuming its queue
+            clock_ms=int(time.time() * 1000),
+            types=self.types,
         )
 
     def close(self) -> None:
@@ -199,6 +204,14 @@ def runtime() -> WorkerRuntime:
 
 class OcrRuntime(Middleware):
     """Builds the runtime at boot, heartbeats, and turns shutdown into `stop_event`."""
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+        """Remember the queues this process consumes (`-Q`), for the doctor (issue 14)."""
+        from control_plane.dispatch import QUEUE_NAMES
+
+        chosen = getattr(worker, "consumer_whitelist", None)
+        if chosen:
+            runtime().types = [t for t, q in QUEUE_NAMES.items() if q in chosen]
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
         rt = runtime()

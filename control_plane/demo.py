@@ -369,13 +369,17 @@ def _run(stack: contextlib.ExitStack, args: argparse.Namespace, started: float) 
 
 
 def _echo_banner(log: Path, timeout: float = 30) -> None:
+    from control_plane.scheduler.screens import RULE
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         text = log.read_text(errors="replace") if log.exists() else ""
-        if "Slots started" in text:
-            block = text[text.find("=" * 78) :]
-            end = block.find("=" * 78, block.find("Slots started"))
-            say(block[: end + 78] if end > 0 else block)
+        top = text.find("UNIFIED OCR WORKER POOL STARTING")
+        config = text.find("Configuration:", max(top, 0))
+        end = text.find(RULE, config) if top >= 0 and config >= 0 else -1
+        if end >= 0:
+            start = text.rfind(RULE, 0, top)
+            say(text[max(start, 0) : end + len(RULE)])
             return
         time.sleep(0.2)
     say(f"(no banner from the scheduler yet; see {log})")

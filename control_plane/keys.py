@@ -74,7 +74,8 @@ class Keys:
 
     @property
     def stats(self) -> str:
-        """hash: counters (grants, denials, 429s, cooldowns, waits) for status and metrics."""
+        """hash: counters (grants, denials, 429s, cooldowns, waits) for status and metrics;
+        responses_429 counts 429 answers received (issue 14), cooldowns the pauses set."""
         return self._k("gemini:stats")
 
     def tokens_per_page(self, document_type: str) -> str:
@@ -131,7 +132,8 @@ class Keys:
 
     @property
     def pool_stats(self) -> str:
-        """hash: documents completed / failed / released per type (fields like completed:index)."""
+        """hash: documents completed / failed / released per type (fields like completed:index)
+        and, since issue 14, per environment and type (completed:dev:index, failed:prod:acte)."""
         return self._k("worker_pool:stats")
 
     # --- capacity ---

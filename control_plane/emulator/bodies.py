@@ -264,3 +264,15 @@ def blocked_prompt(model: str, usage_metadata: dict[str, Any]) -> dict[str, Any]
         "modelVersion": model,
         "responseId": uuid.uuid4().hex[:22],
     }
+
+
+def model_body(model: str) -> dict[str, Any]:
+    """A models.get answer (the fields the SDK maps onto `types.Model`)."""
+    return {
+        "name": f"models/{model}",
+        "displayName": model,
+        "description": "Gemini emulator model",
+        "inputTokenLimit": 1_048_576,
+        "outputTokenLimit": 65_536,
+        "supportedGenerationMethods": ["generateContent", "countTokens"],
+    }

@@ -43,6 +43,7 @@ class EmulatorConfig:
     omit_retry_info: bool = False  # send 429s without RetryInfo (seen in the wild)
     timeout_sleep_s: float = 30.0
     seed: int | None = None
+    known_models: list[str] = field(default_factory=list)  # models.get: empty = any model
 
     def public(self) -> dict[str, Any]:
         """The settings as JSON, without the API key."""

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from google import genai
 from google.genai import types
 
+from control_plane import observe
 from control_plane.errors import (
     MAX_HELD_COOLDOWN_S,
     AcquireTimeoutError,
@@ -214,19 +215,24 @@ class GeminiOcrEngine:
         while True:
             self._check_stop(stop_event)
             estimate = estimate_tokens(pages, self._tpp.get(document_type), prompt_tokens)
+            waited = time.monotonic()
             grant = self._acquire(estimate, where, progress, stop_event)
+            observe.limiter_wait(document_type, time.monotonic() - waited)  # issue 14
             calls += 1
             decision: CallDecision | None
+            called = time.monotonic()
             try:
                 response = self._client.models.generate_content(
                     model=self._settings.gemini_model, contents=contents, config=self._generation
                 )
             except CALL_ERRORS as exc:
+                observe.gemini_call(document_type, time.monotonic() - called, exc)  # issue 14
                 # The grant keeps its estimate: we cannot know what Gemini counted.
                 decision = classify_exception(
                     exc, attempt=attempt, rng=self._rng, backoff_base=self._backoff_base_s
                 )
             else:
+                observe.gemini_call(document_type, time.monotonic() - called, None)  # issue 14
                 usage = response.usage_metadata
                 actual = (usage.prompt_token_count if usage else None) or 0
                 if actual > 0:

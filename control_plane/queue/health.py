@@ -15,6 +15,11 @@ class EnvironmentHealth:
     def failed(self, env: str, now: float) -> None:
         self._failed_at[env] = now
 
+    def failed_since(self, env: str, since: float) -> bool:
+        """True when `env` failed at or after `since` (same clock as `failed`)."""
+        failed = self._failed_at.get(env)
+        return failed is not None and failed >= since
+
     def reached(self, env: str, now: float) -> None:
         """A call succeeded: the first one after a failure marks the recovery."""
         failed = self._failed_at.get(env)

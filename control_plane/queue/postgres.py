@@ -15,7 +15,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from control_plane.errors import PermanentError, TransientError
-from control_plane.queue import rows
+from control_plane.queue import failures, rows
 from control_plane.queue.models import ClaimedDocument, FailOutcome, QueueCounts, ReapResult
 from control_plane.queue.store import is_transient_sqlstate
 
@@ -134,6 +134,27 @@ class PostgresStore:
 
     def counts(self) -> dict[str, QueueCounts]:
         return rows.queue_counts(self._query("SELECT * FROM ocr_counts()", ()))
+
+    def errors(self, samples: int = 5) -> list[failures.ErrorGroup]:
+        """Documents in ERREUR grouped by type and reason (issue 14)."""
+        found = self._query("SELECT * FROM ocr_errors(NULL, %s::integer)", (samples,))
+        return failures.error_groups(self.environment, found)
+
+    def requeue(
+        self, selection: failures.RequeueFilter, *, apply: bool, requeued_by: str
+    ) -> list[failures.RequeueRow]:
+        """Documents in ERREUR back to ready (or, without `apply`, those that would go)."""
+        found = self._query(
+            "SELECT * FROM ocr_requeue(%s::text, %s::text, %s::bigint[], %s::boolean, %s::text)",
+            (
+                selection.document_source,
+                selection.reason,
+                list(selection.ids) if selection.ids else None,
+                apply,
+                requeued_by,
+            ),
+        )
+        return failures.requeue_rows(self.environment, found)
 
     def close(self) -> None:
         self._pool.close()

@@ -16,7 +16,7 @@ from storage3.exceptions import StorageApiError
 from supabase.lib.client_options import SyncClientOptions
 
 from control_plane.errors import PermanentError, TransientError
-from control_plane.queue import rows
+from control_plane.queue import failures, rows
 from control_plane.queue.models import ClaimedDocument, FailOutcome, QueueCounts, ReapResult
 from control_plane.queue.store import is_transient_sqlstate
 from supabase import Client, create_client
@@ -166,6 +166,27 @@ class SupabaseStore:
 
     def counts(self) -> dict[str, QueueCounts]:
         return rows.queue_counts(self._rpc("ocr_counts", {}) or [])
+
+    def errors(self, samples: int = 5) -> list[failures.ErrorGroup]:
+        """Documents in ERREUR grouped by type and reason (issue 14)."""
+        found = self._rpc("ocr_errors", {"p_document_source": None, "p_samples": samples})
+        return failures.error_groups(self.environment, found or [])
+
+    def requeue(
+        self, selection: failures.RequeueFilter, *, apply: bool, requeued_by: str
+    ) -> list[failures.RequeueRow]:
+        """Documents in ERREUR back to ready (or, without `apply`, those that would go)."""
+        found = self._rpc(
+            "ocr_requeue",
+            {
+                "p_document_source": selection.document_source,
+                "p_reason": selection.reason,
+                "p_ids": list(selection.ids) if selection.ids else None,
+                "p_apply": apply,
+                "p_requeued_by": requeued_by,
+            },
+        )
+        return failures.requeue_rows(self.environment, found or [])
 
     def download(self, bucket: str, path: str) -> bytes:
         """An object from this environment's Supabase Storage."""

@@ -7,6 +7,7 @@ the others are hot standbys that take over within a lock TTL of its death.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -29,8 +30,10 @@ from control_plane.queue.environments import Environments
 from control_plane.rate_limiter import GeminiRateLimiter
 from control_plane.redis_conn import is_transient_redis_error
 from control_plane.scheduler.backoff import JobBackoff
+from control_plane.scheduler.banner import SHUTDOWN_STEPS, shutdown_footer, shutdown_header
 from control_plane.scheduler.leader import LeaderLock, instance_id
 from control_plane.scheduler.metrics import SchedulerMetrics
+from control_plane.scheduler.screens import wants_emoji
 from control_plane.scheduler.status import StatusSnapshot, now_utc, render_status
 from control_plane.workers import WorkerRegistry
 
@@ -116,6 +119,7 @@ class Scheduler:
             )
             self.leader.is_leader = False
             return False
+        self._observe_leadership(leading)
         if leading and not was_leader:
             log_event(
                 "leader.acquired",
@@ -133,18 +137,34 @@ class Scheduler:
             )
         return leading
 
+    def _observe_leadership(self, leading: bool) -> None:
+        """Leader gauge on every scheduler, with the current leadership's epoch (issue 14)."""
+        try:
+            epoch = self.client.get(self.keys.leader_epoch)
+        except redis.RedisError:
+            epoch = None
+        self.metrics.leadership(self.owner, leading, int(epoch) if epoch is not None else None)
+
+    def _succeeded(self, job: str, started: float) -> None:
+        """The environments this job reached since `started` (monotonic), for the metrics."""
+        failed = self.environments.health.failed_since
+        reached = [env for env in self.environments.names if not failed(env, started)]
+        self.metrics.succeeded(job, reached, time.time())
+
     # --- rebalance ---
 
     def rebalance(self, *, force: bool = False) -> dict[str, int] | None:
         """Queue shares -> allocation -> capacity fit -> publish (leader only)."""
         if not self.leader.is_leader or self._backing_off("rebalance"):
             return None
+        started = time.monotonic()
         try:
             counts = self.environments.counts()
         except TransientError as exc:
             self._back_off("rebalance", exc)
             return None
         self._backoff.succeeded("rebalance")
+        self._succeeded("rebalance", started)
         queued = {t: counts[t].ready if t in counts else 0 for t in DOCUMENT_TYPES}
         return self.apply_queue(queued, force=force)
 
@@ -208,6 +228,7 @@ class Scheduler:
             return None
         if self._gemini_paused():
             return None
+        started = time.monotonic()
         self._reclaim_lent()
         free = self.pool.free_slots()
         ahead = lookahead_for(self._allocation, self.settings.ocr_feed_lookahead)
@@ -254,6 +275,7 @@ class Scheduler:
                 free_slots=free.get(source, 0),
                 count=len(messages),
             )
+        self._succeeded("feed", started)
         return FeedResult(claimed=claimed, wanted=wants)
 
     def _gemini_paused(self) -> bool:
@@ -318,6 +340,7 @@ class Scheduler:
         results = self.environments.reap(
             self.settings.ocr_max_attempts, settle_s=self.settings.ocr_lease_ms / 1000
         )
+        self.metrics.succeeded("reap", sorted(results), time.time())
         for env, result in results.items():
             if result.requeued or result.errored:
                 log_event(
@@ -372,6 +395,11 @@ class Scheduler:
             leader=self.leader.holder(),
             enqueued=self.enqueued.counts(),
         )
+        epoch = self.client.get(self.keys.leader_epoch)
+        snap.leader_epoch = int(epoch) if epoch is not None and snap.leader else None
+        if snap.cooldown_ms > 0:
+            reason = self.client.get(self.keys.cooldown_reason)
+            snap.cooldown_reason = str(reason) if reason else None
         try:
             by_env = self.environments.counts_by_environment()
         except TransientError as exc:
@@ -391,15 +419,18 @@ class Scheduler:
         snap.documents = {str(k): int(v) for k, v in raw.items()}
         return snap
 
-    def status_text(self) -> str:
+    def status_text(self, *, emoji: bool = False) -> str:
         snap = self.snapshot()
         self.metrics.observe(snap, self.limiter)
-        return render_status(snap)
+        return render_status(snap, emoji=emoji)
 
     def print_status(self) -> None:
         if not self.leader.is_leader:
+            # A standby prints nothing but keeps its gauges live (issue 14).
+            self.metrics.observe(self.snapshot(), self.limiter)
             return
-        print(self.status_text(), file=self._out, flush=True)
+        out = self._out or sys.stdout
+        print(self.status_text(emoji=wants_emoji(out)), file=out, flush=True)
 
     # --- error handling ---
 
@@ -476,15 +507,35 @@ class Scheduler:
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
         sched.start()
-        self.shutdown()
+        self.shutdown(announce=True)
 
-    def shutdown(self) -> None:
-        """Stop feeding, hand over leadership, close connections."""
+    def shutdown(self, *, announce: bool = False) -> None:
+        """Stop feeding, hand over leadership, close connections.
+
+        With `announce`, print the seed's shutdown block step by step: "workers" is
+        the feed (the dramatiq workers finish their jobs and stop on their own
+        signal), "pool manager" the leadership, "rate limiter" and "capacity
+        manager" their connections and the metrics endpoint (their state lives in
+        Redis and outlives us).
+        """
+        out = self._out or sys.stdout
+        emoji = wants_emoji(out)
+
+        def say(lines: list[str] | tuple[str, ...]) -> None:
+            if announce:
+                print("\n".join(lines), file=out, flush=True)
+
+        say(shutdown_header(emoji))
+        say(SHUTDOWN_STEPS[:1])
         self._stopping.set()
+        say(SHUTDOWN_STEPS[1:2])
         try:
             self.leader.release()
         except redis.RedisError:
             pass
+        say(SHUTDOWN_STEPS[2:3])
         self.environments.close()
+        say(SHUTDOWN_STEPS[3:4])
         self.metrics.stop()
         log_event("scheduler.stopped", "scheduler stopped cleanly", owner=self.owner)
+        say(shutdown_footer(emoji))

@@ -227,3 +227,162 @@ BEGIN
     END IF;
 END
 $$;
+
+-- ---------------------------------------------------------------------------
+-- Issue 14: `python scheduler.py errors` and `requeue` (table in 014_error_history.sql;
+-- plpgsql so this file can be applied before it on a fresh database).
+
+-- Documents in ERREUR grouped by type and reason (the error message text), largest
+-- group first, with the first and last time a row of the group failed and sample ids.
+CREATE OR REPLACE FUNCTION ocr_errors(
+    p_document_source text DEFAULT NULL, p_samples integer DEFAULT 5)
+RETURNS TABLE (document_source text, reason text, documents bigint,
+               oldest timestamptz, newest timestamptz, sample_ids bigint[])
+LANGUAGE sql STABLE AS $$
+    SELECT q.document_source, coalesce(q.error_message, ''), count(*),
+           min(q.updated_at), max(q.updated_at),
+           (array_agg(q.id ORDER BY q.id))[1:greatest(p_samples, 0)]
+    FROM extraction_queue q
+    WHERE q.status_id = 4
+      AND (p_document_source IS NULL OR q.document_source = p_document_source)
+    GROUP BY q.document_source, coalesce(q.error_message, '')
+    ORDER BY count(*) DESC, 1, 2;
+$$;
+
+-- Documents in ERREUR matching every given filter (NULL = any): type, a case-blind
+-- substring of the error message, ids. Only known types (index, acte) can go back.
+-- p_apply false: the rows that would change, nothing written (the dry run).
+-- p_apply true: each error copied to ocr_error_history, then the row back to ready
+-- (status 3) with its attempts reset; the rows changed.
+CREATE OR REPLACE FUNCTION ocr_requeue(
+    p_document_source text, p_reason text, p_ids bigint[], p_apply boolean,
+    p_requeued_by text DEFAULT NULL)
+RETURNS TABLE (id bigint, document_source text, attempts integer, error_message text,
+               failed_at timestamptz)
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF NOT p_apply THEN
+        RETURN QUERY
+        SELECT q.id, q.document_source, q.attempts, q.error_message, q.updated_at
+        FROM extraction_queue q
+        WHERE q.status_id = 4 AND q.document_source IN ('index', 'acte')
+          AND (p_document_source IS NULL OR q.document_source = p_document_source)
+          AND (p_reason IS NULL
+               OR strpos(lower(coalesce(q.error_message, '')), lower(p_reason)) > 0)
+          AND (p_ids IS NULL OR q.id = ANY (p_ids))
+        ORDER BY q.id;
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH picked AS (
+        SELECT q.id, q.document_source, q.attempts, q.error_message, q.worker_id, q.updated_at
+        FROM extraction_queue q
+        WHERE q.status_id = 4 AND q.document_source IN ('index', 'acte')
+          AND (p_document_source IS NULL OR q.document_source = p_document_source)
+          AND (p_reason IS NULL
+               OR strpos(lower(coalesce(q.error_message, '')), lower(p_reason)) > 0)
+          AND (p_ids IS NULL OR q.id = ANY (p_ids))
+        ORDER BY q.id
+        FOR UPDATE
+    ), kept AS (
+        INSERT INTO ocr_error_history (document_id, document_source, error_message, attempts,
+                                       worker_id, failed_at, requeued_by)
+        SELECT p.id, p.document_source, p.error_message, p.attempts, p.worker_id,
+               p.updated_at, p_requeued_by
+        FROM picked p
+    ), moved AS (
+        UPDATE extraction_queue q
+        SET status_id = 3, attempts = 0, error_message = NULL, worker_id = NULL,
+            lease_token = NULL, lease_expires_at = NULL, updated_at = now()
+        FROM picked p
+        WHERE q.id = p.id AND q.status_id = 4
+        RETURNING q.id
+    )
+    SELECT p.id, p.document_source, p.attempts, p.error_message, p.updated_at
+    FROM picked p JOIN moved m ON m.id = p.id
+    ORDER BY p.id;
+END
+$$;
+
+-- What `python scheduler.py doctor` needs to know of a database, over either transport:
+-- ('function', name, 1) per ocr_* function; ('table', name, 1 if row level security is on
+-- else 0); ('exposed', 'role PRIVILEGE object', 1) per privilege Supabase's API roles
+-- (anon, authenticated) hold on our tables or functions; ('ready', type, n) and
+-- ('ready_with_worker', type, n) for ready rows, the latter those carrying a worker_id.
+CREATE OR REPLACE FUNCTION ocr_doctor()
+RETURNS TABLE (kind text, name text, value bigint)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    r record;
+    api_role text;
+    priv text;
+BEGIN
+    RETURN QUERY
+    SELECT 'function'::text, p.proname::text, 1::bigint
+    FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE n.nspname = current_schema() AND p.proname LIKE 'ocr\_%'
+    GROUP BY p.proname;
+    RETURN QUERY
+    SELECT 'table'::text, c.relname::text, (CASE WHEN c.relrowsecurity THEN 1 ELSE 0 END)::bigint
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
+      AND (c.relname = 'extraction_queue' OR c.relname LIKE 'ocr\_%');
+    FOREACH api_role IN ARRAY ARRAY['anon', 'authenticated'] LOOP
+        CONTINUE WHEN NOT EXISTS (SELECT FROM pg_roles WHERE rolname = api_role);
+        FOR r IN
+            SELECT c.oid, c.relname::text AS relname, c.relrowsecurity
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
+              AND (c.relname = 'extraction_queue' OR c.relname LIKE 'ocr\_%')
+        LOOP
+            FOREACH priv IN ARRAY ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE'] LOOP
+                IF has_table_privilege(api_role, r.oid, priv) AND NOT r.relrowsecurity THEN
+                    kind := 'exposed'; name := api_role || ' ' || priv || ' ' || r.relname;
+                    value := 1;
+                    RETURN NEXT;
+                END IF;
+            END LOOP;
+        END LOOP;
+        FOR r IN
+            SELECT p.oid, p.proname::text AS proname
+            FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+            WHERE n.nspname = current_schema() AND p.proname LIKE 'ocr\_%'
+        LOOP
+            IF has_function_privilege(api_role, r.oid, 'EXECUTE') THEN
+                kind := 'exposed'; name := api_role || ' EXECUTE ' || r.proname; value := 1;
+                RETURN NEXT;
+            END IF;
+        END LOOP;
+    END LOOP;
+    RETURN QUERY
+    SELECT 'ready'::text, q.document_source, count(*)
+    FROM extraction_queue q WHERE q.status_id = 3 GROUP BY q.document_source;
+    RETURN QUERY
+    SELECT 'ready_with_worker'::text, q.document_source, count(*)
+    FROM extraction_queue q WHERE q.status_id = 3 AND q.worker_id IS NOT NULL
+    GROUP BY q.document_source;
+END
+$$;
+
+DO $$
+DECLARE
+    fn text;
+BEGIN
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'service_role') THEN
+        FOREACH fn IN ARRAY ARRAY[
+            'ocr_errors(text, integer)',
+            'ocr_requeue(text, text, bigint[], boolean, text)',
+            'ocr_doctor()'
+        ] LOOP
+            EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
+            IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'anon') THEN
+                EXECUTE format('REVOKE ALL ON FUNCTION %s FROM anon', fn);
+            END IF;
+            IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN
+                EXECUTE format('REVOKE ALL ON FUNCTION %s FROM authenticated', fn);
+            END IF;
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO service_role', fn);
+        END LOOP;
+    END IF;
+END
+$$;

@@ -48,10 +48,11 @@ def test_demo_runs_end_to_end_and_cleans_up(
     out = result.stdout
     assert result.returncode == 0, out[-4000:] + result.stderr[-2000:]
     for needle in (
-        "OCR pool scheduler",
-        "Slots started",
+        "UNIFIED OCR WORKER POOL STARTING",
+        "Started ocr-worker-1 (mode: ",
+        "WORKER POOL STARTED SUCCESSFULLY",
         "done  24/24",
-        "OCR pool status",
+        "WORKER POOL STATUS",
         "Demo summary",
         "stopped workers",
         "stopped scheduler",
@@ -77,10 +78,19 @@ def test_demo_runs_end_to_end_and_cleans_up(
         "ocr_gemini_rpm_limit",
         "ocr_capacity_cpu_budget",
         "ocr_documents_fed_total",
+        "ocr_scheduler_leader",
+        "ocr_scheduler_leader_epoch",
+        "ocr_last_success_timestamp_seconds",
     ):
         assert series in scheduler_series, f"{series} not served: {sorted(scheduler_series)}"
     worker_series = set(summary["metrics"]["workers"])
-    for series in ("dramatiq_messages_total", "dramatiq_message_duration_milliseconds_bucket"):
+    for series in (
+        "dramatiq_messages_total",
+        "dramatiq_message_duration_milliseconds_bucket",
+        "ocr_gemini_call_seconds_bucket",
+        "ocr_limiter_wait_seconds_bucket",
+        "ocr_gemini_responses_total",
+    ):
         assert series in worker_series, f"{series} not served: {sorted(worker_series)}"
 
     # Everything the demo started or created is gone.

@@ -152,10 +152,13 @@ def test_migrate_is_idempotent_and_keeps_rows(pg_database_factory) -> None:  # t
         "ocr_claim",
         "ocr_complete",
         "ocr_counts",
+        "ocr_doctor",
+        "ocr_errors",
         "ocr_fail",
         "ocr_reap",
         "ocr_release",
         "ocr_renew",
+        "ocr_requeue",
         "ocr_start",
     ]
 
