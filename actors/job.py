@@ -29,7 +29,7 @@ from control_plane.errors import (
     PermanentError,
     TransientError,
 )
-from control_plane.gemini.engine import OcrResult
+from control_plane.gemini.engine import OcrInterrupted, OcrResult
 from control_plane.logs import log_event
 from control_plane.pacing import record_job_seconds, wait_slot_freed, wake_slot_waiters
 from control_plane.pool import SlotLease, SlotRefusal
@@ -54,8 +54,8 @@ def outcome_for_error(exc: BaseException, *, stopping: bool) -> Outcome:
     """Pure: how an exception raised while processing a document is handled."""
     if isinstance(exc, GeminiAuthError):
         return Outcome.FATAL
-    if isinstance(exc, AcquireTimeoutError):
-        return Outcome.RELEASE
+    if isinstance(exc, AcquireTimeoutError | OcrInterrupted):
+        return Outcome.RELEASE  # our own wait, or told to stop (slot/lease lost, drain)
     if isinstance(exc, PermanentError):
         return Outcome.FAIL_PERMANENT
     if stopping and isinstance(exc, TransientError):
@@ -87,7 +87,8 @@ def process_document(rt: WorkerRuntime, message: DocumentMessage) -> str:
     # it is the feed's look-ahead, and the feed must not send more behind it.
     rt.enqueued.remove(message.document_source, message.ref)
     if slot is None:
-        _release(rt, message, "no slot of its type became free")
+        why = "worker stopping" if rt.stop_event.is_set() else "no slot of its type became free"
+        _release(rt, message, why)
         return "released"
     job = ActiveJob(
         message.environment, message.id, message.lease_token, message.document_source, slot=slot
@@ -138,6 +139,10 @@ def _quietly(fn: Callable[[], None]) -> None:
 def _run(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob, worker_id: str) -> str:
     store = rt.environments.store(message.environment)
     lease_ms = rt.settings.ocr_lease_ms
+    if rt.stop_event.is_set():  # draining: a job not started yet gives its document back
+        _release(rt, message, "worker stopping")
+        return "released"
+    rt.track(job)  # its slot is renewed from now on, even while the start waits on the database
     try:
         started_ok = store.start(message.id, message.lease_token, worker_id, lease_ms)
     except TransientError as exc:
@@ -152,7 +157,8 @@ def _run(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob, worker_id:
     if not started_ok:
         log_event("job.stale", "lease no longer ours; message dropped", document=message.ref)
         return "stale"
-    rt.track(job)
+    job.lease_renewed_at = time.monotonic()
+    job.started = True  # its lease is renewed from now on
     started = time.monotonic()
     log_event(
         "job.started",
@@ -163,7 +169,7 @@ def _run(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob, worker_id:
         slot=job.slot.slot_id if job.slot else None,
     )
     try:
-        result = _ocr(rt, message)
+        result = _ocr(rt, message, job)
     except TimeLimitExceeded:
         limit_s = rt.settings.ocr_job_time_limit_ms / 1000
         return _handle_error(
@@ -176,7 +182,7 @@ def _run(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob, worker_id:
     return _complete(rt, message, job, result, time.monotonic() - started)
 
 
-def _ocr(rt: WorkerRuntime, message: DocumentMessage) -> OcrResult:
+def _ocr(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob) -> OcrResult:
     doc = ClaimedDocument(
         environment=message.environment,
         id=message.id,
@@ -189,7 +195,14 @@ def _ocr(rt: WorkerRuntime, message: DocumentMessage) -> OcrResult:
     data = rt.fetcher.fetch(doc)
     inspect_pdf(data, max_pages=rt.settings.ocr_max_pages)
     chunks = split_pdf(data, rt.settings.ocr_pages_per_chunk)
-    return rt.engine.ocr_chunks(message.document_source, chunks, stop_event=rt.stop_event)
+    # The job's own stop event: set when its slot or lease is lost, or when the drain
+    # gives it back; `before_call` checks it (and the drain) before each Gemini call.
+    return rt.engine.ocr_chunks(
+        message.document_source,
+        chunks,
+        stop_event=job.abort,
+        before_call=lambda: rt.before_call(job),
+    )
 
 
 def _complete(
@@ -321,6 +334,8 @@ def _wait_for_slot(rt: WorkerRuntime, message: DocumentMessage, worker_id: str) 
     deadline = time.monotonic() + SLOT_WAIT_S
     delay = 0.05
     while True:
+        if rt.stop_event.is_set():  # draining: a job waiting for a slot gives it back at once
+            return None
         taken = rt.pool.take_slot(message.document_source, worker_id, message.ref)
         if isinstance(taken, SlotLease):
             return taken
