@@ -28,11 +28,10 @@ before their next call and given back. The process then exits 0.
 from __future__ import annotations
 
 import os
-import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +41,8 @@ from dramatiq.middleware import Middleware
 from control_plane.capacity import register_host
 from control_plane.config import Settings
 from control_plane.dispatch import EnqueuedSet
-from control_plane.gemini.engine import GeminiOcrEngine, OcrInterrupted
+from control_plane.drain import JobStopped, shutdown_timeout_ms, stop_reason
+from control_plane.gemini.engine import GeminiOcrEngine
 from control_plane.keys import HOST_TTL_MS, Keys
 from control_plane.logs import log_event
 from control_plane.pool import SlotLease, WorkerPool
@@ -50,13 +50,6 @@ from control_plane.queue.documents import DocumentFetcher
 from control_plane.queue.environments import Environments
 from control_plane.redis_conn import redis_client
 from control_plane.workers import WorkerRegistry
-
-# Dramatiq's own default for --worker-shutdown-timeout (ms): past it, it abandons jobs.
-DRAMATIQ_SHUTDOWN_TIMEOUT_MS = 600_000
-
-
-class JobStopped(OcrInterrupted):
-    """The job must not make another Gemini call (slot or lease lost, worker stopping)."""
 
 
 @dataclass(eq=False)
@@ -88,34 +81,6 @@ class ActiveJob:
         self.abort_reason = reason
         self.abort.set()
         return True
-
-
-def stop_reason(
-    *, abort_reason: str, stopping: bool, calls: int, drain_expired: bool
-) -> str | None:
-    """Pure: why a job may not make its next Gemini call, or None to go on.
-
-    A job told to stop (slot or lease lost) stops. While the worker drains, a job
-    that has paid for no call yet gives its document back at once; one in progress
-    finishes every chunk, unless the drain's grace has run out."""
-    if abort_reason:
-        return abort_reason
-    if stopping and drain_expired:
-        return "OCR_SHUTDOWN_GRACE_MS passed while stopping; the document goes back to ready"
-    if stopping and calls == 0:
-        return "worker stopping before the document's first Gemini call"
-    return None
-
-
-def shutdown_timeout_ms(argv: Sequence[str]) -> int:
-    """Pure: dramatiq's --worker-shutdown-timeout from its command line (ms)."""
-    for i, arg in enumerate(argv):
-        match = re.fullmatch(r"--worker-shutdown-timeout(?:=(\d+))?", arg)
-        if match:
-            value = match.group(1) or (argv[i + 1] if i + 1 < len(argv) else "")
-            if value.isdigit():
-                return int(value)
-    return DRAMATIQ_SHUTDOWN_TIMEOUT_MS
 
 
 class WorkerRuntime:
