@@ -18,10 +18,12 @@ import time
 from collections.abc import Callable
 from enum import StrEnum
 
+import dramatiq
 from dramatiq.middleware import TimeLimitExceeded
 
 from actors.runtime import ActiveJob, WorkerRuntime
-from control_plane.dispatch import DocumentMessage
+from control_plane.capacity import live_hosts, room_elsewhere
+from control_plane.dispatch import DocumentMessage, enqueue_document
 from control_plane.errors import (
     AcquireTimeoutError,
     GeminiAuthError,
@@ -74,15 +76,21 @@ def describe_error(exc: BaseException) -> str:
 
 # How long a job waits for a slot of its type before giving the document back.
 SLOT_WAIT_S = 60.0
+# How long a job waits while ITS host is full before handing the message to a host with
+# room (issue 10: a message must not wait on a full host while another host sits idle).
+HOST_FULL_HAND_OFF_S = 0.5
 
 
 def process_document(rt: WorkerRuntime, message: DocumentMessage) -> str:
     """Run one job; returns what happened (for logs and tests)."""
     worker_id = rt.worker_id()
     try:
-        slot = _wait_for_slot(rt, message, worker_id)
+        waited = _wait_for_slot(rt, message, worker_id)
     except TimeLimitExceeded:
-        slot = None  # waited past OCR_JOB_TIME_LIMIT_MS for a slot: give the document back
+        waited = None  # waited past OCR_JOB_TIME_LIMIT_MS for a slot: give the document back
+    if isinstance(waited, _HandOff) and _hand_off(rt, message):
+        return "handed_off"  # still enqueued: the feed keeps counting it
+    slot = waited if isinstance(waited, SlotLease) else None
     # Only now does the message stop counting as "enqueued": while it waits for a slot
     # it is the feed's look-ahead, and the feed must not send more behind it.
     rt.enqueued.remove(message.document_source, message.ref)
@@ -330,9 +338,19 @@ def _release(rt: WorkerRuntime, message: DocumentMessage, why: str) -> None:
         )
 
 
-def _wait_for_slot(rt: WorkerRuntime, message: DocumentMessage, worker_id: str) -> SlotLease | None:
+class _HandOff:
+    """`_wait_for_slot`'s answer when this host is full and another host has room."""
+
+
+HAND_OFF = _HandOff()
+
+
+def _wait_for_slot(
+    rt: WorkerRuntime, message: DocumentMessage, worker_id: str
+) -> SlotLease | _HandOff | None:
     deadline = time.monotonic() + SLOT_WAIT_S
     delay = 0.05
+    full_since: float | None = None
     while True:
         if rt.stop_event.is_set():  # draining: a job waiting for a slot gives it back at once
             return None
@@ -340,6 +358,14 @@ def _wait_for_slot(rt: WorkerRuntime, message: DocumentMessage, worker_id: str) 
         if isinstance(taken, SlotLease):
             return taken
         assert isinstance(taken, SlotRefusal)
+        if taken.reason == "capacity":  # a slot is free in the pool, but not room on this host
+            full_since = full_since if full_since is not None else time.monotonic()
+            if time.monotonic() - full_since >= HOST_FULL_HAND_OFF_S and _room_elsewhere(
+                rt, message.document_source
+            ):
+                return HAND_OFF
+        else:
+            full_since = None
         if rt.stop_event.is_set() or time.monotonic() > deadline:
             log_event(
                 "job.no_slot",
@@ -352,3 +378,34 @@ def _wait_for_slot(rt: WorkerRuntime, message: DocumentMessage, worker_id: str) 
         # missed wake-up (and how long a stop request waits).
         wait_slot_freed(rt.client, rt.keys, message.document_source, delay)
         delay = min(delay * 2, 1.0)
+
+
+def _room_elsewhere(rt: WorkerRuntime, mode: str) -> bool:
+    try:
+        hosts = live_hosts(rt.client, rt.keys)
+        usage = rt.pool.usage_by_host()
+    except Exception:  # Redis trouble: keep waiting here
+        return False
+    return room_elsewhere(hosts, usage, rt.host, rt.pool.costs[mode])
+
+
+def _hand_off(rt: WorkerRuntime, message: DocumentMessage) -> bool:
+    """Put the message back on its queue for a host with room; False if that failed."""
+    try:
+        enqueue_document(dramatiq.get_broker(), message)
+    except Exception as exc:  # cannot requeue: the caller gives the document back
+        log_event(
+            "job.hand_off_failed",
+            "could not requeue for another host",
+            level="WARNING",
+            document=message.ref,
+            error=type(exc).__name__,
+        )
+        return False
+    log_event(
+        "job.handed_off",
+        "this host is at its CPU/RAM budget; requeued for a host with room",
+        document=message.ref,
+        host=rt.host,
+    )
+    return True

@@ -302,5 +302,22 @@ def pool_budget(hosts: list[HostBudget], fallback: tuple[float, float]) -> tuple
     return sum(h.cpu for h in hosts), sum(h.ram for h in hosts)
 
 
+def room_elsewhere(
+    hosts: list[HostBudget],
+    usage: Mapping[str, tuple[float, float]],
+    me: str,
+    cost: tuple[float, float],
+) -> bool:
+    """Pure: True if a live host other than `me` has room for one more slot of `cost`
+    (then a job refused for capacity here hands its message to that host)."""
+    for h in hosts:
+        if h.host == me:
+            continue
+        cpu, ram = usage.get(h.host, (0.0, 0.0))
+        if cpu + cost[0] <= h.cpu + EPSILON and ram + cost[1] <= h.ram + EPSILON:
+            return True
+    return False
+
+
 def _str(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)

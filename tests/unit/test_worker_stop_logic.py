@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from control_plane.capacity import HostBudget, pool_budget
+from control_plane.capacity import HostBudget, pool_budget, room_elsewhere
 from control_plane.drain import JobStopped, shutdown_timeout_ms, stop_reason
 from control_plane.errors import TransientError
 from control_plane.gemini.engine import OcrInterrupted
@@ -69,3 +69,22 @@ def test_pool_budget_is_the_sum_of_live_hosts(
     hosts: list[HostBudget], expected: tuple[float, float]
 ) -> None:
     assert pool_budget(hosts, (6.4, 12.8)) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("usage", "me", "cost", "expected"),
+    [
+        ({"a": (3.0, 3.0), "b": (3.0, 3.0)}, "a", (1.0, 1.0), False),  # everyone full
+        ({"a": (3.0, 3.0), "b": (2.0, 2.0)}, "a", (1.0, 1.0), True),  # b has room
+        ({"a": (3.0, 3.0)}, "a", (1.0, 1.0), True),  # b idle (absent = 0)
+        ({"a": (0.0, 0.0), "b": (3.0, 3.0)}, "b", (1.5, 0.75), True),
+        ({"a": (2.0, 6.0), "b": (3.0, 3.0)}, "b", (1.0, 1.0), False),  # a: CPU ok, RAM full
+        ({"a": (2.2, 0.0)}, "b", (1.0, 0.0), True),  # exactly the budget fits
+    ],
+)
+def test_room_on_another_host(
+    usage: dict[str, tuple[float, float]], me: str, cost: tuple[float, float], expected: bool
+) -> None:
+    hosts = [HostBudget("a", 3.2, 6.4), HostBudget("b", 3.2, 6.4)]
+    assert room_elsewhere(hosts, usage, me, cost) is expected
+    assert room_elsewhere([HostBudget(me, 99, 99)], usage, me, cost) is False  # only me
