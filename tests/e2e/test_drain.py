@@ -39,31 +39,31 @@ def statuses(dsn: str) -> dict[int, tuple[int, int]]:
 
 
 def test_sigterm_mid_document_finishes_every_chunk_and_exits_0(pool: PoolHarness, emulator) -> None:
-    emulator.configure(latency_ms=700, latency_jitter_ms=100)
-    expected = pool.seed(index=0, acte=16, pages=3)
+    emulator.configure(latency_ms=900, latency_jitter_ms=100)
+    pages = 4
+    expected = pool.seed(index=0, acte=16, pages=pages)
     env = {"OCR_PAGES_PER_CHUNK": "1", "OCR_SHUTDOWN_GRACE_MS": "40000"}
     pool.settings_env.update(env)
     scheduler = pool.scheduler()
     workers = pool.workers(processes=1, threads=6)
-    # Some documents half way: at least one chunk answered, none finished yet or a few.
+    # Documents early in their chunks: first calls answered, later ones still to make.
     wait_until(
-        lambda: emulator.stats()["requests"] >= 6 and len(started_in_flight(pool.dsn)) >= 3,
+        lambda: emulator.stats()["requests"] >= 4 and emulator.stats()["in_flight"] >= 3,
         90,
         message=lambda: f"documents in progress: {pool.status_counts()}\n{workers.log()[-2000:]}",
     )
-    # The scheduler stops first, so that what the drain gives back stays at ready
-    # (a running feed would claim it again at once).
-    assert scheduler.stop() == 0
     in_progress = started_in_flight(pool.dsn)
     calls_before = emulator.stats()["requests"]
     stopped_at = time.monotonic()
+    # Both stop (the scheduler's feed too, so that what the drain gives back stays at ready).
+    scheduler.send(signal.SIGTERM)
     workers.send(signal.SIGTERM)
     code = workers.popen.wait(60)
     drain_s = time.monotonic() - stopped_at
+    assert scheduler.popen.wait(60) == 0
     log = workers.log()
     assert code == 0, log[-3000:]
-    assert "worker.draining" in log and "worker process stopped cleanly" in log
-    assert "worker.drain_expired" not in log, "the grace period should have been enough"
+    assert len(in_progress) >= 3, in_progress
 
     after = statuses(pool.dsn)
     # Nothing left started by the stopped group (the scheduler, still running, keeps
@@ -78,11 +78,13 @@ def test_sigterm_mid_document_finishes_every_chunk_and_exits_0(pool: PoolHarness
         if m
     } & {i for i in in_progress if after[i][0] == READY}
     finished = {i for i in in_progress if after[i][0] == DONE}
-    # Every document that was in progress finished (bar one still waiting for its first
-    # call, which goes back at once, as the seed's "waiting" jobs do).
+    # Every document that was in progress finished all its chunks (bar any still waiting
+    # for its first call, which goes back at once, as the seed's "waiting" jobs do).
     assert finished | released_early == in_progress, (in_progress, after)
     assert len(finished) >= 3, (finished, in_progress)
     assert emulator.stats()["requests"] > calls_before, "nothing was finished after SIGTERM"
+    assert "worker.draining" in log and "worker process stopped cleanly" in log
+    assert "worker.drain_expired" not in log, "the grace period should have been enough"
     # Given back without an attempt: a drain is not the document's fault.
     assert all(after[i][1] == 0 for i, (s, _) in after.items() if s == READY), after
 
@@ -96,7 +98,7 @@ def test_sigterm_mid_document_finishes_every_chunk_and_exits_0(pool: PoolHarness
     stats = emulator.stats()
     # One page per chunk: a repeated Gemini call for any document shows as a count of 2.
     assert stats["max_calls_per_document"] == 1, "a chunk was sent to Gemini twice"
-    assert stats["requests"] == 3 * len(expected), stats["requests"]
+    assert stats["requests"] == pages * len(expected), stats["requests"]
     assert restarted.stop() == 0
     print(
         f"\nDRAIN in_progress={len(in_progress)} finished={len(finished)} "
