@@ -24,6 +24,7 @@ from dramatiq.middleware import TimeLimitExceeded
 from actors.runtime import ActiveJob, WorkerRuntime
 from control_plane.capacity import live_hosts, room_elsewhere
 from control_plane.dispatch import DocumentMessage, enqueue_document
+from control_plane.drain import JobStopped
 from control_plane.errors import (
     AcquireTimeoutError,
     GeminiAuthError,
@@ -186,6 +187,8 @@ def _run(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob, worker_id:
             JobTimeLimitError(f"job ran past OCR_JOB_TIME_LIMIT_MS ({limit_s:g} s); interrupted"),
         )
     except Exception as exc:  # every error ends in a decided outcome
+        if isinstance(exc, OcrInterrupted) and job.abort_reason:
+            exc = JobStopped(job.abort_reason)  # say why: slot/lease lost, drain
         return _handle_error(rt, message, exc)
     return _complete(rt, message, job, result, time.monotonic() - started)
 

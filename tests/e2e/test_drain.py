@@ -131,3 +131,44 @@ def test_past_the_grace_period_documents_go_back_and_the_group_still_exits_0(
     assert back, (in_progress, after)
     assert started_in_flight(pool.dsn) == set(), after
     assert not [i for i, (s, _) in after.items() if s == ERROR], after
+
+
+def test_sigterm_gives_back_at_once_the_jobs_still_waiting_for_quota(
+    pool: PoolHarness, emulator
+) -> None:
+    # A scarce quota: most jobs hold a slot but wait in the limiter for their only call.
+    emulator.configure(latency_ms=1500, latency_jitter_ms=0)
+    pool.seed(index=0, acte=10, pages=1)
+    pool.settings_env.update(
+        {
+            "GEMINI_RPM_LIMIT": "2",
+            "GEMINI_RATE_WINDOW_MS": "4000",
+            "OCR_SHUTDOWN_GRACE_MS": "40000",
+        }
+    )
+    scheduler = pool.scheduler()
+    workers = pool.workers(processes=1, threads=6)
+    wait_until(
+        lambda: emulator.stats()["in_flight"] >= 1 and len(started_in_flight(pool.dsn)) >= 3,
+        60,
+        message=lambda: f"jobs waiting for quota\n{workers.log()[-2000:]}",
+    )
+    in_flight_calls = emulator.stats()["in_flight"]
+    calls_before = emulator.stats()["requests"]
+    scheduler.send(signal.SIGTERM)
+    workers.send(signal.SIGTERM)
+    assert workers.popen.wait(60) == 0, workers.log()[-3000:]
+    assert scheduler.popen.wait(60) == 0
+    log = workers.log()
+    released = [
+        line for line in log.splitlines() if "job.released" in line and "first Gemini call" in line
+    ]
+    # The waiting ones went back without their call: no new call after the signal beyond
+    # those already granted, and none of them counted an attempt.
+    assert released, log[-3000:]
+    assert emulator.stats()["requests"] <= calls_before + in_flight_calls + 1
+    after = statuses(pool.dsn)
+    assert started_in_flight(pool.dsn) == set(), after
+    for line in released:
+        m = re.search(r"document=\w+/(\d+)", line)
+        assert m and after[int(m.group(1))] == (READY, 0), (line, after)
