@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -157,4 +158,54 @@ def test_a_job_whose_lease_was_taken_over_stops_before_its_next_call(
             extra_calls_allowed=1,  # the call in flight when the lease was taken
             notes=f"5 chunks; {calls} call(s) before the job stopped",
         )
+        assert workers.stop() == 0
+
+
+def test_a_job_whose_slot_was_taken_stops_before_its_next_call(
+    fault_pool: FaultPool, redis_url: str, emulator: EmulatorProcess, pg_database_factory, report
+) -> None:
+    emulator.configure(latency_ms=3000, latency_jitter_ms=0)
+    dsn = pg_database_factory("slotloss")
+    with fault_pool(dsn, redis_url) as pool:
+        pool.settings_env.update({"OCR_PAGES_PER_CHUNK": "1"})
+        pool.seed(index=0, acte=1, pages=5)
+        scheduler = pool.scheduler()
+        workers = pool.workers(processes=1, threads=2)
+        wait_until(
+            lambda: emulator.stats()["in_flight"] >= 1,
+            60,
+            message=lambda: f"the first call\n{workers.log()[-2000:]}",
+        )
+        assert scheduler.stop() == 0  # so that the released document stays at ready
+        client = pool.redis()
+        holders_key = f"{pool.prefix}worker_pool:holders"
+        (slot,) = client.hkeys(holders_key)
+        # The slot lapsed and went to another job (a new holder with its own token).
+        holder = json.loads(client.hget(holders_key, slot))
+        other = "someone-else"
+        client.hset(holders_key, slot, json.dumps({**holder, "token": other}))
+        wait_until(
+            lambda: "worker.slot_lost" in workers.log(),
+            20,
+            message=lambda: f"the slot loss noticed\n{workers.log()[-2000:]}",
+        )
+        wait_until(lambda: emulator.stats()["in_flight"] == 0, 20, message="the call to end")
+        calls = emulator.stats()["requests"]
+        time.sleep(8)  # long enough for two more chunk calls, had the job gone on
+        assert emulator.stats()["requests"] == calls, "the job went on calling Gemini"
+        assert calls <= 2, f"{calls} calls: the job did not stop before its next call"
+        wait_until(lambda: pool.status_counts() == {3: 1}, 20, message="the document released")
+        (row,) = pool.rows()
+        assert row["attempts"] == 0 and row["file_content"] is None, row
+        assert "slot lapsed" in workers.log()
+        # The other holder's slot is untouched by our release (fenced on the token).
+        assert json.loads(client.hget(holders_key, slot))["token"] == other
+        report(
+            fault="slot taken mid-document",
+            documents_in=1,
+            extra_gemini_calls=calls,
+            extra_calls_allowed=1,
+            notes=f"5 chunks; {calls} call(s) before the job stopped; document back to ready",
+        )
+        client.close()
         assert workers.stop() == 0
