@@ -38,7 +38,14 @@ def statuses(dsn: str) -> dict[int, tuple[int, int]]:
     return {int(i): (int(s), int(a)) for i, s, a in rows}
 
 
-def test_sigterm_mid_document_finishes_every_chunk_and_exits_0(pool: PoolHarness, emulator) -> None:
+@pytest.mark.parametrize(
+    ("sig", "group"),
+    [(signal.SIGTERM, False), (signal.SIGINT, True)],
+    ids=["sigterm-to-master", "ctrl-c-to-group"],
+)
+def test_sigterm_mid_document_finishes_every_chunk_and_exits_0(
+    pool: PoolHarness, emulator, sig: signal.Signals, group: bool
+) -> None:
     emulator.configure(latency_ms=900, latency_jitter_ms=100)
     pages = 4
     expected = pool.seed(index=0, acte=16, pages=pages)
@@ -57,7 +64,7 @@ def test_sigterm_mid_document_finishes_every_chunk_and_exits_0(pool: PoolHarness
     stopped_at = time.monotonic()
     # Both stop (the scheduler's feed too, so that what the drain gives back stays at ready).
     scheduler.send(signal.SIGTERM)
-    workers.send(signal.SIGTERM)
+    workers.send(sig, group=group)  # Ctrl+C: SIGINT to the whole process group
     code = workers.popen.wait(60)
     drain_s = time.monotonic() - stopped_at
     assert scheduler.popen.wait(60) == 0
