@@ -90,6 +90,19 @@ def test_sigterm_mid_document_finishes_every_chunk_and_exits_0(
     assert finished | released_early == in_progress, (in_progress, after)
     assert len(finished) >= 3, (finished, in_progress)
     assert emulator.stats()["requests"] > calls_before, "nothing was finished after SIGTERM"
+    # The look-ahead document waiting in a thread for a slot went back at once: before
+    # any document in progress finished (log lines of one process are in time order).
+    lines = log.splitlines()
+    drain_at = next(n for n, line in enumerate(lines) if "worker.draining" in line)
+    waiting_back = [
+        n
+        for n, line in enumerate(lines)
+        if n > drain_at and "job.released" in line and "worker stopping" in line
+    ]
+    first_done = next(
+        (n for n, line in enumerate(lines) if n > drain_at and "job.completed" in line), None
+    )
+    assert waiting_back and first_done is not None and waiting_back[0] < first_done, log[-3000:]
     assert "worker.draining" in log and "worker process stopped cleanly" in log
     assert "worker.drain_expired" not in log, "the grace period should have been enough"
     # Given back without an attempt: a drain is not the document's fault.
