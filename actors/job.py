@@ -18,11 +18,14 @@ import time
 from collections.abc import Callable
 from enum import StrEnum
 
+import dramatiq
 from dramatiq.middleware import TimeLimitExceeded
 
 from actors.runtime import ActiveJob, WorkerRuntime
 from control_plane import observe
-from control_plane.dispatch import DocumentMessage
+from control_plane.capacity import live_hosts, room_elsewhere
+from control_plane.dispatch import DocumentMessage, enqueue_document
+from control_plane.drain import JobStopped
 from control_plane.errors import (
     AcquireTimeoutError,
     GeminiAuthError,
@@ -30,7 +33,7 @@ from control_plane.errors import (
     PermanentError,
     TransientError,
 )
-from control_plane.gemini.engine import OcrResult
+from control_plane.gemini.engine import OcrInterrupted, OcrResult
 from control_plane.logs import log_event
 from control_plane.pacing import record_job_seconds, wait_slot_freed, wake_slot_waiters
 from control_plane.pool import SlotLease, SlotRefusal
@@ -55,8 +58,8 @@ def outcome_for_error(exc: BaseException, *, stopping: bool) -> Outcome:
     """Pure: how an exception raised while processing a document is handled."""
     if isinstance(exc, GeminiAuthError):
         return Outcome.FATAL
-    if isinstance(exc, AcquireTimeoutError):
-        return Outcome.RELEASE
+    if isinstance(exc, AcquireTimeoutError | OcrInterrupted):
+        return Outcome.RELEASE  # our own wait, or told to stop (slot/lease lost, drain)
     if isinstance(exc, PermanentError):
         return Outcome.FAIL_PERMANENT
     if stopping and isinstance(exc, TransientError):
@@ -75,20 +78,27 @@ def describe_error(exc: BaseException) -> str:
 
 # How long a job waits for a slot of its type before giving the document back.
 SLOT_WAIT_S = 60.0
+# How long a job waits while ITS host is full before handing the message to a host with
+# room (issue 10: a message must not wait on a full host while another host sits idle).
+HOST_FULL_HAND_OFF_S = 0.5
 
 
 def process_document(rt: WorkerRuntime, message: DocumentMessage) -> str:
     """Run one job; returns what happened (for logs and tests)."""
     worker_id = rt.worker_id()
     try:
-        slot = _wait_for_slot(rt, message, worker_id)
+        waited = _wait_for_slot(rt, message, worker_id)
     except TimeLimitExceeded:
-        slot = None  # waited past OCR_JOB_TIME_LIMIT_MS for a slot: give the document back
+        waited = None  # waited past OCR_JOB_TIME_LIMIT_MS for a slot: give the document back
+    if isinstance(waited, _HandOff) and _hand_off(rt, message):
+        return "handed_off"  # still enqueued: the feed keeps counting it
+    slot = waited if isinstance(waited, SlotLease) else None
     # Only now does the message stop counting as "enqueued": while it waits for a slot
     # it is the feed's look-ahead, and the feed must not send more behind it.
     rt.enqueued.remove(message.document_source, message.ref)
     if slot is None:
-        _release(rt, message, "no slot of its type became free")
+        why = "worker stopping" if rt.stop_event.is_set() else "no slot of its type became free"
+        _release(rt, message, why)
         return "released"
     job = ActiveJob(
         message.environment, message.id, message.lease_token, message.document_source, slot=slot
@@ -143,6 +153,10 @@ def _quietly(fn: Callable[[], None]) -> None:
 def _run(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob, worker_id: str) -> str:
     store = rt.environments.store(message.environment)
     lease_ms = rt.settings.ocr_lease_ms
+    if rt.stop_event.is_set():  # draining: a job not started yet gives its document back
+        _release(rt, message, "worker stopping")
+        return "released"
+    rt.track(job)  # its slot is renewed from now on, even while the start waits on the database
     try:
         started_ok = store.start(message.id, message.lease_token, worker_id, lease_ms)
     except TransientError as exc:
@@ -157,7 +171,8 @@ def _run(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob, worker_id:
     if not started_ok:
         log_event("job.stale", "lease no longer ours; message dropped", document=message.ref)
         return "stale"
-    rt.track(job)
+    job.lease_renewed_at = time.monotonic()
+    job.started = True  # its lease is renewed from now on
     started = time.monotonic()
     log_event(
         "job.started",
@@ -168,7 +183,7 @@ def _run(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob, worker_id:
         slot=job.slot.slot_id if job.slot else None,
     )
     try:
-        result = _ocr(rt, message)
+        result = _ocr(rt, message, job)
     except TimeLimitExceeded:
         limit_s = rt.settings.ocr_job_time_limit_ms / 1000
         return _handle_error(
@@ -177,11 +192,13 @@ def _run(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob, worker_id:
             JobTimeLimitError(f"job ran past OCR_JOB_TIME_LIMIT_MS ({limit_s:g} s); interrupted"),
         )
     except Exception as exc:  # every error ends in a decided outcome
+        if isinstance(exc, OcrInterrupted) and job.abort_reason:
+            exc = JobStopped(job.abort_reason)  # say why: slot/lease lost, drain
         return _handle_error(rt, message, exc)
     return _complete(rt, message, job, result, time.monotonic() - started)
 
 
-def _ocr(rt: WorkerRuntime, message: DocumentMessage) -> OcrResult:
+def _ocr(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob) -> OcrResult:
     doc = ClaimedDocument(
         environment=message.environment,
         id=message.id,
@@ -194,7 +211,14 @@ def _ocr(rt: WorkerRuntime, message: DocumentMessage) -> OcrResult:
     data = rt.fetcher.fetch(doc)
     inspect_pdf(data, max_pages=rt.settings.ocr_max_pages)
     chunks = split_pdf(data, rt.settings.ocr_pages_per_chunk)
-    return rt.engine.ocr_chunks(message.document_source, chunks, stop_event=rt.stop_event)
+    # The job's own stop event: set when its slot or lease is lost, or when the drain
+    # gives it back; `before_call` checks it (and the drain) before each Gemini call.
+    return rt.engine.ocr_chunks(
+        message.document_source,
+        chunks,
+        stop_event=job.abort,
+        before_call=lambda: rt.before_call(job),
+    )
 
 
 def _complete(
@@ -322,14 +346,34 @@ def _release(rt: WorkerRuntime, message: DocumentMessage, why: str) -> None:
         )
 
 
-def _wait_for_slot(rt: WorkerRuntime, message: DocumentMessage, worker_id: str) -> SlotLease | None:
+class _HandOff:
+    """`_wait_for_slot`'s answer when this host is full and another host has room."""
+
+
+HAND_OFF = _HandOff()
+
+
+def _wait_for_slot(
+    rt: WorkerRuntime, message: DocumentMessage, worker_id: str
+) -> SlotLease | _HandOff | None:
     deadline = time.monotonic() + SLOT_WAIT_S
     delay = 0.05
+    full_since: float | None = None
     while True:
+        if rt.stop_event.is_set():  # draining: a job waiting for a slot gives it back at once
+            return None
         taken = rt.pool.take_slot(message.document_source, worker_id, message.ref)
         if isinstance(taken, SlotLease):
             return taken
         assert isinstance(taken, SlotRefusal)
+        if taken.reason == "capacity":  # a slot is free in the pool, but not room on this host
+            full_since = full_since if full_since is not None else time.monotonic()
+            if time.monotonic() - full_since >= HOST_FULL_HAND_OFF_S and _room_elsewhere(
+                rt, message.document_source
+            ):
+                return HAND_OFF
+        else:
+            full_since = None
         if rt.stop_event.is_set() or time.monotonic() > deadline:
             log_event(
                 "job.no_slot",
@@ -342,3 +386,34 @@ def _wait_for_slot(rt: WorkerRuntime, message: DocumentMessage, worker_id: str) 
         # missed wake-up (and how long a stop request waits).
         wait_slot_freed(rt.client, rt.keys, message.document_source, delay)
         delay = min(delay * 2, 1.0)
+
+
+def _room_elsewhere(rt: WorkerRuntime, mode: str) -> bool:
+    try:
+        hosts = live_hosts(rt.client, rt.keys)
+        usage = rt.pool.usage_by_host()
+    except Exception:  # Redis trouble: keep waiting here
+        return False
+    return room_elsewhere(hosts, usage, rt.host, rt.pool.costs[mode])
+
+
+def _hand_off(rt: WorkerRuntime, message: DocumentMessage) -> bool:
+    """Put the message back on its queue for a host with room; False if that failed."""
+    try:
+        enqueue_document(dramatiq.get_broker(), message)
+    except Exception as exc:  # cannot requeue: the caller gives the document back
+        log_event(
+            "job.hand_off_failed",
+            "could not requeue for another host",
+            level="WARNING",
+            document=message.ref,
+            error=type(exc).__name__,
+        )
+        return False
+    log_event(
+        "job.handed_off",
+        "this host is at its CPU/RAM budget; requeued for a host with room",
+        document=message.ref,
+        host=rt.host,
+    )
+    return True

@@ -7,6 +7,7 @@ process with one line naming the variable (`ConfigError`); secrets are held as
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -128,6 +129,11 @@ class Settings(BaseSettings):
         "INFO", pattern=r"(?i)^(trace|debug|info|success|warning|error|critical)$"
     )
     ocr_log_json: bool = False
+    # --- issue 10 (points 6-7): per-host capacity, graceful drain ---
+    # This host's name in the capacity registry (server:hosts, per-host counters).
+    ocr_host_name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=200)
+    # On SIGTERM/Ctrl+C, documents in progress may finish all their chunks for this long (ms).
+    ocr_shutdown_grace_ms: int = Field(120_000, ge=0)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 WINDOW_TTL_MARGIN_MS = 5_000
 # A worker that has not heartbeaten for this long is dropped from gemini:workers.
 WORKER_STALE_MS = 60_000
+# A host's budget registration (server:hosts) lapses this long after its workers' last
+# renewal (they renew it at every heartbeat, so at least 3 renewals fit in it).
+HOST_TTL_MS = 30_000
 # The scheduler leader lock; a standby takes over once it lapses.
 LEADER_LOCK_TTL_MS = 10_000
 # The limiter epoch outlives idle periods so a quiet night is not mistaken for a lost state.
@@ -147,9 +150,34 @@ class Keys:
         """CONTRACT string(number): GB held by busy slots and external work."""
         return self._k("server:ram:allocated")
 
+    # issue 10 (point 6): each host registers its budget and is accounted on its own.
+    @property
+    def cpu_allocated_by_host(self) -> str:
+        """hash: host (OCR_HOST_NAME) -> vCPUs held there by busy slots and external work.
+        Rebuilt from the holders by every slot/capacity script; a host holding nothing has
+        no field (reads as 0). `server:cpu:allocated` is the sum over hosts."""
+        return self._k("server:cpu:allocated:hosts")
+
+    @property
+    def ram_allocated_by_host(self) -> str:
+        """hash: host (OCR_HOST_NAME) -> GB held there (like cpu_allocated_by_host)."""
+        return self._k("server:ram:allocated:hosts")
+
+    @property
+    def hosts(self) -> str:
+        """hash: host (OCR_HOST_NAME) -> JSON {cpu, ram, pid, expires_at_ms}: the CPU/RAM budget
+        (SERVER_MAX_* minus reserves) each live worker host registered; renewed by its
+        workers' heartbeat, dropped HOST_TTL_MS after the last renewal."""
+        return self._k("server:hosts")
+
+    @property
+    def host_leases(self) -> str:
+        """zset: host -> Redis-time ms its budget registration lapses."""
+        return self._k("server:hosts:leases")
+
     @property
     def external_usage(self) -> str:
-        """hash: external holder id (e.g. registre-1) -> JSON {cpu, ram, kind}."""
+        """hash: external holder id (e.g. registre-1) -> JSON {cpu, ram, kind, host}."""
         return self._k("server:external")
 
     @property

@@ -15,6 +15,7 @@ pool size, or less when the CPU/RAM budget bounds the plan).
 from __future__ import annotations
 
 import json
+import socket
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ class WorkerPool:
         cpu_budget: float,
         ram_budget: float,
         slot_ttl_ms: int = 30_000,
+        host: str | None = None,
     ) -> None:
         if pool_size < 1:
             raise ValueError(f"pool_size must be >= 1, got {pool_size}")
@@ -83,6 +85,8 @@ class WorkerPool:
         self.cpu_budget = float(cpu_budget)
         self.ram_budget = float(ram_budget)
         self.slot_ttl_ms = slot_ttl_ms
+        # The host this pool object takes slots for: its budget is the one above (issue 10).
+        self.host = host if host else socket.gethostname()
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings, keys: Keys) -> WorkerPool:
@@ -94,13 +98,15 @@ class WorkerPool:
             cpu_budget=settings.cpu_budget,
             ram_budget=settings.ram_budget,
             slot_ttl_ms=settings.ocr_slot_ttl_ms,
+            host=settings.ocr_host_name,
         )
 
     # --- allocation and assignments ---
 
     @property
     def _slot_keys(self) -> list[str]:
-        """The keys every slot script touches: modes, holders, leases, pending modes, capacity."""
+        """The keys every slot script touches: modes, holders, leases, pending modes, capacity
+        (totals, external work, per-host sums)."""
         k = self._keys
         return [
             k.assignments,
@@ -109,6 +115,10 @@ class WorkerPool:
             k.pending_modes,
             k.cpu_allocated,
             k.ram_allocated,
+            k.external_usage,
+            k.external_leases,
+            k.cpu_allocated_by_host,
+            k.ram_allocated_by_host,
         ]
 
     def publish_allocation(
@@ -183,14 +193,14 @@ class WorkerPool:
                 "token": token,
                 "mode": mode,
                 "document": document,
+                "host": self.host,
                 "cpu": cpu,
                 "ram": ram,
             }
         )
-        k = self._keys
         result = self._scripts.run(
             "pool_take",
-            [*self._slot_keys, k.external_usage, k.external_leases],
+            self._slot_keys,
             [
                 mode,
                 token,
@@ -200,6 +210,7 @@ class WorkerPool:
                 repr(ram),
                 repr(self.cpu_budget),
                 repr(self.ram_budget),
+                self.host,
             ],
         )
         if int(result[0]) != 1:
@@ -235,10 +246,9 @@ class WorkerPool:
 
     def reap_expired(self) -> list[str]:
         """Release slots (and external registrations) whose lease lapsed; return slot ids."""
-        k = self._keys
         slots, externals = self._scripts.run(
             "pool_reap",
-            [*self._slot_keys, k.external_usage, k.external_leases],
+            self._slot_keys,
             [],
         )
         reaped = [_s(s) for s in slots]
@@ -284,6 +294,18 @@ class WorkerPool:
             info["expired"] = snap.expired(slot)
             out[slot] = info
         return out
+
+    def usage_by_host(self) -> dict[str, tuple[float, float]]:
+        """Host -> (vCPU, GB) its busy slots and external work hold (hosts holding nothing
+        are absent)."""
+        k = self._keys
+        pipe = self._client.pipeline(transaction=True)  # one consistent view
+        pipe.hgetall(k.cpu_allocated_by_host)
+        pipe.hgetall(k.ram_allocated_by_host)
+        raw_cpu, raw_ram = pipe.execute()
+        cpus = {_s(h): float(v) for h, v in raw_cpu.items()}
+        rams = {_s(h): float(v) for h, v in raw_ram.items()}
+        return {h: (cpus.get(h, 0.0), rams.get(h, 0.0)) for h in sorted(cpus.keys() | rams.keys())}
 
     # --- internals ---
 

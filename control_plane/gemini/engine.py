@@ -171,15 +171,19 @@ class GeminiOcrEngine:
         *,
         on_progress: Callable[[], None] | None = None,
         stop_event: threading.Event | None = None,
+        before_call: Callable[[], None] | None = None,
     ) -> OcrResult:
-        """OCR every chunk in page order and join the texts; raises on failure (see module doc)."""
+        """OCR every chunk in page order and join the texts; raises on failure (see module doc).
+
+        `before_call` runs right before each Gemini call, once the limiter granted it: the
+        caller's "should I go on" check (it raises to stop, e.g. lease lost, worker stopping)."""
         if not chunks:
             raise PermanentError("the document has no pages to OCR")
         progress = on_progress or (lambda: None)
         texts: list[str] = []
         prompt_tokens = output_tokens = calls = pages = 0
         for chunk in sorted(chunks, key=lambda c: c.first_page):
-            done = self._ocr_chunk(document_type, chunk, progress, stop_event)
+            done = self._ocr_chunk(document_type, chunk, progress, stop_event, before_call)
             texts.append(done.text.strip("\n"))
             prompt_tokens += done.prompt_tokens
             output_tokens += done.output_tokens
@@ -196,6 +200,7 @@ class GeminiOcrEngine:
         chunk: Chunk,
         progress: Callable[[], None],
         stop_event: threading.Event | None,
+        before_call: Callable[[], None] | None = None,
     ) -> _ChunkText:
         pages = chunk.last_page - chunk.first_page + 1
         where = f"pages {chunk.first_page}-{chunk.last_page} of {chunk.total_pages}"
@@ -218,6 +223,8 @@ class GeminiOcrEngine:
             waited = time.monotonic()
             grant = self._acquire(estimate, where, progress, stop_event)
             observe.limiter_wait(document_type, time.monotonic() - waited)  # issue 14
+            if before_call is not None:
+                before_call()
             calls += 1
             decision: CallDecision | None
             called = time.monotonic()

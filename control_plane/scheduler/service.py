@@ -18,7 +18,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from control_plane.allocation import compute_allocation, explain_allocation
-from control_plane.capacity import Capacity, fit_allocation
+from control_plane.capacity import Capacity, fit_allocation, live_hosts, pool_budget
 from control_plane.config import DOCUMENT_TYPES, Settings
 from control_plane.dispatch import DocumentMessage, EnqueuedSet, enqueue_document, make_broker
 from control_plane.errors import MAX_HELD_COOLDOWN_S, OcrPoolError, TransientError
@@ -168,6 +168,15 @@ class Scheduler:
         queued = {t: counts[t].ready if t in counts else 0 for t in DOCUMENT_TYPES}
         return self.apply_queue(queued, force=force)
 
+    def fleet_budget(self) -> tuple[float, float, str]:
+        """(vCPU, GB, hosts) the allocation is fitted to: the sum of the budgets the live
+        worker hosts registered, or this process's own settings while none is registered."""
+        s = self.settings
+        hosts = live_hosts(self.client, self.keys)
+        cpu, ram = pool_budget(hosts, (s.cpu_budget, s.ram_budget))
+        names = ", ".join(h.host for h in hosts)
+        return cpu, ram, (f"{len(hosts)} host(s): {names}" if hosts else "")
+
     def apply_queue(self, queued: dict[str, int], *, force: bool = False) -> dict[str, int]:
         """Publish the allocation for these ready counts; log when it changes."""
         s = self.settings
@@ -176,12 +185,16 @@ class Scheduler:
         )
         options = allocation_options(s, weights, self._planned)
         planned = compute_allocation(queued, s.ocr_worker_pool_size, s.minimums, **options)
+        cpu_budget, ram_budget, hosts = self.fleet_budget()  # issue 10: every live host's budget
         fitted, capacity_bound = fit_allocation(
-            planned, s.slot_costs, s.cpu_budget, s.ram_budget, s.minimums
+            planned, s.slot_costs, cpu_budget, ram_budget, s.minimums
         )
         reason = explain_allocation(queued, s.ocr_worker_pool_size, s.minimums, planned, **options)
         if capacity_bound:
-            reason += f"; capacity-bound (CPU {s.cpu_budget:g}, RAM {s.ram_budget:g} GB)"
+            reason += (
+                f"; capacity-bound (CPU {cpu_budget:g}, RAM {ram_budget:g} GB"
+                f" on {hosts or 'this host'})"
+            )
         with self._lock:
             self._sequence += 1
             version = self.leader.epoch * VERSION_STRIDE + self._sequence
@@ -373,6 +386,7 @@ class Scheduler:
             if mode:
                 by_mode[mode] = by_mode.get(mode, 0) + 1
         rpm, tpm = self.limiter.usage()
+        fleet_cpu, fleet_ram, _ = self.fleet_budget()  # issue 10: the live hosts' budgets
         cpu, ram = self.capacity.usage()
         snap = StatusSnapshot(
             taken_at=now_utc(),
@@ -390,8 +404,8 @@ class Scheduler:
             cooldown_ms=self.limiter.cooldown_remaining_ms(),
             cpu_used=cpu,
             ram_used=ram,
-            cpu_budget=s.cpu_budget,
-            ram_budget=s.ram_budget,
+            cpu_budget=fleet_cpu,
+            ram_budget=fleet_ram,
             leader=self.leader.holder(),
             enqueued=self.enqueued.counts(),
         )
