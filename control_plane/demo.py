@@ -336,6 +336,9 @@ def _run(stack: contextlib.ExitStack, args: argparse.Namespace, started: float) 
     run.children.clear()
     if not args.real_gemini:
         summary.update(_emulator_stats(gemini["GEMINI_BASE_URL"]))
+    # What it used, so a caller can check it cleaned up its own (others may run demos too).
+    summary["database"] = psycopg.conninfo.conninfo_to_dict(dsn).get("dbname")
+    summary["redis_prefix"] = prefix
     _print_summary(summary)
     if getattr(args, "summary_json", None):
         Path(args.summary_json).write_text(json.dumps(summary, indent=2))
@@ -381,8 +384,10 @@ def _watch(
             allocation = json.loads(raw) if raw else {}
             for t in peak:
                 peak[t] = max(peak[t], int(allocation.get(t, 0)))
-            if not metrics and done >= max(1, total // 4):
-                metrics = _check_metrics(scheduler_port, worker_port)
+            # Scrape once a quarter is done; again (quietly) while an endpoint is still
+            # silent: the workers' exposition process can start late on a loaded machine.
+            if done >= max(1, total // 4) and not all(metrics.get(n) for n in _ENDPOINTS):
+                metrics = _check_metrics(scheduler_port, worker_port, quiet=bool(metrics))
             now = time.monotonic()
             if now - last_line >= 2 or done + failed >= total:
                 last_line = now
@@ -409,7 +414,7 @@ def _watch(
                 "SELECT coalesce(sum(prompt_tokens), 0), coalesce(sum(output_tokens), 0) "
                 "FROM extraction_queue WHERE status_id = 5"
             ).fetchone() or (0, 0)
-        if not metrics:
+        if not all(metrics.get(n) for n in _ENDPOINTS):
             metrics = _check_metrics(scheduler_port, worker_port)
     finally:
         client.close()
@@ -425,13 +430,24 @@ def _watch(
     }
 
 
-def _check_metrics(scheduler_port: int, worker_port: int) -> dict[str, list[str]]:
-    """Scrape both endpoints once; the series names each one answers with."""
+_ENDPOINTS = ("scheduler", "workers")
+
+
+def _check_metrics(
+    scheduler_port: int, worker_port: int, quiet: bool = False
+) -> dict[str, list[str]]:
+    """Scrape both endpoints once; the series names each one answers with.
+
+    `quiet`: say nothing unless both answered (a retry while one is still silent).
+    """
     found: dict[str, list[str]] = {}
-    for name, port in (("scheduler", scheduler_port), ("workers", worker_port)):
+    for name, port in zip(_ENDPOINTS, (scheduler_port, worker_port), strict=True):
         series = fetch_metrics(f"http://127.0.0.1:{port}/metrics")
-        ours = sorted(s for s in series if s.startswith(("ocr_", "dramatiq_")))
-        found[name] = ours
+        found[name] = sorted(s for s in series if s.startswith(("ocr_", "dramatiq_")))
+    if quiet and not all(found.values()):
+        return found
+    for name, port in zip(_ENDPOINTS, (scheduler_port, worker_port), strict=True):
+        ours = found[name]
         shown = ", ".join(ours[:4]) + (" ..." if len(ours) > 4 else "")
         say(
             f"  metrics: {name} http://127.0.0.1:{port}/metrics answers {len(ours)} series "
