@@ -93,12 +93,16 @@ def test_demo_runs_end_to_end_and_cleans_up(
     ):
         assert series in worker_series, f"{series} not served: {sorted(worker_series)}"
 
-    # Everything the demo started or created is gone.
+    # Everything the demo started or created is gone (its own: other demos may be running
+    # on the same servers).
+    assert summary["database"].startswith("ocr_demo_")
+    assert summary["redis_prefix"].startswith("demo:")
     with psycopg.connect(pg_admin_dsn) as conn:
         left = conn.execute(
-            "SELECT count(*) FROM pg_database WHERE datname LIKE 'ocr_demo_%'"
+            "SELECT count(*) FROM pg_database WHERE datname = %s", (summary["database"],)
         ).fetchone()
     assert left is not None and left[0] == 0, "the demo database was not dropped"
     client = redis.Redis.from_url(redis_url)
-    assert not list(client.scan_iter(match="demo:*", count=1000)), "demo keys left in Redis"
+    own = list(client.scan_iter(match=f"{summary['redis_prefix']}*", count=1000))
+    assert not own, "demo keys left in Redis"
     client.close()

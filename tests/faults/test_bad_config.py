@@ -26,6 +26,7 @@ import redis
 from control_plane.queue.migrate import apply_schema
 from control_plane.samples import sample_document
 from tests.faults.checks import install_audit
+from tests.support import services
 from tests.support.emulator import start_emulator
 from tests.support.pool import ROOT, PoolHarness, pool_harness, wait_until
 from tests.support.redis_server import free_port, private_redis
@@ -98,7 +99,7 @@ def base_env(redis_url: str) -> dict[str, str]:
     }
     env.update(
         {
-            "DEV_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/postgres",
+            "DEV_DATABASE_URL": services.pg_admin_dsn(),
             "REDIS_URL": redis_url,
             "GEMINI_API_KEY": "test-key-not-used",
             "OCR_REDIS_PREFIX": f"cfg:{uuid.uuid4().hex[:8]}:",
