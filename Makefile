@@ -33,7 +33,8 @@ demo: $(VENV)/.installed
 ## The whole test suite: unit, integration (real Redis, real PostgreSQL), end to end, faults.
 test: $(VENV)/.installed
 	$(call local_servers,test)
-	$(PY) -m pytest
+	@sh docker/fetch-promtool.sh $(VENV)/bin
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest
 
 test-fast: $(VENV)/.installed
 	$(call local_servers,test)
