@@ -297,7 +297,17 @@ class Scheduler:
             except BaseException:
                 self.environments.give_back(docs)
                 raise
-            enqueued = self._enqueue_batch(messages, epoch)
+            try:
+                enqueued = self._enqueue_batch(messages, epoch)
+            except redis.RedisError as exc:  # the batch is back to ready; try the next type
+                log_event(
+                    "feed.enqueue_failed",
+                    f"{source} batch not enqueued: {type(exc).__name__}",
+                    level="WARNING",
+                    document_source=source,
+                    error=str(exc)[:200],
+                )
+                continue
             claimed[source] = enqueued
             if enqueued:
                 self.metrics.fed(source, enqueued)
