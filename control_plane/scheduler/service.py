@@ -297,17 +297,7 @@ class Scheduler:
             except BaseException:
                 self.environments.give_back(docs)
                 raise
-            try:
-                enqueued = self._enqueue_batch(messages, epoch)
-            except redis.RedisError as exc:  # the batch is back to ready; try the next type
-                log_event(
-                    "feed.enqueue_failed",
-                    f"{source} batch not enqueued: {type(exc).__name__}",
-                    level="WARNING",
-                    document_source=source,
-                    error=str(exc)[:200],
-                )
-                continue
+            enqueued = self._enqueue_batch(messages, epoch)
             claimed[source] = enqueued
             if enqueued:
                 self.metrics.fed(source, enqueued)
@@ -319,7 +309,7 @@ class Scheduler:
                     count=enqueued,
                     epoch=epoch,
                 )
-            if enqueued < len(messages):
+            if not self.leader.acting():
                 break  # fenced out: nothing more this pass
         return FeedResult(claimed=claimed, wanted=wants)
 
@@ -369,24 +359,32 @@ class Scheduler:
         """Enqueue a claimed batch; every message not enqueued goes back to ready.
 
         Returns how many were enqueued: fewer than the batch when the leader was fenced
-        out midway. Any other failure (Redis down, an error in the middle) gives back the
-        rest of the batch and is raised.
+        out midway or Redis failed (logged; the feed goes on with the next type). Any
+        other error gives back the rest of the batch and is raised.
         """
-        pending = list(messages)
+        done = 0
         try:
-            while pending:
+            while done < len(messages):
                 if not self.leader.acting():
-                    self._give_back_all(pending, "leader lease lapsed before enqueue")
+                    self._give_back_all(messages[done:], "leader lease lapsed before enqueue")
                     break
-                if not self.enqueuer.enqueue(pending[0], self.owner, epoch):
-                    self._give_back_all(pending, "not the leader any more (fenced)")
+                if not self.enqueuer.enqueue(messages[done], self.owner, epoch):
+                    self._give_back_all(messages[done:], "not the leader any more (fenced)")
                     self._step_down("enqueue refused: the lock or epoch moved on")
                     break
-                pending.pop(0)
+                done += 1
+        except redis.RedisError as exc:
+            self._give_back_all(messages[done:], f"enqueue failed: {type(exc).__name__}")
+            log_event(
+                "feed.enqueue_failed",
+                f"{messages[0].document_source} batch enqueued {done} of {len(messages)}",
+                level="WARNING",
+                error=str(exc)[:200],
+            )
         except BaseException:
-            self._give_back_all(pending, "enqueue failed")
+            self._give_back_all(messages[done:], "enqueue failed")
             raise
-        return len(messages) - len(pending)
+        return done
 
     def _give_back_all(self, messages: list[DocumentMessage], why: str) -> None:
         """Claimed documents not on a queue go straight back to ready (never started)."""
@@ -407,7 +405,6 @@ class Scheduler:
             released=released,
             documents=",".join(m.ref for m in messages[:20]),
         )
-        del messages[:]
 
     # --- reap ---
 

@@ -95,8 +95,10 @@ def test_leader_paused_past_its_ttl_changes_nothing_after_it_resumes(
             # The new leader acts (feeds) within one lock TTL of taking over.
             taken = db_now(pool.dsn)
             wait_until(
-                lambda: stale_claims(pool.dsn, new_epoch, taken) > 0
-                or pool.status_counts().get(READY, 0) == 0,
+                lambda: (
+                    stale_claims(pool.dsn, new_epoch, taken) > 0
+                    or pool.status_counts().get(READY, 0) == 0
+                ),
                 LEADER_TTL_S,
                 message="the new leader to claim",
             )
@@ -218,7 +220,11 @@ def test_a_document_that_kills_its_worker_ends_in_error_after_the_limit(
         while row(pool.dsn, poison)["status_id"] != ERROR:
             assert time.monotonic() < deadline, f"poison row: {row(pool.dsn, poison)}"
             state = row(pool.dsn, poison)
-            if state["status_id"] == IN_FLIGHT and state["started_at"] and state["attempts"] > kills:
+            if (
+                state["status_id"] == IN_FLIGHT
+                and state["started_at"]
+                and state["attempts"] > kills
+            ):
                 # The document's processing kills its worker process (an out-of-memory PDF).
                 os.kill(pid_of(state["worker_id"]), signal.SIGKILL)
                 kills += 1

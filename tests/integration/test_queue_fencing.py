@@ -114,7 +114,9 @@ def test_a_stale_leader_epoch_cannot_claim_or_reap(store_case: StoreCase) -> Non
     assert counts == [(2, 1), (3, 3)]
     assert store.reap(3, epoch=101) == ReapResult(1, 0)
     assert len(store.claim("index", 2, "leader-b", LEASE, epoch=101)) == 2
-    claimed = sql(store_case.dsn, "SELECT DISTINCT claim_epoch FROM extraction_queue WHERE status_id = 2")
+    claimed = sql(
+        store_case.dsn, "SELECT DISTINCT claim_epoch FROM extraction_queue WHERE status_id = 2"
+    )
     assert claimed == [(101,)]
 
 
