@@ -219,7 +219,14 @@ class Scheduler:
             planned=planned,
             capacity_bound=capacity_bound,
         )
-        if not published:
+        if not published and not self.leader.acting():
+            log_event(
+                "rebalance.fenced",
+                "not the current leader (lease lapsed or fenced); allocation not published",
+                level="WARNING",
+                version=version,
+            )
+        elif not published:
             log_event(
                 "rebalance.stale",
                 "a newer allocation exists; not overwritten",
