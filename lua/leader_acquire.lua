@@ -9,10 +9,11 @@
 --
 -- Returns {status, epoch}: status 1 = newly acquired (new epoch), 2 = still ours (TTL
 -- renewed), 0 = held by someone else (epoch = current).
--- A new epoch is max(counter + 1, Redis TIME in seconds, ARGV[3]): it only goes up,
--- also after a flush or a restart without persistence reset the counter (the clock
--- part is above every earlier epoch unless leaders changed faster than once a second,
--- and ARGV[3] carries what the databases' fences saw). The epoch orders leaders and
+-- A new epoch is max(counter + 1, Redis TIME in milliseconds, ARGV[3]): it only goes
+-- up, also after a flush or a restart without persistence reset the counter (the clock
+-- part is above every earlier epoch unless leaders changed faster than once a
+-- millisecond or the clock stepped back, and ARGV[3] carries what the databases'
+-- fences saw: a leader behind one of them steps down and comes back above it). The epoch orders leaders and
 -- fences their writes (pool_publish, feed_enqueue, ocr_claim, ocr_reap).
 local owner = redis.call('GET', KEYS[1])
 if owner == ARGV[1] then
@@ -23,7 +24,8 @@ if owner then
   return {0, tonumber(redis.call('GET', KEYS[2]) or '0')}
 end
 local t = redis.call('TIME')
-local epoch = math.max(redis.call('INCR', KEYS[2]), tonumber(t[1]), tonumber(ARGV[3] or '0') or 0)
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local epoch = math.max(redis.call('INCR', KEYS[2]), now_ms, tonumber(ARGV[3] or '0') or 0)
 redis.call('SET', KEYS[2], string.format('%d', epoch))
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {1, epoch}

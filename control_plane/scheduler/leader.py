@@ -16,8 +16,9 @@ database call, Redis retries) must not act once a standby has taken over:
   lock owner and epoch in Lua; ocr_claim / ocr_reap carry the epoch and each
   database refuses an epoch below the highest it has seen (ocr_leader_fence).
 - The epoch never goes backwards: leader_acquire.lua takes max(counter + 1, Redis
-  TIME in seconds, `min_epoch`), and `min_epoch` is lifted above any higher epoch a
-  database fence reports (a Redis flush without persistence and a clock behind).
+  TIME in milliseconds, `min_epoch`), and `min_epoch` is lifted above any higher
+  epoch a database fence reports (a Redis flush without persistence and a clock
+  behind). Epochs stay below 2**53 / VERSION_STRIDE for millennia.
 """
 
 from __future__ import annotations

@@ -40,9 +40,10 @@ from control_plane.scheduler.status import StatusSnapshot, now_utc, render_statu
 from control_plane.workers import WorkerRegistry
 
 # Allocation versions: epoch * VERSION_STRIDE + sequence (below 2**53 with epochs in the
-# Redis-clock seconds range, see leader_acquire.lua). Publishes are fenced on the leader
-# lock and epoch, and compared by version only within one epoch.
-VERSION_STRIDE = 1_000_000
+# Redis-clock milliseconds range, see leader_acquire.lua). Publishes are fenced on the
+# leader lock and epoch and compared by version only within one epoch, so a sequence
+# past the stride is harmless.
+VERSION_STRIDE = 1_000
 
 
 @dataclass
@@ -103,6 +104,7 @@ class Scheduler:
         self._planned: dict[str, int] | None = None  # last plan, for hysteresis
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._leadership = threading.Lock()  # acquire vs release at shutdown
         self._feed_paused = False
         self._out = out
         self._backoff = JobBackoff()
@@ -117,7 +119,10 @@ class Scheduler:
         """
         was_leader = self.leader.is_leader
         try:
-            leading = self.leader.try_acquire()
+            with self._leadership:  # never (re)acquired once shutdown has released it
+                if self._stopping.is_set():
+                    return False
+                leading = self.leader.try_acquire()
         except redis.RedisError as exc:
             log_event(
                 "leader.error",
@@ -157,6 +162,8 @@ class Scheduler:
         and its clock is behind) makes us step down; the next acquire takes a higher one.
         """
         epoch = self.leader.epoch
+        if self._stopping.is_set():
+            return
         seen = self.environments.leader_fence(epoch, self.owner)
         highest = max(seen.values(), default=epoch)
         if highest > epoch:
@@ -608,7 +615,8 @@ class Scheduler:
         """Stop feeding, hand over leadership, close connections."""
         self._stopping.set()
         try:
-            self.leader.release()
+            with self._leadership:
+                self.leader.release()
         except redis.RedisError:
             pass
         self.environments.close()

@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.emulator import EmulatorProcess
 from tests.support.fencing import claim_messages, pid_of, publish_allocation, row, send
-from tests.support.pool import PoolHarness, wait_until
+from tests.support.pool import PoolHarness, Proc, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -24,6 +24,32 @@ def started(pool: PoolHarness, doc_id: int) -> dict[str, object] | None:
     return state if state["started_at"] is not None else None
 
 
+def one_round(pool: PoolHarness, workers: Proc, n: int) -> None:
+    """A long document starts on one process; the next one must start on the other."""
+    (first,) = claim_messages(pool, "index", 1)
+    send(pool, first)
+    busy = wait_until(lambda: started(pool, first.id), 20, message="the first to start")
+    (second,) = claim_messages(pool, "index", 1)
+    send(pool, second)
+    other = wait_until(
+        lambda: started(pool, second.id),
+        20,
+        message=lambda: f"round {n}: the second to start\n{workers.log()[-2000:]}",
+    )
+    assert pid_of(str(other["worker_id"])) != pid_of(str(busy["worker_id"])), (
+        f"round {n}: the busy process took the message"
+    )
+    still = row(pool.dsn, first.id)
+    assert still["completed_at"] is None or still["completed_at"] > other["started_at"], (
+        f"round {n}: the second waited for the first to finish"
+    )
+    wait_until(
+        lambda: pool.status_counts().get(5, 0) == 2 * (n + 1),
+        30,
+        message=lambda: f"round {n} done: {pool.status_counts()}",
+    )
+
+
 def test_the_idle_process_takes_the_message_while_the_other_is_busy(
     pool: PoolHarness, emulator: EmulatorProcess
 ) -> None:
@@ -33,26 +59,5 @@ def test_the_idle_process_takes_the_message_while_the_other_is_busy(
     workers = pool.workers(processes=2, threads=1)
     wait_until(lambda: workers.log().count("worker.boot") >= 2, 30, message="two workers")
     for n in range(ROUNDS):
-        (first,) = claim_messages(pool, "index", 1)
-        send(pool, first)
-        busy = wait_until(lambda: started(pool, first.id), 20, message="the first to start")
-        (second,) = claim_messages(pool, "index", 1)
-        send(pool, second)
-        other = wait_until(
-            lambda: started(pool, second.id),
-            20,
-            message=lambda: f"round {n}: the second to start\n{workers.log()[-2000:]}",
-        )
-        assert pid_of(str(other["worker_id"])) != pid_of(str(busy["worker_id"])), (
-            f"round {n}: the busy process took the message"
-        )
-        still = row(pool.dsn, first.id)
-        assert still["completed_at"] is None or still["completed_at"] > other["started_at"], (
-            f"round {n}: the second waited for the first to finish"
-        )
-        wait_until(
-            lambda: pool.status_counts().get(5, 0) == 2 * (n + 1),
-            30,
-            message=lambda: f"round {n} done: {pool.status_counts()}",
-        )
+        one_round(pool, workers, n)
     assert workers.stop() == 0
