@@ -167,12 +167,18 @@ class Scheduler:
         seen = self.environments.leader_fence(epoch, self.owner)
         highest = max(seen.values(), default=epoch)
         if highest > epoch:
-            self._step_down(f"a database has seen leader epoch {highest}", highest + 1)
+            self._step_down(f"a database has seen leader epoch {highest}", epoch, highest + 1)
             return
         self.rebalance(force=True)
 
-    def _step_down(self, why: str, min_epoch: int = 0) -> None:
-        """Fenced out: stop acting at once and give the lock up."""
+    def _step_down(self, why: str, refused_epoch: int, min_epoch: int = 0) -> None:
+        """Fenced out under `refused_epoch`: stop acting at once and give the lock up.
+
+        Nothing to give up when we have re-acquired under a newer epoch since (an action
+        begun under the old one was refused, as it should be).
+        """
+        if self.leader.epoch != refused_epoch:
+            return
         log_event(
             "leader.fenced",
             f"stepping down: {why}",
@@ -291,7 +297,7 @@ class Scheduler:
                 self._back_off("feed", exc)
                 break
             except LeaderFencedError as exc:
-                self._step_down(f"claim refused: {exc}", epoch + 1)
+                self._step_down(f"claim refused: {exc}", epoch, epoch + 1)
                 break
             self._backoff.succeeded("feed")
             if not docs:
@@ -384,7 +390,7 @@ class Scheduler:
                     break
                 if not self.enqueuer.enqueue(messages[done], self.owner, epoch):
                     self._give_back_all(messages[done:], "not the leader any more (fenced)")
-                    self._step_down("enqueue refused: the lock or epoch moved on")
+                    self._step_down("enqueue refused: the lock or epoch moved on", epoch)
                     break
                 done += 1
         except redis.RedisError as exc:
@@ -443,7 +449,7 @@ class Scheduler:
                 epoch=epoch,
             )
         except LeaderFencedError as exc:
-            self._step_down(f"reap refused: {exc}", epoch + 1)
+            self._step_down(f"reap refused: {exc}", epoch, epoch + 1)
             return
         for env, result in results.items():
             if result.requeued or result.errored:

@@ -208,3 +208,28 @@ def test_a_feed_failing_mid_batch_gives_back_every_document_not_enqueued(
         for mid in redis_client.lrange(queue, 0, -1)
     }
     assert refs == on_queue == set(redis_client.zrange(keys.enqueued("index"), 0, -1))
+
+
+def set_fence(dsn: str, epoch: int) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE ocr_leader_fence SET epoch = %s", (epoch,))
+
+
+def test_a_leader_behind_a_database_fence_steps_down_and_comes_back_above_it(
+    scheduler: Any, dsn: str, redis_client: redis.Redis, keys: Keys
+) -> None:
+    """Redis lost its state and its clock is behind: the database knows a higher epoch."""
+    high = scheduler.leader.epoch + 10**9
+    set_fence(dsn, high)
+    seed(dsn, index=3)
+    # A feed under the old epoch is refused by the database: nothing claimed, lock given up.
+    result = scheduler.feed()
+    assert result is not None and result.claimed == {"index": 0, "acte": 0}
+    assert {s for s, _ in statuses(dsn).values()} == {3}
+    assert not scheduler.leader.is_leader and redis_client.get(keys.leader) is None
+    # Re-acquired: the take-over learns the fence, steps down, and the next epoch is above it.
+    scheduler.tick_leadership()
+    assert scheduler.tick_leadership() and scheduler.leader.acting()
+    assert scheduler.leader.epoch > high
+    result = scheduler.feed()
+    assert result is not None and result.claimed["index"] == 3
