@@ -97,7 +97,7 @@ def test_the_epoch_never_goes_backwards_after_a_flush(
     assert first >= int(sec) * 1000, "the epoch carries the Redis clock (ms)"
     a.release()
     b = LeaderLock(redis_client, keys, "b")
-    assert b.try_acquire() and b.epoch == first + 1, "quick takeovers still count up"
+    assert b.try_acquire() and b.epoch > first, "a takeover in the same ms still counts up"
     redis_client.delete(keys.leader, keys.leader_epoch)  # a flush of our keys
     c = LeaderLock(redis_client, keys, "c")
     assert c.try_acquire() and c.epoch >= first  # the clock part
