@@ -3,7 +3,9 @@
 The order matters for "nothing lost, nothing written twice":
 1. take a pool slot of the document's type (capacity checked atomically);
 2. `start` the lease, fenced on its token: a stale message (lease reaped and
-   re-claimed since it was enqueued) is dropped here;
+   re-claimed since it was enqueued, or a second delivery of a message another
+   process already started) is dropped here. A start counts the attempt and gives
+   this delivery its own token, which every later write carries;
 3. fetch, inspect and split the PDF; OCR chunk by chunk through the limiter;
 4. `complete` or `fail`, fenced on the token (a lost lease writes nothing);
 5. release the slot, always.
@@ -12,6 +14,7 @@ What to do with an error is decided by `outcome_for_error`, a pure function.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -158,7 +161,9 @@ def _run(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob, worker_id:
         return "released"
     rt.track(job)  # its slot is renewed from now on, even while the start waits on the database
     try:
-        started_ok = store.start(message.id, message.lease_token, worker_id, lease_ms)
+        delivery = store.start(
+            message.id, message.lease_token, worker_id, lease_ms, rt.settings.ocr_max_attempts
+        )
     except TransientError as exc:
         log_event(
             "job.start_unavailable",
@@ -168,9 +173,18 @@ def _run(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob, worker_id:
             error=str(exc)[:200],
         )
         return "unstarted"
-    if not started_ok:
-        log_event("job.stale", "lease no longer ours; message dropped", document=message.ref)
+    if delivery is None:
+        log_event(
+            "job.stale",
+            "claim no longer ours (reaped, or another delivery started it); message dropped",
+            document=message.ref,
+        )
         return "stale"
+    # From here on every write carries this delivery's own token.
+    message = dataclasses.replace(
+        message, lease_token=delivery.lease_token, attempts=delivery.attempt
+    )
+    job.lease_token = delivery.lease_token
     job.lease_renewed_at = time.monotonic()
     job.started = True  # its lease is renewed from now on
     started = time.monotonic()

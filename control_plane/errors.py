@@ -23,6 +23,10 @@ class PermanentError(OcrPoolError):
     """Retrying cannot help (bad document, bad request, missing row)."""
 
 
+class LeaderFencedError(PermanentError):
+    """A newer scheduler leader has taken over: this one's claim or reap was refused."""
+
+
 class RequestTooLargeError(PermanentError):
     """A single request needs more tokens than the whole per-window budget."""
 

@@ -193,10 +193,20 @@ class Keys:
 
     @property
     def leader_epoch(self) -> str:
-        """string(int): incremented by each new leader; allocation versions start from it."""
+        """string(int): the current leader's epoch, raised by each new leader (never down:
+        see leader_acquire.lua); allocation versions start from it, leader writes are
+        fenced on it."""
         return self._k("scheduler:epoch")
 
     @property
     def scheduler_stats(self) -> str:
         """hash: scheduler counters (fed, reaped, rebalances) and last queue counts."""
         return self._k("scheduler:stats")
+
+
+def dramatiq_queue_keys(namespace: str, queue_name: str) -> tuple[str, str]:
+    """Dramatiq's own keys of one queue (its Redis broker layout, not under our prefix):
+    list `<namespace>:<queue>` of message ids and hash `<namespace>:<queue>.msgs` of
+    message id -> encoded message. Written by feed_enqueue.lua, read by Dramatiq."""
+    queue = f"{namespace}:{queue_name}"
+    return queue, f"{queue}.msgs"

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 SLOT_PREFIX = "ocr-worker-"
 # Fields publish_allocation writes itself; callers' extra fields may not replace them.
 _RESERVED_FIELDS = frozenset(
-    {"total", "version", "reason", "pool_size", "updated_at", "updated_at_ms"}
+    {"total", "version", "reason", "pool_size", "updated_at", "updated_at_ms", "leader", "epoch"}
 )
 
 
@@ -122,9 +122,19 @@ class WorkerPool:
         ]
 
     def publish_allocation(
-        self, allocation: Mapping[str, int], *, version: int, reason: str, **fields: Any
+        self,
+        allocation: Mapping[str, int],
+        *,
+        version: int,
+        reason: str,
+        fence: tuple[str, int] | None = None,
+        **fields: Any,
     ) -> bool:
-        """Publish the plan and reassign slots to match; False if `version` is not newer."""
+        """Publish the plan and reassign slots to match; False if `version` is not newer.
+
+        `fence` = (leader owner, epoch): published only while that owner holds the leader
+        lock under that epoch (checked in the script); also False when it does not.
+        """
         counts = self._validated(allocation)
         # Lua numbers are doubles: versions stay exact (and comparable) below 2**53.
         if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version < 2**53:
@@ -141,13 +151,24 @@ class WorkerPool:
             "reason": reason,
             **fields,
         }
+        if fence is not None:
+            payload["leader"], payload["epoch"] = fence
         args: list[Any] = [version, json.dumps(payload, default=str), total, SLOT_PREFIX]
         for mode in self.modes:
             args += [mode, counts[mode]]
         k = self._keys
-        result = self._scripts.run(
-            "pool_publish", [k.allocation, k.assignments, k.slot_holders, k.pending_modes], args
-        )
+        keys = [k.allocation, k.assignments, k.slot_holders, k.pending_modes]
+        if fence is not None:
+            keys += [k.leader, k.leader_epoch]
+        result = self._scripts.run("pool_publish", keys, args)
+        if int(result[0]) == -1:
+            log_event(
+                "pool.allocation_fenced",
+                "not the current leader (lock owner and epoch); allocation not published",
+                version=version,
+                level="WARNING",
+            )
+            return False
         if int(result[0]) != 1:
             log_event(
                 "pool.allocation_refused",

@@ -122,14 +122,21 @@ class Environments:
         return total
 
     def claim_fair(
-        self, document_source: str, limit: int, worker_id: str, lease_ms: int
+        self,
+        document_source: str,
+        limit: int,
+        worker_id: str,
+        lease_ms: int,
+        *,
+        epoch: int | None = None,
     ) -> list[ClaimedDocument]:
         """Claim up to `limit` documents spread fairly over environments.
 
         First each environment gets its share (rotating who gets the remainder);
         what an environment could not fill is offered to the others that still
         had work. An unreachable environment is skipped; if all of them failed,
-        TransientError.
+        TransientError. Any other error (a newer leader's fence: LeaderFencedError) stops
+        the claim at once and gives back what this call had claimed before raising.
         """
         with self._lock:
             start = self._next_start
@@ -137,6 +144,28 @@ class Environments:
         claimed: list[ClaimedDocument] = []
         active = list(self.names[start:] + self.names[:start])
         failures: list[TransientError] = []
+        try:
+            self._claim_rounds(
+                claimed, failures, active, limit, document_source, worker_id, lease_ms, epoch
+            )
+        except BaseException:
+            self.give_back(claimed)
+            raise
+        if not claimed and failures and len(failures) >= len(self.names):
+            raise TransientError(f"no environment reachable: {failures[0]}")
+        return claimed
+
+    def _claim_rounds(
+        self,
+        claimed: list[ClaimedDocument],
+        failures: list[TransientError],
+        active: list[str],
+        limit: int,
+        document_source: str,
+        worker_id: str,
+        lease_ms: int,
+        epoch: int | None,
+    ) -> None:
         remaining = limit
         while remaining > 0 and active:
             shares = dict(fair_shares(remaining, active, 0))
@@ -144,7 +173,9 @@ class Environments:
             filled: list[str] = []
             for name, share in shares.items():
                 try:
-                    got = self._stores[name].claim(document_source, share, worker_id, lease_ms)
+                    got = self._stores[name].claim(
+                        document_source, share, worker_id, lease_ms, epoch=epoch
+                    )
                 except TransientError as exc:
                     self._failed(name)
                     failures.append(exc)
@@ -159,11 +190,27 @@ class Environments:
             remaining = limit - len(claimed)
             # Environments not asked this round go first next round (they get the remainder).
             active = unasked + filled
-        if not claimed and failures and len(failures) >= len(self.names):
-            raise TransientError(f"no environment reachable: {failures[0]}")
-        return claimed
 
-    def reap(self, max_attempts: int, *, settle_s: float = 0.0) -> dict[str, ReapResult]:
+    def give_back(self, docs: Sequence[ClaimedDocument]) -> int:
+        """Release claimed documents that never started (best effort: a release that fails
+        leaves the lease to lapse, and the reaper counts no attempt for it)."""
+        released = 0
+        for doc in docs:
+            try:
+                released += bool(self._stores[doc.environment].release(doc.id, doc.lease_token))
+            except Exception as exc:  # any failure: the lease lapses instead
+                log_event(
+                    "queue.give_back_failed",
+                    "claimed document not released; its lease will lapse",
+                    level="WARNING",
+                    document=f"{doc.environment}/{doc.id}",
+                    error=type(exc).__name__,
+                )
+        return released
+
+    def reap(
+        self, max_attempts: int, *, settle_s: float = 0.0, epoch: int | None = None
+    ) -> dict[str, ReapResult]:
         """Reap expired leases in every reachable environment.
 
         An environment whose database failed is skipped until it has answered again for
@@ -174,13 +221,24 @@ class Environments:
             if settle_s > 0 and self.health.unsettled(name, settle_s, time.monotonic()):
                 continue
             try:
-                results[name] = store.reap(max_attempts)
+                results[name] = store.reap(max_attempts, epoch=epoch)
             except TransientError as exc:
                 self._failed(name)
                 log_event("queue.reap_unavailable", str(exc), level="WARNING", environment=name)
             else:
                 self._reached(name)
         return results
+
+    def leader_fence(self, epoch: int, owner: str) -> dict[str, int]:
+        """Announce a leader epoch to every reachable database: name -> highest epoch seen."""
+        seen: dict[str, int] = {}
+        for name, store in self._stores.items():
+            try:
+                seen[name] = store.leader_fence(epoch, owner)
+            except TransientError as exc:
+                self._failed(name)
+                log_event("queue.fence_unavailable", str(exc), level="WARNING", environment=name)
+        return seen
 
     def close(self) -> None:
         seen: set[int] = set()

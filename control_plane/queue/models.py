@@ -31,6 +31,14 @@ class ClaimedDocument:
 
 
 @dataclass(frozen=True)
+class Delivery:
+    """A started delivery: its own token (fences every later write) and attempt number."""
+
+    lease_token: str
+    attempt: int
+
+
+@dataclass(frozen=True)
 class QueueCounts:
     """Ready (status 3) and in-flight (status 2) documents of one type."""
 

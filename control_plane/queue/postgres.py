@@ -14,10 +14,16 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from control_plane.errors import PermanentError, TransientError
+from control_plane.errors import LeaderFencedError, PermanentError, TransientError
 from control_plane.queue import failures, rows
-from control_plane.queue.models import ClaimedDocument, FailOutcome, QueueCounts, ReapResult
-from control_plane.queue.store import is_transient_sqlstate
+from control_plane.queue.models import (
+    ClaimedDocument,
+    Delivery,
+    FailOutcome,
+    QueueCounts,
+    ReapResult,
+)
+from control_plane.queue.store import LEADER_FENCED_SQLSTATE, is_transient_sqlstate
 
 
 class PostgresStore:
@@ -71,6 +77,8 @@ class PostgresStore:
                 self._pool.check()  # drop the other broken connections now
                 raise TransientError(f"{self.environment}: database unreachable: {exc}") from exc
             detail = f"{self.environment}: {code or 'error'}: {str(exc).strip()}"
+            if code == LEADER_FENCED_SQLSTATE:
+                raise LeaderFencedError(detail) from exc
             if is_transient_sqlstate(code):
                 raise TransientError(detail) from exc
             raise PermanentError(detail) from exc
@@ -80,21 +88,30 @@ class PostgresStore:
         return next(iter(result[0].values())) if result else None
 
     def claim(
-        self, document_source: str, limit: int, worker_id: str, lease_ms: int
+        self,
+        document_source: str,
+        limit: int,
+        worker_id: str,
+        lease_ms: int,
+        *,
+        epoch: int | None = None,
     ) -> list[ClaimedDocument]:
         found = self._query(
             "SELECT id, document_source, storage_path, lease_token::text AS lease_token,"
             " lease_expires_at, attempts"
-            " FROM ocr_claim(%s::text, %s::integer, %s::text, %s::integer)",
-            (document_source, limit, worker_id, lease_ms),
+            " FROM ocr_claim(%s::text, %s::integer, %s::text, %s::integer, %s::bigint)",
+            (document_source, limit, worker_id, lease_ms, epoch),
         )
         return [rows.claimed_document(self.environment, r) for r in found]
 
-    def start(self, doc_id: int, lease_token: str, worker_id: str, lease_ms: int) -> bool:
-        return bool(
-            self._scalar(
-                "SELECT ocr_start(%s::bigint, %s::uuid, %s::text, %s::integer)",
-                (doc_id, lease_token, worker_id, lease_ms),
+    def start(
+        self, doc_id: int, lease_token: str, worker_id: str, lease_ms: int, max_attempts: int
+    ) -> Delivery | None:
+        return rows.delivery(
+            self._query(
+                "SELECT lease_token::text AS lease_token, attempts"
+                " FROM ocr_start(%s::bigint, %s::uuid, %s::text, %s::integer, %s::integer)",
+                (doc_id, lease_token, worker_id, lease_ms, max_attempts),
             )
         )
 
@@ -129,8 +146,15 @@ class PostgresStore:
     def release(self, doc_id: int, lease_token: str) -> bool:
         return bool(self._scalar("SELECT ocr_release(%s::bigint, %s::uuid)", (doc_id, lease_token)))
 
-    def reap(self, max_attempts: int) -> ReapResult:
-        return rows.reap_result(self._query("SELECT * FROM ocr_reap(%s::integer)", (max_attempts,)))
+    def reap(self, max_attempts: int, *, epoch: int | None = None) -> ReapResult:
+        return rows.reap_result(
+            self._query(
+                "SELECT * FROM ocr_reap(%s::integer, 1000, %s::bigint)", (max_attempts, epoch)
+            )
+        )
+
+    def leader_fence(self, epoch: int, owner: str) -> int:
+        return int(self._scalar("SELECT ocr_leader_fence(%s::bigint, %s::text)", (epoch, owner)))
 
     def counts(self) -> dict[str, QueueCounts]:
         return rows.queue_counts(self._query("SELECT * FROM ocr_counts()", ()))

@@ -7,7 +7,13 @@ from datetime import datetime
 from typing import Any
 
 from control_plane.errors import PermanentError
-from control_plane.queue.models import ClaimedDocument, FailOutcome, QueueCounts, ReapResult
+from control_plane.queue.models import (
+    ClaimedDocument,
+    Delivery,
+    FailOutcome,
+    QueueCounts,
+    ReapResult,
+)
 
 
 def claimed_document(environment: str, row: Mapping[str, Any]) -> ClaimedDocument:
@@ -24,6 +30,13 @@ def claimed_document(environment: str, row: Mapping[str, Any]) -> ClaimedDocumen
         lease_expires_at=expires,
         attempts=int(row["attempts"]),
     )
+
+
+def delivery(rows: Sequence[Mapping[str, Any]]) -> Delivery | None:
+    """The row of `ocr_start` (none: the claim's token is stale)."""
+    if not rows or rows[0].get("lease_token") is None:
+        return None
+    return Delivery(str(rows[0]["lease_token"]), int(rows[0]["attempts"]))
 
 
 def queue_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, QueueCounts]:

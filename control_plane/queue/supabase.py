@@ -15,10 +15,16 @@ from postgrest.exceptions import APIError
 from storage3.exceptions import StorageApiError
 from supabase.lib.client_options import SyncClientOptions
 
-from control_plane.errors import PermanentError, TransientError
+from control_plane.errors import LeaderFencedError, PermanentError, TransientError
 from control_plane.queue import failures, rows
-from control_plane.queue.models import ClaimedDocument, FailOutcome, QueueCounts, ReapResult
-from control_plane.queue.store import is_transient_sqlstate
+from control_plane.queue.models import (
+    ClaimedDocument,
+    Delivery,
+    FailOutcome,
+    QueueCounts,
+    ReapResult,
+)
+from control_plane.queue.store import LEADER_FENCED_SQLSTATE, is_transient_sqlstate
 from supabase import Client, create_client
 
 
@@ -48,6 +54,8 @@ def api_error(environment: str, what: str, exc: APIError) -> Exception:
     """A PostgREST error as TransientError or PermanentError (message without secrets)."""
     code = exc.code
     detail = f"{environment}: {what} failed: {code or 'error'}: {exc.message or ''}".rstrip(": ")
+    if code == LEADER_FENCED_SQLSTATE:
+        return LeaderFencedError(detail)
     if is_transient_sqlstate(code):
         return TransientError(detail)
     return PermanentError(detail)
@@ -90,7 +98,13 @@ class SupabaseStore:
             ) from exc
 
     def claim(
-        self, document_source: str, limit: int, worker_id: str, lease_ms: int
+        self,
+        document_source: str,
+        limit: int,
+        worker_id: str,
+        lease_ms: int,
+        *,
+        epoch: int | None = None,
     ) -> list[ClaimedDocument]:
         found = self._rpc(
             "ocr_claim",
@@ -99,23 +113,25 @@ class SupabaseStore:
                 "p_limit": limit,
                 "p_worker_id": worker_id,
                 "p_lease_ms": lease_ms,
+                "p_epoch": epoch,
             },
         )
         return [rows.claimed_document(self.environment, r) for r in found or []]
 
-    def start(self, doc_id: int, lease_token: str, worker_id: str, lease_ms: int) -> bool:
-        return (
-            self._rpc(
-                "ocr_start",
-                {
-                    "p_id": doc_id,
-                    "p_lease_token": lease_token,
-                    "p_worker_id": worker_id,
-                    "p_lease_ms": lease_ms,
-                },
-            )
-            is True
+    def start(
+        self, doc_id: int, lease_token: str, worker_id: str, lease_ms: int, max_attempts: int
+    ) -> Delivery | None:
+        found = self._rpc(
+            "ocr_start",
+            {
+                "p_id": doc_id,
+                "p_lease_token": lease_token,
+                "p_worker_id": worker_id,
+                "p_lease_ms": lease_ms,
+                "p_max_attempts": max_attempts,
+            },
         )
+        return rows.delivery(found or [])
 
     def renew(self, doc_id: int, lease_token: str, lease_ms: int) -> bool:
         return (
@@ -161,8 +177,13 @@ class SupabaseStore:
     def release(self, doc_id: int, lease_token: str) -> bool:
         return self._rpc("ocr_release", {"p_id": doc_id, "p_lease_token": lease_token}) is True
 
-    def reap(self, max_attempts: int) -> ReapResult:
-        return rows.reap_result(self._rpc("ocr_reap", {"p_max_attempts": max_attempts}) or [])
+    def reap(self, max_attempts: int, *, epoch: int | None = None) -> ReapResult:
+        return rows.reap_result(
+            self._rpc("ocr_reap", {"p_max_attempts": max_attempts, "p_epoch": epoch}) or []
+        )
+
+    def leader_fence(self, epoch: int, owner: str) -> int:
+        return int(self._rpc("ocr_leader_fence", {"p_epoch": epoch, "p_owner": owner}))
 
     def counts(self) -> dict[str, QueueCounts]:
         return rows.queue_counts(self._rpc("ocr_counts", {}) or [])

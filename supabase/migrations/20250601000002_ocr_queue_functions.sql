@@ -5,14 +5,80 @@
 -- Leases: claim sets a fresh lease_token (uuid) and lease_expires_at (server clock).
 -- start / renew / complete / fail / release are fenced on that token: a stale token
 -- (the lease was reaped and maybe re-claimed) changes nothing and says so.
+--
+-- Deliveries (issue 10): each start of a document is one delivery. ocr_start counts the
+-- attempt and replaces the claim's token with a fresh one that only this delivery holds;
+-- every later write of the job (renew, complete, fail, release) carries it. A second
+-- delivery of the same message (Dramatiq redelivers it after a worker process died, or a
+-- partitioned host) still carries the claim's token: its start is refused, so it cannot
+-- run the document while the first holds it, and nothing it could write is accepted.
+-- A delivery that dies leaves its lease to lapse; ocr_reap then counts it lost and,
+-- once the document used p_max_attempts starts, moves it to error saying so.
+--
+-- Leaders (issue 10): ocr_claim and ocr_reap take the scheduler's leader epoch. The
+-- database keeps the highest epoch it saw (ocr_leader_fence); a call carrying a lower
+-- one comes from a leader that was replaced and is refused (SQLSTATE OCR01), in the
+-- same transaction as the write it would have made. NULL = unfenced (tools, tests).
+
+-- Function bodies are checked when first called, not at CREATE: some read columns that
+-- 010_delivery_fencing.sql adds, and that file runs after this one.
+SET check_function_bodies = off;
+
+-- Raise the fence to p_epoch; refuse (OCR01) when a newer leader already passed it.
+-- Holds the fence row until the caller's transaction ends, so a newer leader's fence
+-- waits for a claim in flight and every later stale call is refused.
+CREATE OR REPLACE FUNCTION ocr_fence_check(p_epoch bigint)
+RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_epoch bigint;
+BEGIN
+    IF p_epoch IS NULL THEN
+        RETURN;
+    END IF;
+    INSERT INTO ocr_leader_fence (singleton, epoch) VALUES (true, 0) ON CONFLICT DO NOTHING;
+    SELECT f.epoch INTO v_epoch FROM ocr_leader_fence f WHERE f.singleton FOR UPDATE;
+    IF v_epoch > p_epoch THEN
+        RAISE EXCEPTION 'leader epoch % is stale: epoch % leads now', p_epoch, v_epoch
+            USING ERRCODE = 'OCR01';
+    END IF;
+    IF v_epoch < p_epoch THEN
+        UPDATE ocr_leader_fence SET epoch = p_epoch, updated_at = now() WHERE singleton;
+    END IF;
+END
+$$;
+
+-- A new leader announces its epoch (before it claims or reaps). Returns the highest
+-- epoch the database has seen: above p_epoch, the caller's epoch went backwards (a
+-- Redis flush) and it must take a higher one before acting.
+CREATE OR REPLACE FUNCTION ocr_leader_fence(p_epoch bigint, p_owner text)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_epoch bigint;
+BEGIN
+    INSERT INTO ocr_leader_fence (singleton, epoch) VALUES (true, 0) ON CONFLICT DO NOTHING;
+    UPDATE ocr_leader_fence f
+    SET epoch = p_epoch, owner = p_owner, updated_at = now()
+    WHERE f.singleton AND f.epoch <= p_epoch;
+    SELECT f.epoch INTO v_epoch FROM ocr_leader_fence f WHERE f.singleton;
+    RETURN v_epoch;
+END
+$$;
 
 -- Claim up to p_limit ready documents of one type, oldest first, without waiting on
--- rows other claimers hold (SKIP LOCKED). Counts an attempt.
+-- rows other claimers hold (SKIP LOCKED). Counts no attempt (ocr_start does).
+DROP FUNCTION IF EXISTS ocr_claim(text, integer, text, integer);
 CREATE OR REPLACE FUNCTION ocr_claim(
-    p_document_source text, p_limit integer, p_worker_id text, p_lease_ms integer)
+    p_document_source text, p_limit integer, p_worker_id text, p_lease_ms integer,
+    p_epoch bigint DEFAULT NULL)
 RETURNS TABLE (id bigint, document_source text, storage_path text, lease_token uuid,
                lease_expires_at timestamptz, attempts integer)
-LANGUAGE sql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM ocr_fence_check(p_epoch);
+    RETURN QUERY
     WITH picked AS (
         SELECT q.id FROM extraction_queue q
         WHERE q.status_id = 3 AND q.document_source = p_document_source
@@ -25,7 +91,7 @@ LANGUAGE sql VOLATILE AS $$
         worker_id = p_worker_id,
         lease_token = gen_random_uuid(),
         lease_expires_at = now() + p_lease_ms * interval '1 millisecond',
-        attempts = q.attempts + 1,
+        claim_epoch = p_epoch,
         claimed_at = now(),
         started_at = NULL,
         updated_at = now()
@@ -33,23 +99,49 @@ LANGUAGE sql VOLATILE AS $$
     WHERE q.id = picked.id
     RETURNING q.id, q.document_source, q.storage_path, q.lease_token, q.lease_expires_at,
               q.attempts;
+END
 $$;
 
--- The worker has begun processing: record it and extend the lease. False = stale.
+-- A delivery begins: count the attempt, give this delivery its own token (returned
+-- with the attempt number) and extend the lease. No row: the claim's token is stale
+-- (reaped, or another delivery of the same message started first). A document that
+-- already used p_max_attempts starts goes to error instead.
+DROP FUNCTION IF EXISTS ocr_start(bigint, uuid, text, integer);
 CREATE OR REPLACE FUNCTION ocr_start(
-    p_id bigint, p_lease_token uuid, p_worker_id text, p_lease_ms integer)
-RETURNS boolean
-LANGUAGE sql VOLATILE AS $$
-    WITH changed AS (
-        UPDATE extraction_queue
-        SET worker_id = p_worker_id,
-            started_at = now(),
-            lease_expires_at = now() + p_lease_ms * interval '1 millisecond',
-            updated_at = now()
-        WHERE id = p_id AND status_id = 2 AND lease_token = p_lease_token
-        RETURNING 1
-    )
-    SELECT EXISTS (SELECT FROM changed);
+    p_id bigint, p_lease_token uuid, p_worker_id text, p_lease_ms integer,
+    p_max_attempts integer)
+RETURNS TABLE (lease_token uuid, attempts integer)
+LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+DECLARE
+    v_attempts integer;
+BEGIN
+    SELECT q.attempts INTO v_attempts FROM extraction_queue q
+    WHERE q.id = p_id AND q.status_id = 2 AND q.lease_token = p_lease_token
+      AND q.started_at IS NULL
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF v_attempts >= p_max_attempts THEN
+        UPDATE extraction_queue q
+        SET status_id = 4,
+            error_message = format('out of attempts: %s of %s used', v_attempts, p_max_attempts),
+            lease_token = NULL, lease_expires_at = NULL, updated_at = now()
+        WHERE q.id = p_id;
+        RETURN;
+    END IF;
+    RETURN QUERY
+    UPDATE extraction_queue q
+    SET worker_id = p_worker_id,
+        lease_token = gen_random_uuid(),
+        attempts = q.attempts + 1,
+        started_at = now(),
+        lease_expires_at = now() + p_lease_ms * interval '1 millisecond',
+        updated_at = now()
+    WHERE q.id = p_id
+    RETURNING q.lease_token, q.attempts;
+END
 $$;
 
 -- Extend a lease while a long job runs. False = stale.
@@ -120,25 +212,40 @@ BEGIN
 END
 $$;
 
--- Give a claim back without counting the attempt (graceful shutdown, Gemini 429).
+-- Give a claim back without counting the attempt (graceful shutdown, Gemini 429, no
+-- slot): with the claim's token before start, with the delivery's token after it (the
+-- attempt start counted is given back). A second delivery that never started cannot
+-- release the claim the first one runs: its token is stale.
 CREATE OR REPLACE FUNCTION ocr_release(p_id bigint, p_lease_token uuid)
 RETURNS boolean
 LANGUAGE sql VOLATILE AS $$
     WITH changed AS (
         UPDATE extraction_queue
-        SET status_id = 3, attempts = greatest(attempts - 1, 0), worker_id = NULL,
-            lease_token = NULL, lease_expires_at = NULL, updated_at = now()
+        SET status_id = 3,
+            attempts = CASE WHEN started_at IS NOT NULL THEN greatest(attempts - 1, 0)
+                            ELSE attempts END,
+            worker_id = NULL, lease_token = NULL, lease_expires_at = NULL, started_at = NULL,
+            updated_at = now()
         WHERE id = p_id AND status_id = 2 AND lease_token = p_lease_token
         RETURNING 1
     )
     SELECT EXISTS (SELECT FROM changed);
 $$;
 
--- Expired leases go back to ready, or to error once they used p_max_attempts.
+-- Expired leases go back to ready, or to error once they used p_max_attempts starts.
+-- A started delivery whose lease lapsed is counted lost (its worker process died, or
+-- could not reach the database for a whole lease). A claim never started (its message
+-- waited in a queue, or was lost before a worker took it) counted no attempt.
 -- Also moves legacy ready rows of an unknown type (see 001_schema.sql) to error.
-CREATE OR REPLACE FUNCTION ocr_reap(p_max_attempts integer, p_limit integer DEFAULT 1000)
+DROP FUNCTION IF EXISTS ocr_reap(integer, integer);
+CREATE OR REPLACE FUNCTION ocr_reap(
+    p_max_attempts integer, p_limit integer DEFAULT 1000, p_epoch bigint DEFAULT NULL)
 RETURNS TABLE (requeued integer, errored integer)
-LANGUAGE sql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM ocr_fence_check(p_epoch);
+    RETURN QUERY
     WITH expired AS (
         SELECT q.id FROM extraction_queue q
         WHERE q.status_id = 2 AND q.lease_expires_at < now()
@@ -146,22 +253,23 @@ LANGUAGE sql VOLATILE AS $$
         LIMIT p_limit
         FOR UPDATE SKIP LOCKED
     ), moved AS (
-        -- A claim that was never started (its message waited in a queue, or was lost
-        -- before a worker took it) gives its attempt back: only work that ran counts.
         UPDATE extraction_queue q
         SET status_id = CASE WHEN q.started_at IS NOT NULL AND q.attempts >= p_max_attempts
                              THEN 4 ELSE 3 END,
-            attempts = CASE WHEN q.started_at IS NULL THEN greatest(q.attempts - 1, 0)
-                            ELSE q.attempts END,
+            lost_deliveries = q.lost_deliveries
+                + CASE WHEN q.started_at IS NOT NULL THEN 1 ELSE 0 END,
             error_message = CASE
                 WHEN q.started_at IS NOT NULL AND q.attempts >= p_max_attempts THEN format(
-                    'lease expired on attempt %s of %s (last worker %s): giving up',
-                    q.attempts, p_max_attempts, coalesce(q.worker_id, 'unknown'))
+                    'worker process died during processing %s time(s) (last worker %s): '
+                    'its lease expired on attempt %s of %s, giving up',
+                    q.lost_deliveries + 1, coalesce(q.worker_id, 'unknown'), q.attempts,
+                    p_max_attempts)
                 ELSE q.error_message END,
             worker_id = CASE WHEN q.started_at IS NOT NULL AND q.attempts >= p_max_attempts
                              THEN q.worker_id END,
             lease_token = NULL,
             lease_expires_at = NULL,
+            started_at = NULL,
             updated_at = now()
         FROM expired
         WHERE q.id = expired.id
@@ -182,7 +290,10 @@ LANGUAGE sql VOLATILE AS $$
     SELECT (count(*) FILTER (WHERE m.status_id = 3))::integer,
            (count(*) FILTER (WHERE m.status_id = 4))::integer
     FROM (SELECT status_id FROM moved UNION ALL SELECT status_id FROM unknown) m;
+END
 $$;
+
+RESET check_function_bodies;
 
 -- Ready and in-flight documents per type; both read only small partial indexes.
 CREATE OR REPLACE FUNCTION ocr_counts()
@@ -204,13 +315,15 @@ DECLARE
 BEGIN
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'service_role') THEN
         FOREACH fn IN ARRAY ARRAY[
-            'ocr_claim(text, integer, text, integer)',
-            'ocr_start(bigint, uuid, text, integer)',
+            'ocr_fence_check(bigint)',
+            'ocr_leader_fence(bigint, text)',
+            'ocr_claim(text, integer, text, integer, bigint)',
+            'ocr_start(bigint, uuid, text, integer, integer)',
             'ocr_renew(bigint, uuid, integer)',
             'ocr_complete(bigint, uuid, text, integer, integer)',
             'ocr_fail(bigint, uuid, text, boolean, integer)',
             'ocr_release(bigint, uuid)',
-            'ocr_reap(integer, integer)',
+            'ocr_reap(integer, integer, bigint)',
             'ocr_counts()'
         ] LOOP
             EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);

@@ -27,12 +27,16 @@ LEASE = 60_000
 
 
 def fail_for_real(case: StoreCase, source: str, message: str, count: int) -> list[int]:
-    """Documents that reach ERREUR the way workers put them there (claim, permanent fail)."""
+    """Documents that reach ERREUR the way workers put them there (claim, start, fail)."""
     add_ready(case.dsn, count, source=source, prefix=f"{source}-{message[:6]}")
     docs = case.store.claim(source, count, "w1", LEASE)
     assert len(docs) == count
     for d in docs:
-        assert case.store.fail(d.id, d.lease_token, message, permanent=True, max_attempts=3)
+        delivery = case.store.start(d.id, d.lease_token, "w1", LEASE, 3)
+        assert delivery is not None
+        assert case.store.fail(
+            d.id, delivery.lease_token, message, permanent=True, max_attempts=3
+        )
     return sorted(d.id for d in docs)
 
 
@@ -168,7 +172,7 @@ def test_requeue_applies_resets_attempts_and_keeps_the_previous_error(
     # Ready again for real: the next claim takes them.
     claimed = store_case.store.claim("index", 10, "w2", LEASE)
     assert sorted(d.id for d in claimed) == wanted
-    assert all(d.attempts == 1 for d in claimed), "attempts started again from zero"
+    assert all(d.attempts == 0 for d in claimed), "attempts started again from zero"
     # A second apply finds nothing left to move.
     again = io.StringIO()
     run_requeue(

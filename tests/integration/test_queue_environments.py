@@ -155,6 +155,8 @@ def test_migrate_is_idempotent_and_keeps_rows(pg_database_factory) -> None:  # t
         "ocr_doctor",
         "ocr_errors",
         "ocr_fail",
+        "ocr_fence_check",
+        "ocr_leader_fence",
         "ocr_reap",
         "ocr_release",
         "ocr_renew",

@@ -68,7 +68,7 @@ def test_leader_gauge_with_epoch_on_every_scheduler(make: Any) -> None:
     leader.leader.release()
     assert standby.tick_leadership()
     assert value(standby, "ocr_scheduler_leader", instance_id="host-b:2:bbb") == 1
-    assert value(standby, "ocr_scheduler_leader_epoch") == epoch + 1
+    assert value(standby, "ocr_scheduler_leader_epoch") > epoch, "a takeover raises the epoch"
 
 
 def test_last_successful_feed_reap_rebalance_per_environment(make: Any, dsn: str) -> None:
@@ -97,6 +97,9 @@ def test_feed_success_is_not_recorded_for_an_unreachable_environment(
     try:
         assert sched.tick_leadership()
         add_ready(dsn, 2, source="acte")
+        # The takeover waited on the unreachable database: renew the lease as the
+        # scheduler's 2 s leadership job does before acting again.
+        assert sched.tick_leadership()
         sched.feed()
         assert value(sched, "ocr_last_success_timestamp_seconds", step="feed", environment="dev")
         assert (
