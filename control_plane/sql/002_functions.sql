@@ -25,7 +25,7 @@ LANGUAGE sql VOLATILE AS $$
         worker_id = p_worker_id,
         lease_token = gen_random_uuid(),
         lease_expires_at = now() + p_lease_ms * interval '1 millisecond',
-        attempts = q.attempts + 1,
+        attempts = coalesce(q.attempts, 0) + 1,  -- a legacy nullable column may hold NULL
         claimed_at = now(),
         started_at = NULL,
         updated_at = now()
@@ -134,14 +134,17 @@ LANGUAGE sql VOLATILE AS $$
     SELECT EXISTS (SELECT FROM changed);
 $$;
 
--- Expired leases go back to ready, or to error once they used p_max_attempts.
--- Also moves legacy ready rows of an unknown type (see 001_schema.sql) to error.
+-- Expired leases go back to ready, or to error once they used p_max_attempts. Only rows
+-- of the pool's two types are touched. A legacy status-2 row without a lease (left by an
+-- older system: no lease_expires_at) counts as expired; it never started under this pool,
+-- so it goes back to ready without using an attempt.
 CREATE OR REPLACE FUNCTION ocr_reap(p_max_attempts integer, p_limit integer DEFAULT 1000)
 RETURNS TABLE (requeued integer, errored integer)
 LANGUAGE sql VOLATILE AS $$
     WITH expired AS (
         SELECT q.id FROM extraction_queue q
-        WHERE q.status_id = 2 AND q.lease_expires_at < now()
+        WHERE q.status_id = 2 AND q.document_source IN ('index', 'acte')
+          AND (q.lease_expires_at < now() OR q.lease_expires_at IS NULL)
         ORDER BY q.lease_expires_at
         LIMIT p_limit
         FOR UPDATE SKIP LOCKED
@@ -166,22 +169,10 @@ LANGUAGE sql VOLATILE AS $$
         FROM expired
         WHERE q.id = expired.id
         RETURNING q.status_id
-    ), unknown AS (
-        UPDATE extraction_queue q
-        SET status_id = 4,
-            error_message = format('unknown document_source %L (expected index or acte)',
-                                   q.document_source),
-            updated_at = now()
-        WHERE q.id IN (
-            SELECT u.id FROM extraction_queue u
-            WHERE u.status_id = 3 AND u.document_source NOT IN ('index', 'acte')
-            LIMIT p_limit
-            FOR UPDATE SKIP LOCKED)
-        RETURNING q.status_id
     )
     SELECT (count(*) FILTER (WHERE m.status_id = 3))::integer,
            (count(*) FILTER (WHERE m.status_id = 4))::integer
-    FROM (SELECT status_id FROM moved UNION ALL SELECT status_id FROM unknown) m;
+    FROM moved m;
 $$;
 
 -- Ready and in-flight documents per type; both read only small partial indexes.
@@ -197,7 +188,8 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- On Supabase only the service role may call these; plain Postgres has no such role
--- and keeps the default (owner and PUBLIC).
+-- and keeps the default (owner and PUBLIC). Table privileges are not touched here: they
+-- are set when 001_schema.sql creates the tables, and left to the owner otherwise.
 DO $$
 DECLARE
     fn text;
@@ -222,8 +214,6 @@ BEGIN
             END IF;
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO service_role', fn);
         END LOOP;
-        GRANT SELECT, INSERT, UPDATE ON extraction_queue TO service_role;
-        GRANT SELECT ON ocr_status TO service_role;
     END IF;
 END
 $$;

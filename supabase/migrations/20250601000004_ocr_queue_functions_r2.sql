@@ -1,0 +1,220 @@
+-- GENERATED from control_plane/sql/002_functions.sql by `python -m control_plane.queue.supabase_export`; do not edit.
+-- OCR queue state changes (DESIGN.md section 6). Every change of a document's state goes
+-- through one of these functions, so the Postgres transport (psycopg) and the Supabase
+-- transport (PostgREST .rpc) share one implementation. Idempotent (CREATE OR REPLACE).
+--
+-- Leases: claim sets a fresh lease_token (uuid) and lease_expires_at (server clock).
+-- start / renew / complete / fail / release are fenced on that token: a stale token
+-- (the lease was reaped and maybe re-claimed) changes nothing and says so.
+
+-- Claim up to p_limit ready documents of one type, oldest first, without waiting on
+-- rows other claimers hold (SKIP LOCKED). Counts an attempt.
+CREATE OR REPLACE FUNCTION ocr_claim(
+    p_document_source text, p_limit integer, p_worker_id text, p_lease_ms integer)
+RETURNS TABLE (id bigint, document_source text, storage_path text, lease_token uuid,
+               lease_expires_at timestamptz, attempts integer)
+LANGUAGE sql VOLATILE AS $$
+    WITH picked AS (
+        SELECT q.id FROM extraction_queue q
+        WHERE q.status_id = 3 AND q.document_source = p_document_source
+        ORDER BY q.id
+        LIMIT greatest(p_limit, 0)
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE extraction_queue q
+    SET status_id = 2,
+        worker_id = p_worker_id,
+        lease_token = gen_random_uuid(),
+        lease_expires_at = now() + p_lease_ms * interval '1 millisecond',
+        attempts = coalesce(q.attempts, 0) + 1,  -- a legacy nullable column may hold NULL
+        claimed_at = now(),
+        started_at = NULL,
+        updated_at = now()
+    FROM picked
+    WHERE q.id = picked.id
+    RETURNING q.id, q.document_source, q.storage_path, q.lease_token, q.lease_expires_at,
+              q.attempts;
+$$;
+
+-- The worker has begun processing: record it and extend the lease. False = stale.
+CREATE OR REPLACE FUNCTION ocr_start(
+    p_id bigint, p_lease_token uuid, p_worker_id text, p_lease_ms integer)
+RETURNS boolean
+LANGUAGE sql VOLATILE AS $$
+    WITH changed AS (
+        UPDATE extraction_queue
+        SET worker_id = p_worker_id,
+            started_at = now(),
+            lease_expires_at = now() + p_lease_ms * interval '1 millisecond',
+            updated_at = now()
+        WHERE id = p_id AND status_id = 2 AND lease_token = p_lease_token
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT FROM changed);
+$$;
+
+-- Extend a lease while a long job runs. False = stale.
+CREATE OR REPLACE FUNCTION ocr_renew(p_id bigint, p_lease_token uuid, p_lease_ms integer)
+RETURNS boolean
+LANGUAGE sql VOLATILE AS $$
+    WITH changed AS (
+        UPDATE extraction_queue
+        SET lease_expires_at = now() + p_lease_ms * interval '1 millisecond',
+            updated_at = now()
+        WHERE id = p_id AND status_id = 2 AND lease_token = p_lease_token
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT FROM changed);
+$$;
+
+-- Write the OCR result (status 5). False = stale: nothing was written.
+CREATE OR REPLACE FUNCTION ocr_complete(
+    p_id bigint, p_lease_token uuid, p_text text, p_prompt_tokens integer,
+    p_output_tokens integer)
+RETURNS boolean
+LANGUAGE sql VOLATILE AS $$
+    WITH changed AS (
+        UPDATE extraction_queue
+        SET status_id = 5,
+            file_content = p_text,
+            prompt_tokens = p_prompt_tokens,
+            output_tokens = p_output_tokens,
+            error_message = NULL,
+            lease_token = NULL,
+            lease_expires_at = NULL,
+            completed_at = now(),
+            updated_at = now()
+        WHERE id = p_id AND status_id = 2 AND lease_token = p_lease_token
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT FROM changed);
+$$;
+
+-- A failed attempt: 'error' (status 4) when permanent or out of attempts, 'retry'
+-- (back to 3, message kept as the last error) otherwise, 'stale' if the lease is lost.
+CREATE OR REPLACE FUNCTION ocr_fail(
+    p_id bigint, p_lease_token uuid, p_message text, p_permanent boolean,
+    p_max_attempts integer)
+RETURNS text
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_attempts integer;
+BEGIN
+    SELECT q.attempts INTO v_attempts FROM extraction_queue q
+    WHERE q.id = p_id AND q.status_id = 2 AND q.lease_token = p_lease_token
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN 'stale';
+    END IF;
+    IF p_permanent OR v_attempts >= p_max_attempts THEN
+        UPDATE extraction_queue
+        SET status_id = 4, error_message = left(p_message, 4000), lease_token = NULL,
+            lease_expires_at = NULL, updated_at = now()
+        WHERE id = p_id;
+        RETURN 'error';
+    END IF;
+    UPDATE extraction_queue
+    SET status_id = 3, error_message = left(p_message, 4000), worker_id = NULL,
+        lease_token = NULL, lease_expires_at = NULL, updated_at = now()
+    WHERE id = p_id;
+    RETURN 'retry';
+END
+$$;
+
+-- Give a claim back without counting the attempt (graceful shutdown, Gemini 429).
+CREATE OR REPLACE FUNCTION ocr_release(p_id bigint, p_lease_token uuid)
+RETURNS boolean
+LANGUAGE sql VOLATILE AS $$
+    WITH changed AS (
+        UPDATE extraction_queue
+        SET status_id = 3, attempts = greatest(attempts - 1, 0), worker_id = NULL,
+            lease_token = NULL, lease_expires_at = NULL, updated_at = now()
+        WHERE id = p_id AND status_id = 2 AND lease_token = p_lease_token
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT FROM changed);
+$$;
+
+-- Expired leases go back to ready, or to error once they used p_max_attempts. Only rows
+-- of the pool's two types are touched. A legacy status-2 row without a lease (left by an
+-- older system: no lease_expires_at) counts as expired; it never started under this pool,
+-- so it goes back to ready without using an attempt.
+CREATE OR REPLACE FUNCTION ocr_reap(p_max_attempts integer, p_limit integer DEFAULT 1000)
+RETURNS TABLE (requeued integer, errored integer)
+LANGUAGE sql VOLATILE AS $$
+    WITH expired AS (
+        SELECT q.id FROM extraction_queue q
+        WHERE q.status_id = 2 AND q.document_source IN ('index', 'acte')
+          AND (q.lease_expires_at < now() OR q.lease_expires_at IS NULL)
+        ORDER BY q.lease_expires_at
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    ), moved AS (
+        -- A claim that was never started (its message waited in a queue, or was lost
+        -- before a worker took it) gives its attempt back: only work that ran counts.
+        UPDATE extraction_queue q
+        SET status_id = CASE WHEN q.started_at IS NOT NULL AND q.attempts >= p_max_attempts
+                             THEN 4 ELSE 3 END,
+            attempts = CASE WHEN q.started_at IS NULL THEN greatest(q.attempts - 1, 0)
+                            ELSE q.attempts END,
+            error_message = CASE
+                WHEN q.started_at IS NOT NULL AND q.attempts >= p_max_attempts THEN format(
+                    'lease expired on attempt %s of %s (last worker %s): giving up',
+                    q.attempts, p_max_attempts, coalesce(q.worker_id, 'unknown'))
+                ELSE q.error_message END,
+            worker_id = CASE WHEN q.started_at IS NOT NULL AND q.attempts >= p_max_attempts
+                             THEN q.worker_id END,
+            lease_token = NULL,
+            lease_expires_at = NULL,
+            updated_at = now()
+        FROM expired
+        WHERE q.id = expired.id
+        RETURNING q.status_id
+    )
+    SELECT (count(*) FILTER (WHERE m.status_id = 3))::integer,
+           (count(*) FILTER (WHERE m.status_id = 4))::integer
+    FROM moved m;
+$$;
+
+-- Ready and in-flight documents per type; both read only small partial indexes.
+CREATE OR REPLACE FUNCTION ocr_counts()
+RETURNS TABLE (document_source text, ready bigint, in_flight bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT s.source,
+           (SELECT count(*) FROM extraction_queue q
+            WHERE q.status_id = 3 AND q.document_source = s.source),
+           (SELECT count(*) FROM extraction_queue q
+            WHERE q.status_id = 2 AND q.document_source = s.source)
+    FROM (VALUES ('index'), ('acte')) AS s(source);
+$$;
+
+-- On Supabase only the service role may call these; plain Postgres has no such role
+-- and keeps the default (owner and PUBLIC). Table privileges are not touched here: they
+-- are set when 001_schema.sql creates the tables, and left to the owner otherwise.
+DO $$
+DECLARE
+    fn text;
+BEGIN
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'service_role') THEN
+        FOREACH fn IN ARRAY ARRAY[
+            'ocr_claim(text, integer, text, integer)',
+            'ocr_start(bigint, uuid, text, integer)',
+            'ocr_renew(bigint, uuid, integer)',
+            'ocr_complete(bigint, uuid, text, integer, integer)',
+            'ocr_fail(bigint, uuid, text, boolean, integer)',
+            'ocr_release(bigint, uuid)',
+            'ocr_reap(integer, integer)',
+            'ocr_counts()'
+        ] LOOP
+            EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
+            IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'anon') THEN
+                EXECUTE format('REVOKE ALL ON FUNCTION %s FROM anon', fn);
+            END IF;
+            IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN
+                EXECUTE format('REVOKE ALL ON FUNCTION %s FROM authenticated', fn);
+            END IF;
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO service_role', fn);
+        END LOOP;
+    END IF;
+END
+$$;
