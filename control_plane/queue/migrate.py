@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -258,6 +259,20 @@ def _apply_file(conn: psycopg.Connection[Any], f: SqlFile, lock_timeout_ms: int)
         )
 
 
+def _take_migration_lock(conn: psycopg.Connection[Any], wait_s: float = 600.0) -> None:
+    """Serialize concurrent migrations on a session advisory lock.
+
+    Polled with pg_try_advisory_lock, not waited for: a session blocked in
+    pg_advisory_lock is an open transaction, and the other migration's CREATE INDEX
+    CONCURRENTLY waits for every open transaction: a deadlock.
+    """
+    deadline = time.monotonic() + wait_s
+    while not conn.execute("SELECT pg_try_advisory_lock(%s)", (_MIGRATION_LOCK_KEY,)).fetchone()[0]:
+        if time.monotonic() > deadline:
+            raise TransientError(f"another migration held the lock for {wait_s:g} s")
+        time.sleep(0.2)
+
+
 def apply_schema(dsn: str, *, lock_timeout_ms: int = LOCK_TIMEOUT_MS) -> list[str]:
     """Bring one database's queue schema up to date; the names of the files applied."""
     if is_transaction_pooler(dsn):
@@ -269,8 +284,7 @@ def apply_schema(dsn: str, *, lock_timeout_ms: int = LOCK_TIMEOUT_MS) -> list[st
     applied_now: list[str] = []
     try:
         with psycopg.connect(libpq_dsn(dsn), connect_timeout=10, autocommit=True) as conn:
-            # Serialize concurrent migrations (waits without lock_timeout: set just after).
-            conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK_KEY,))
+            _take_migration_lock(conn)
             conn.execute(f"SET lock_timeout = {int(lock_timeout_ms)}".encode())
             if conn.execute(f"SELECT to_regclass('{MIGRATIONS_TABLE}')").fetchone() == (None,):
                 with conn.transaction():
