@@ -110,11 +110,18 @@ def read_facts(conn: psycopg.Connection[Any]) -> SecurityFacts:
         if row is None:
             continue
         seqs = []
-        seq_row = conn.execute("SELECT pg_get_serial_sequence(%s, 'id')", (name,)).fetchone()
-        if seq_row and seq_row[0]:
-            open_roles = _privileged(conn, seq_row[0], roles, "sequence")
+        owned = conn.execute(
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(s.relname)"
+            " FROM pg_depend d JOIN pg_class s ON s.oid = d.objid"
+            " JOIN pg_namespace n ON n.oid = s.relnamespace"
+            " WHERE d.refobjid = to_regclass(%s) AND d.classid = 'pg_class'::regclass"
+            " AND s.relkind = 'S' AND d.deptype IN ('a', 'i') ORDER BY 1",
+            (name,),
+        ).fetchall()
+        for (seq,) in owned:
+            open_roles = _privileged(conn, seq, roles, "sequence")
             if open_roles:
-                seqs.append((seq_row[0], open_roles))
+                seqs.append((seq, open_roles))
         tables.append(
             TableFacts(name, bool(row[1]), _privileged(conn, name, roles, "table"), tuple(seqs))
         )
