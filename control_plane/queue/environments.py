@@ -2,9 +2,17 @@
 
 Each environment (dev, staging, prod) has its own store: `PostgresStore` when its
 `*_DATABASE_URL` is set, else `SupabaseStore`. Claims are spread across
-environments round-robin with a rotating start, so a large backlog in one cannot
-starve another; each claimed document carries its environment's name so its
-result goes back to the right database.
+environments round-robin with a rotating start kept per document type, so a large
+backlog in one cannot starve another and each type rotates on its own; each claimed
+document carries its environment's name so its result goes back to the right database.
+
+Isolation (issue 12): every environment is fed, reaped and counted on its own. Any
+error of one (transient or permanent, or an unexpected exception) is recorded in
+`health` and puts only that environment in back-off; the others go on in the same
+pass. During its back-off an environment is skipped without being tried; an
+unreachable one is then probed in a background thread (its connect timeout never
+stalls the feed), a broken one (answers at once with an error) is retried inline.
+`states()` says what each environment is doing, for the status block.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from control_plane.errors import PermanentError, TransientError
 from control_plane.logs import log_event
-from control_plane.queue.health import EnvironmentHealth
+from control_plane.queue.health import EnvironmentHealth, EnvironmentState
 from control_plane.queue.models import ClaimedDocument, QueueCounts, ReapResult
 from control_plane.queue.postgres import PostgresStore
 from control_plane.queue.store import QueueStore
@@ -62,9 +70,10 @@ class Environments:
         self._stores = dict(stores)
         self._storage = dict(storage or {})
         self.names: list[str] = list(self._stores)
-        self._next_start = 0
+        self._next_start: dict[str, int] = {}  # per document type
         self._lock = threading.Lock()
         self.health = EnvironmentHealth()
+        self._probing: set[str] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Environments:
@@ -94,21 +103,70 @@ class Environments:
         """The Supabase client of an environment, for Storage downloads (None if none)."""
         return self._storage.get(name)
 
-    def _failed(self, name: str) -> None:
-        self.health.failed(name, time.monotonic())
+    def _failed(self, name: str, exc: BaseException, what: str) -> None:
+        permanent = not isinstance(exc, TransientError)
+        text = (
+            str(exc)
+            if isinstance(exc, TransientError | PermanentError)
+            else (f"unexpected {type(exc).__name__}: {exc}")
+        )
+        text = " ".join(text.removeprefix(f"{name}: ").split())[:200]
+        with self._lock:
+            delay = self.health.failed(name, time.monotonic(), text, permanent=permanent)
+        log_event(
+            f"queue.{what}_unavailable",
+            f"{name} skipped for {delay:.0f}s: {text}",
+            level="WARNING" if not permanent else "ERROR",
+            environment=name,
+            permanent=permanent,
+        )
 
     def _reached(self, name: str) -> None:
-        self.health.reached(name, time.monotonic())
+        with self._lock:
+            was_failing = self.health.failing(name)
+            self.health.reached(name, time.monotonic())
+        if was_failing:
+            log_event("queue.environment_back", f"{name} answers again", environment=name)
+
+    def _usable(self, name: str) -> bool:
+        """Try `name` now? Starts a background probe when an unreachable one is due."""
+        with self._lock:
+            decision = self.health.decide(name, time.monotonic())
+            if decision == "probe" and name not in self._probing:
+                self._probing.add(name)
+                threading.Thread(
+                    target=self._probe, args=(name,), name=f"probe-{name}", daemon=True
+                ).start()
+        return decision == "try"
+
+    def _probe(self, name: str) -> None:
+        try:
+            self._stores[name].counts()
+        except Exception as exc:  # any failure: stays in back-off, longer
+            self._failed(name, exc, "probe")
+        else:
+            with self._lock:
+                self.health.probe_answered(name)
+        finally:
+            with self._lock:
+                self._probing.discard(name)
+
+    def states(self) -> list[EnvironmentState]:
+        """Each environment's state (ok / unreachable / broken, why, next try)."""
+        now = time.monotonic()
+        with self._lock:
+            return [self.health.state(name, now) for name in self.names]
 
     def counts_by_environment(self) -> dict[str, dict[str, QueueCounts]]:
-        """Counts per environment; an unreachable environment is logged and left out."""
+        """Counts per environment; one failing or backing off is left out (see states())."""
         result: dict[str, dict[str, QueueCounts]] = {}
         for name, store in self._stores.items():
+            if not self._usable(name):
+                continue
             try:
                 result[name] = store.counts()
-            except TransientError as exc:
-                self._failed(name)
-                log_event("queue.counts_unavailable", str(exc), level="WARNING", environment=name)
+            except Exception as exc:  # any error of one environment stays its own
+                self._failed(name, exc, "counts")
             else:
                 self._reached(name)
         return result
@@ -126,17 +184,19 @@ class Environments:
     ) -> list[ClaimedDocument]:
         """Claim up to `limit` documents spread fairly over environments.
 
-        First each environment gets its share (rotating who gets the remainder);
-        what an environment could not fill is offered to the others that still
-        had work. An unreachable environment is skipped; if all of them failed,
-        TransientError.
+        First each environment gets its share (rotating who gets the remainder, per
+        type); what an environment could not fill is offered to the others that still
+        had work. A failing environment is skipped; if none could be asked, or all of
+        those asked failed, TransientError (the feed backs off).
         """
         with self._lock:
-            start = self._next_start
-            self._next_start = (self._next_start + 1) % max(len(self.names), 1)
+            start = self._next_start.get(document_source, 0)
+            self._next_start[document_source] = (start + 1) % max(len(self.names), 1)
         claimed: list[ClaimedDocument] = []
-        active = list(self.names[start:] + self.names[:start])
-        failures: list[TransientError] = []
+        rotated = list(self.names[start:] + self.names[:start])
+        active = [name for name in rotated if self._usable(name)]
+        asked = len(active)
+        failures: list[str] = []
         remaining = limit
         while remaining > 0 and active:
             shares = dict(fair_shares(remaining, active, 0))
@@ -145,12 +205,9 @@ class Environments:
             for name, share in shares.items():
                 try:
                     got = self._stores[name].claim(document_source, share, worker_id, lease_ms)
-                except TransientError as exc:
-                    self._failed(name)
-                    failures.append(exc)
-                    log_event(
-                        "queue.claim_unavailable", str(exc), level="WARNING", environment=name
-                    )
+                except Exception as exc:  # any error of one environment stays its own
+                    self._failed(name, exc, "claim")
+                    failures.append(name)
                     continue
                 self._reached(name)
                 claimed.extend(got)
@@ -159,25 +216,27 @@ class Environments:
             remaining = limit - len(claimed)
             # Environments not asked this round go first next round (they get the remainder).
             active = unasked + filled
-        if not claimed and failures and len(failures) >= len(self.names):
-            raise TransientError(f"no environment reachable: {failures[0]}")
+        if not claimed and limit > 0 and (asked == 0 or len(failures) >= asked):
+            states = "; ".join(s.describe() for s in self.states() if s.state != "ok")
+            raise TransientError(f"no environment reachable: {states or 'none configured'}")
         return claimed
 
     def reap(self, max_attempts: int, *, settle_s: float = 0.0) -> dict[str, ReapResult]:
-        """Reap expired leases in every reachable environment.
+        """Reap expired leases in every reachable environment, each on its own.
 
         An environment whose database failed is skipped until it has answered again for
         `settle_s` seconds (see EnvironmentHealth.unsettled).
         """
         results: dict[str, ReapResult] = {}
         for name, store in self._stores.items():
+            if not self._usable(name):
+                continue
             if settle_s > 0 and self.health.unsettled(name, settle_s, time.monotonic()):
                 continue
             try:
                 results[name] = store.reap(max_attempts)
-            except TransientError as exc:
-                self._failed(name)
-                log_event("queue.reap_unavailable", str(exc), level="WARNING", environment=name)
+            except Exception as exc:  # any error of one environment stays its own
+                self._failed(name, exc, "reap")
             else:
                 self._reached(name)
         return results
