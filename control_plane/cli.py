@@ -124,6 +124,7 @@ def _run(settings: Settings, *, status_only: bool) -> int:
     scheduler = Scheduler(settings, client, keys, environments)
     if status_only:
         try:
+            environments.wait_first_contact(15.0)  # so the block says what is wrong (issue 12)
             print(scheduler.status_text(), flush=True)
         finally:
             environments.close()

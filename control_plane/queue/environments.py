@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from control_plane.errors import PermanentError, TransientError
 from control_plane.logs import log_event
-from control_plane.queue.health import EnvironmentHealth, EnvironmentState
+from control_plane.queue.health import CONNECTING, EnvironmentHealth, EnvironmentState
 from control_plane.queue.models import ClaimedDocument, QueueCounts, ReapResult
 from control_plane.queue.postgres import PostgresStore
 from control_plane.queue.store import QueueStore
@@ -32,6 +32,9 @@ from control_plane.queue.supabase import SupabaseStore
 
 if TYPE_CHECKING:
     from control_plane.config import EnvironmentConfig, Settings
+
+# How long a caller waits for an environment's first answer before skipping it for now.
+FIRST_CONTACT_WAIT_S = 0.5
 
 
 def fair_shares(limit: int, names: Sequence[str], start: int) -> list[tuple[str, int]]:
@@ -74,6 +77,16 @@ class Environments:
         self._lock = threading.Lock()
         self.health = EnvironmentHealth()
         self._probing: set[str] = set()
+        # First contact with each environment runs in the background at once, so a hung
+        # server costs callers at most FIRST_CONTACT_WAIT_S, once, instead of a timeout.
+        self._first_contact: dict[str, threading.Event] = {}
+        self._waited: set[str] = set()
+        for name in self.names:
+            done = threading.Event()
+            self._first_contact[name] = done
+            threading.Thread(
+                target=self._probe, args=(name, done), name=f"first-contact-{name}", daemon=True
+            ).start()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Environments:
@@ -103,6 +116,12 @@ class Environments:
         """The Supabase client of an environment, for Storage downloads (None if none)."""
         return self._storage.get(name)
 
+    def wait_first_contact(self, timeout_s: float) -> None:
+        """Wait until every environment answered or failed once (bounded; one-shot commands)."""
+        deadline = time.monotonic() + timeout_s
+        for event in self._first_contact.values():
+            event.wait(max(0.0, deadline - time.monotonic()))
+
     def _failed(self, name: str, exc: BaseException, what: str) -> None:
         permanent = not isinstance(exc, TransientError)
         text = (
@@ -130,6 +149,15 @@ class Environments:
 
     def _usable(self, name: str) -> bool:
         """Try `name` now? Starts a background probe when an unreachable one is due."""
+        first = self._first_contact.get(name)
+        if first is not None and not first.is_set():
+            # Not answered yet: skipped, the probe goes on in the background. Only the very
+            # first caller waits a little (a healthy database answers well within it).
+            with self._lock:
+                waited = name in self._waited
+                self._waited.add(name)
+            if waited or not first.wait(FIRST_CONTACT_WAIT_S):
+                return False
         with self._lock:
             decision = self.health.decide(name, time.monotonic())
             if decision == "probe" and name not in self._probing:
@@ -139,23 +167,33 @@ class Environments:
                 ).start()
         return decision == "try"
 
-    def _probe(self, name: str) -> None:
+    def _probe(self, name: str, first_contact: threading.Event | None = None) -> None:
         try:
             self._stores[name].counts()
         except Exception as exc:  # any failure: stays in back-off, longer
             self._failed(name, exc, "probe")
         else:
-            with self._lock:
-                self.health.probe_answered(name)
+            if first_contact is not None:
+                self._reached(name)
+            else:
+                with self._lock:
+                    self.health.probe_answered(name)
         finally:
             with self._lock:
                 self._probing.discard(name)
+            if first_contact is not None:
+                first_contact.set()
 
     def states(self) -> list[EnvironmentState]:
         """Each environment's state (ok / unreachable / broken, why, next try)."""
         now = time.monotonic()
         with self._lock:
-            return [self.health.state(name, now) for name in self.names]
+            return [
+                self.health.state(name, now)
+                if self._first_contact[name].is_set()
+                else EnvironmentState(name, CONNECTING, "no answer yet")
+                for name in self.names
+            ]
 
     def counts_by_environment(self) -> dict[str, dict[str, QueueCounts]]:
         """Counts per environment; one failing or backing off is left out (see states())."""

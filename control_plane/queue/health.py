@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 OK = "ok"
 UNREACHABLE = "unreachable"  # transient: network, outage, timeouts
 BROKEN = "broken"  # permanent: not migrated, key refused, permission denied...
+CONNECTING = "connecting"  # first contact not answered yet
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class EnvironmentState:
     def describe(self) -> str:
         if self.state == OK:
             return f"{self.name} ok"
+        if self.state == CONNECTING:
+            return f"{self.name} CONNECTING ({self.error})"
         retry = f"; retry in {self.retry_in_s:.0f}s" if self.retry_in_s > 0 else "; retrying"
         return f"{self.name} {self.state.upper()} ({self.error}{retry})"
 

@@ -29,6 +29,9 @@ from control_plane.queue.pooler import check_dsn, is_transaction_pooler, libpq_d
 from control_plane.queue.store import is_transient_sqlstate
 
 
+_NOT_MIGRATED = {"42883", "42P01", "42703"}  # undefined function / table / column
+
+
 class _ScrubPassword(logging.Filter):
     """Removes one DSN's password from psycopg_pool's log records (it logs libpq errors)."""
 
@@ -109,7 +112,10 @@ class PostgresStore:
                 raise TransientError(
                     f"{self.environment}: database unreachable: {safe_db_error(exc, self._dsn)}"
                 ) from exc
-            detail = f"{self.environment}: {code or 'error'}: {safe_db_error(exc, self._dsn)}"
+            primary = exc.diag.message_primary or str(exc)  # without LINE / HINT lines
+            detail = f"{self.environment}: {code or 'error'}: {safe_db_error(primary, self._dsn)}"
+            if code in _NOT_MIGRATED:
+                detail += " (schema missing or outdated: run python scheduler.py migrate)"
             if is_transient_sqlstate(code):
                 raise TransientError(detail) from exc
             raise PermanentError(detail) from exc

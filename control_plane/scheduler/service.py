@@ -387,6 +387,7 @@ class Scheduler:
                 total["ready"] += c.ready
                 total["in_flight"] += c.in_flight
         snap.queue = totals
+        snap.environments = [e.describe() for e in self.environments.states()]  # issue 12
         raw = self.client.hgetall(self.keys.pool_stats)
         snap.documents = {str(k): int(v) for k, v in raw.items()}
         return snap

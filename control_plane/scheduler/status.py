@@ -44,6 +44,8 @@ class StatusSnapshot:
     queue_by_environment: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     # completed:index, failed:acte, ... as counted by the workers
     documents: dict[str, int] = field(default_factory=dict)
+    # issue 12: one line per environment, "dev ok" / "prod BROKEN (why; retry in Ns)"
+    environments: list[str] = field(default_factory=list)
 
 
 def _pct(used: float, limit: float) -> str:
@@ -88,6 +90,9 @@ def render_status(s: StatusSnapshot) -> str:
             for t in DOCUMENT_TYPES
         )
         lines.append(f"Queue             : {q}")
+    if s.environments:
+        lines.append(f"Environments      : {s.environments[0]}")
+        lines.extend(f"                    {line}" for line in s.environments[1:])
     cooldown = f"cooldown {s.cooldown_ms / 1000:.1f}s" if s.cooldown_ms > 0 else "no cooldown"
     lines.append(
         f"Gemini            : RPM {s.rpm_used:,}/{s.rpm_limit:,} ({_pct(s.rpm_used, s.rpm_limit)})"
