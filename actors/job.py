@@ -21,6 +21,7 @@ from enum import StrEnum
 from dramatiq.middleware import TimeLimitExceeded
 
 from actors.runtime import ActiveJob, WorkerRuntime
+from actors.store_errors import end_on_store_error, record_failure
 from control_plane.dispatch import DocumentMessage
 from control_plane.errors import (
     AcquireTimeoutError,
@@ -149,6 +150,16 @@ def _run(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob, worker_id:
             error=str(exc)[:200],
         )
         return "unstarted"
+    except PermanentError as exc:  # issue 12: the real cause, not a lease expiry
+        return end_on_store_error(
+            store,
+            message.id,
+            message.lease_token,
+            "could not start",
+            exc,
+            max_attempts=rt.settings.ocr_max_attempts,
+            ref=message.ref,
+        )
     if not started_ok:
         log_event("job.stale", "lease no longer ours; message dropped", document=message.ref)
         return "stale"
@@ -215,6 +226,16 @@ def _complete(
                 result.output_tokens,
             )
             break
+        except PermanentError as exc:  # issue 12: e.g. a legacy column refuses the text
+            return end_on_store_error(
+                store,
+                message.id,
+                message.lease_token,
+                "OCR done but the result could not be saved",
+                exc,
+                max_attempts=rt.settings.ocr_max_attempts,
+                ref=message.ref,
+            )
         except TransientError as exc:
             if time.monotonic() > deadline:
                 log_event(
@@ -274,13 +295,17 @@ def _handle_error(rt: WorkerRuntime, message: DocumentMessage, exc: BaseExceptio
     permanent = outcome is Outcome.FAIL_PERMANENT
     store = rt.environments.store(message.environment)
     try:
-        result = store.fail(
+        result = record_failure(  # issue 12: shorter messages if the store refuses the text
+            store,
             message.id,
             message.lease_token,
             text,
             permanent=permanent,
             max_attempts=rt.settings.ocr_max_attempts,
+            ref=message.ref,
         )
+    except PermanentError:
+        return "fail_unrecordable"  # released, cause logged (job.fail_unrecordable)
     except TransientError:
         log_event(
             "job.fail_unrecorded",
