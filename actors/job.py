@@ -21,7 +21,6 @@ from enum import StrEnum
 from dramatiq.middleware import TimeLimitExceeded
 
 from actors.runtime import ActiveJob, WorkerRuntime
-from actors.store_errors import end_on_store_error, record_failure
 from control_plane.dispatch import DocumentMessage
 from control_plane.errors import (
     AcquireTimeoutError,
@@ -36,6 +35,7 @@ from control_plane.pacing import record_job_seconds, wait_slot_freed, wake_slot_
 from control_plane.pool import SlotLease, SlotRefusal
 from control_plane.queue.models import ClaimedDocument, FailOutcome
 from control_plane.queue.pdf import inspect_pdf, split_pdf
+from control_plane.queue.store_errors import end_on_store_error, record_failure
 
 
 class JobTimeLimitError(TransientError):

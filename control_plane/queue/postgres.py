@@ -28,7 +28,6 @@ from control_plane.queue.models import ClaimedDocument, FailOutcome, QueueCounts
 from control_plane.queue.pooler import check_dsn, is_transaction_pooler, libpq_dsn, safe_db_error
 from control_plane.queue.store import is_transient_sqlstate
 
-
 _NOT_MIGRATED = {"42883", "42P01", "42703"}  # undefined function / table / column
 
 

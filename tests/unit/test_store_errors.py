@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.store_errors import fallback_messages
+from control_plane.queue.store_errors import fallback_messages
 
 pytestmark = pytest.mark.unit
 

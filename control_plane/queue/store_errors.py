@@ -1,4 +1,4 @@
-"""Permanent store errors inside a job (issue 12): the document ends with the real cause.
+"""Permanent store errors inside a job (issue 12; used by actors/job.py): the real cause.
 
 A permanent error of the queue database in `start`, `complete` or `fail` (a legacy
 column too short, a trigger of another component refusing the update, a permission
