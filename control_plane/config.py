@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from control_plane.errors import ConfigError
@@ -128,6 +128,17 @@ class Settings(BaseSettings):
         "INFO", pattern=r"(?i)^(trace|debug|info|success|warning|error|critical)$"
     )
     ocr_log_json: bool = False
+    # --- issue 12: safe document fetching ---
+    ocr_document_allowed_hosts: str = ""
+    ocr_document_fetch_timeout_ms: int = Field(120_000, ge=100)
+
+    @field_validator("ocr_document_allowed_hosts")
+    @classmethod
+    def _check_allowed_hosts(cls, value: str) -> str:
+        from control_plane.queue.fetch_policy import AllowedHosts
+
+        AllowedHosts.parse(value)  # ValueError names the bad entry
+        return value
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:

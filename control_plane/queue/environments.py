@@ -122,6 +122,10 @@ class Environments:
         for event in self._first_contact.values():
             event.wait(max(0.0, deadline - time.monotonic()))
 
+    def storage_urls(self) -> list[str]:
+        """The Supabase project URLs documents are fetched from (trusted by the fetcher)."""
+        return [client.url for client in self._storage.values()]
+
     def _failed(self, name: str, exc: BaseException, what: str) -> None:
         permanent = not isinstance(exc, TransientError)
         text = (
