@@ -39,7 +39,6 @@ __all__ = [
 ]
 
 
-
 @dataclass(frozen=True)
 class DocumentLocation:
     """Where a document lives: kind is 'http', 'file' or 'storage'."""

@@ -44,9 +44,13 @@ class AllowedHosts:
             except ValueError:
                 pass
             label = entry.rstrip(".")
-            if not label or "/" in label or not all(
-                part and len(part) <= 63 and part.replace("-", "").replace("_", "").isalnum()
-                for part in label.split(".")
+            if (
+                not label
+                or "/" in label
+                or not all(
+                    part and len(part) <= 63 and part.replace("-", "").replace("_", "").isalnum()
+                    for part in label.split(".")
+                )
             ):
                 raise ValueError(f"not a host name, IP address or CIDR network: {raw.strip()!r}")
             names.add(label)

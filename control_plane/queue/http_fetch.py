@@ -165,8 +165,7 @@ class GuardedFetcher:
 
     def too_large(self, size: int) -> DocumentError:
         return DocumentError(
-            f"too large: {size / 1048576:.1f} MB > limit {self._max_mb:g} MB"
-            " (OCR_MAX_DOCUMENT_MB)"
+            f"too large: {size / 1048576:.1f} MB > limit {self._max_mb:g} MB (OCR_MAX_DOCUMENT_MB)"
         )
 
     def get(self, url: str, credentials: Mapping[str, str] | None = None) -> bytes:

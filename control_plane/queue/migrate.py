@@ -267,7 +267,10 @@ def _take_migration_lock(conn: psycopg.Connection[Any], wait_s: float = 600.0) -
     CONCURRENTLY waits for every open transaction: a deadlock.
     """
     deadline = time.monotonic() + wait_s
-    while not conn.execute("SELECT pg_try_advisory_lock(%s)", (_MIGRATION_LOCK_KEY,)).fetchone()[0]:
+    while True:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_MIGRATION_LOCK_KEY,)).fetchone()
+        if row and row[0]:
+            return
         if time.monotonic() > deadline:
             raise TransientError(f"another migration held the lock for {wait_s:g} s")
         time.sleep(0.2)
@@ -289,9 +292,12 @@ def apply_schema(dsn: str, *, lock_timeout_ms: int = LOCK_TIMEOUT_MS) -> list[st
             if conn.execute(f"SELECT to_regclass('{MIGRATIONS_TABLE}')").fetchone() == (None,):
                 with conn.transaction():
                     conn.execute(_MIGRATIONS_DDL.encode())
-            recorded = dict(
-                conn.execute(f"SELECT name, checksum FROM {MIGRATIONS_TABLE}").fetchall()
-            )
+            recorded: dict[str, str] = {
+                str(name): str(checksum)
+                for name, checksum in conn.execute(
+                    f"SELECT name, checksum FROM {MIGRATIONS_TABLE}"
+                ).fetchall()
+            }
             files = sql_files()
             for name in changed_after_applied(files, recorded):
                 log_event(

@@ -133,7 +133,7 @@ def read_facts(conn: psycopg.Connection[Any]) -> SecurityFacts:
         (list(FUNCTIONS),),
     ).fetchall()
     for oid, signature in fn_rows:
-        open_roles = [
+        fn_roles = [
             r
             for r in roles
             if conn.execute(
@@ -141,8 +141,8 @@ def read_facts(conn: psycopg.Connection[Any]) -> SecurityFacts:
             ).fetchone()
             == (True,)
         ]
-        if open_roles:
-            functions[signature] = tuple(open_roles)
+        if fn_roles:
+            functions[str(signature)] = tuple(fn_roles)
     return SecurityFacts(tuple(tables), functions)
 
 

@@ -15,10 +15,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.faults.conftest import FAULT_ENV
 from tests.support import fault_fixtures
 from tests.support.emulator import EmulatorProcess
 from tests.support.fault_fixtures import DONE, ERROR, threads_heartbeating
-from tests.faults.conftest import FAULT_ENV
 from tests.support.pool import PoolHarness, wait_until
 
 fx_emulator = fault_fixtures.fx_emulator

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-import psycopg
 import pytest
 
 from control_plane.errors import PermanentError, TransientError

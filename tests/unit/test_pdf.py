@@ -50,7 +50,17 @@ def test_inspect_counts_pages() -> None:
         (encrypted(pages(2), "user-secret"), "encrypted PDF (a password is required)"),
         (pages(5), "too many pages: 5 > OCR_MAX_PAGES=4"),
     ],
-    ids=["empty", "html", "zip", "gzip", "text", "truncated", "garbage", "encrypted", "too-many-pages"],
+    ids=[
+        "empty",
+        "html",
+        "zip",
+        "gzip",
+        "text",
+        "truncated",
+        "garbage",
+        "encrypted",
+        "too-many-pages",
+    ],
 )
 def test_bad_documents_give_a_precise_permanent_error(data: bytes, message: str) -> None:
     with pytest.raises(DocumentError) as info:
