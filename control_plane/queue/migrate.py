@@ -336,6 +336,7 @@ def migrate(settings: Settings) -> list[MigrationReport]:
             continue
         dsn = env.database_url.get_secret_value()
         try:
+            check_dsn(dsn, f"{env.name.upper()}_DATABASE_URL")
             applied = apply_schema(dsn)
             statements = check_security(dsn)
         except (TransientError, PermanentError) as exc:

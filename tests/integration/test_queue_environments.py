@@ -159,3 +159,48 @@ def test_migrate_is_idempotent_and_keeps_rows(pg_database_factory) -> None:  # t
         "ocr_renew",
         "ocr_start",
     ]
+
+
+def test_claims_are_fair_per_environment_and_type(pg_database_factory) -> None:  # type: ignore[no-untyped-def]
+    """Issue 12: one rotation per type. With a shared counter, alternating index and acte
+    claims took every index from one environment and every acte from the other."""
+    dsns = {name: pg_database_factory(f"fair_{name}") for name in ("staging", "prod")}
+    for dsn in dsns.values():
+        apply_schema(dsn)
+        add_ready(dsn, 50, "index")
+        add_ready(dsn, 50, "acte")
+    envs = Environments({name: PostgresStore(name, dsn) for name, dsn in dsns.items()})
+    try:
+        taken: dict[str, Counter[str]] = {"index": Counter(), "acte": Counter()}
+        for _ in range(40):
+            for source in ("index", "acte"):
+                (doc,) = envs.claim_fair(source, 1, "w1", LEASE)
+                taken[source][doc.environment] += 1
+    finally:
+        envs.close()
+    assert taken == {
+        "index": Counter({"staging": 20, "prod": 20}),
+        "acte": Counter({"staging": 20, "prod": 20}),
+    }
+
+
+def test_a_broken_environment_never_stops_the_others(pg_database_factory) -> None:  # type: ignore[no-untyped-def]
+    """Issue 12: a permanent error (never migrated) of one environment: the others are fed,
+    counted and reaped in the same pass, and its state says why."""
+    dev = pg_database_factory("iso_dev")
+    apply_schema(dev)
+    add_ready(dev, 3)
+    broken = pg_database_factory("iso_broken")  # no schema
+    envs = Environments({"prod": PostgresStore("prod", broken), "dev": PostgresStore("dev", dev)})
+    try:
+        docs = envs.claim_fair("index", 3, "w1", LEASE)
+        assert [d.environment for d in docs] == ["dev"] * 3
+        assert envs.counts()["index"] == QueueCounts(ready=0, in_flight=3)
+        sql(dev, "UPDATE extraction_queue SET lease_expires_at = now() - interval '1 s'")
+        assert envs.reap(3)["dev"].requeued == 3
+        states = {s.name: s for s in envs.states()}
+        assert states["dev"].describe() == "dev ok"
+        assert states["prod"].state == "broken"
+        assert "run python scheduler.py migrate" in states["prod"].error
+    finally:
+        envs.close()
