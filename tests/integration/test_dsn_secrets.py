@@ -16,7 +16,7 @@ import pytest
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-PASSWORD = "Zq%zzSECRETpart9"
+PASSWORD = "Zq%zzSECRETpart9"  # noqa: S105 - a fake password under test
 
 
 @pytest.mark.parametrize("command", ["status", "migrate"])
