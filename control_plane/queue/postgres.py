@@ -64,7 +64,19 @@ class PostgresStore:
         check_dsn(dsn, f"{environment.upper()}_DATABASE_URL")
         self._dsn = dsn
         self.transaction_pooler = is_transaction_pooler(dsn)
-        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": connect_timeout_s}
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "connect_timeout": connect_timeout_s,
+            # A server that vanishes mid-query (network partition) cannot fire its own
+            # statement_timeout: the socket gives up after ~20 s instead of hanging the
+            # caller for the OS default of hours (issue 12: one environment must not hold
+            # the feed).
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 2,
+            "tcp_user_timeout": 20_000,
+        }
         if self.transaction_pooler:
             kwargs["prepare_threshold"] = None  # no server-side prepared statements
         self._scrub = _ScrubPassword(dsn)
