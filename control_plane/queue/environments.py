@@ -81,6 +81,7 @@ class Environments:
         # server costs callers at most FIRST_CONTACT_WAIT_S, once, instead of a timeout.
         self._first_contact: dict[str, threading.Event] = {}
         self._waited: set[str] = set()
+        self._closed = False
         for name in self.names:
             done = threading.Event()
             self._first_contact[name] = done
@@ -127,6 +128,8 @@ class Environments:
         return [client.url for client in self._storage.values()]
 
     def _failed(self, name: str, exc: BaseException, what: str) -> None:
+        if self._closed:
+            return
         permanent = not isinstance(exc, TransientError)
         text = (
             str(exc)
@@ -284,6 +287,7 @@ class Environments:
         return results
 
     def close(self) -> None:
+        self._closed = True  # a probe still running ends quietly
         seen: set[int] = set()
         for store in [*self._stores.values(), *self._storage.values()]:
             if id(store) not in seen:
