@@ -305,7 +305,7 @@ def _handle_error(rt: WorkerRuntime, message: DocumentMessage, exc: BaseExceptio
             ref=message.ref,
         )
     except PermanentError:
-        return "fail_unrecordable"  # released, cause logged (job.fail_unrecordable)
+        return "fail_unrecordable"  # cause logged (job.fail_unrecordable); lease lapses
     except TransientError:
         log_event(
             "job.fail_unrecorded",

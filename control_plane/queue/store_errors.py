@@ -7,12 +7,14 @@ taken away) used to escape the job: the row stayed leased, was redone up to the 
 - start refused: the document goes to ERREUR with "could not start: <cause>";
 - result refused: ERREUR with "OCR done but the result could not be saved: <cause>";
 - the failure itself refused (e.g. error_message too short for the text): recorded again
-  with shorter messages (`fallback_messages`, pure), then given back as a last resort.
+  with shorter messages (`fallback_messages`, pure); if even those are refused the cause
+  is logged loudly and the lease lapses (the reaper counts the attempt, so a row the
+  store refuses to update is not redone forever).
 """
 
 from __future__ import annotations
 
-from control_plane.errors import OcrPoolError, PermanentError, TransientError
+from control_plane.errors import PermanentError, TransientError
 from control_plane.logs import log_event
 from control_plane.queue.models import FailOutcome
 from control_plane.queue.store import QueueStore
@@ -41,9 +43,9 @@ def record_failure(
 ) -> FailOutcome:
     """`store.fail`, retried with shorter messages when the store refuses the text.
 
-    TransientError propagates (the caller decides); a store that refuses even the
-    shortest message gets the document released (back to ready, not silently leased)
-    and PermanentError is raised with the cause.
+    TransientError propagates (the caller decides); when the store refuses even the
+    shortest message, the cause is logged (job.fail_unrecordable) and PermanentError
+    is raised.
     """
     last: PermanentError | None = None
     for text in fallback_messages(message):
@@ -60,13 +62,12 @@ def record_failure(
                 document=ref,
                 error=str(exc)[:300],
             )
-    try:
-        store.release(doc_id, lease_token)
-    except OcrPoolError:
-        pass  # the lease lapses; the log below has the cause
+    # Not released: a release gives the attempt back, and a row the store refuses to
+    # update would then be redone (and paid for) forever. The lease lapses instead, the
+    # reaper counts the attempt, and the cause is in this log line.
     log_event(
         "job.fail_unrecordable",
-        "the database refuses to record this document's failure; released",
+        "the database refuses to record this document's failure; its lease will lapse",
         level="ERROR",
         document=ref,
         error=str(last)[:300],
