@@ -205,10 +205,21 @@ def _strip_leading_comments(statement: str) -> str:
     return re.sub(r"^(\s*(--[^\n]*\n|/\*.*?\*/))*", "", statement, flags=re.DOTALL)
 
 
+_TRANSACTION_CONTROL = re.compile(
+    r"^\s*(BEGIN|START\s+TRANSACTION|COMMIT|END|ROLLBACK)\b\s*(WORK|TRANSACTION)?\s*$",
+    re.IGNORECASE,
+)
+
+
 def batches(statements: Iterable[str]) -> list[tuple[bool, list[str]]]:
-    """Pure: consecutive ordinary statements together (one transaction), concurrent alone."""
+    """Pure: consecutive ordinary statements together (one transaction), concurrent alone.
+
+    BEGIN / COMMIT written in a file are dropped: the runner owns the transactions.
+    """
     out: list[tuple[bool, list[str]]] = []
     for stmt in statements:
+        if _TRANSACTION_CONTROL.match(_strip_leading_comments(stmt)):
+            continue
         if is_concurrent(stmt):
             out.append((True, [stmt]))
         elif out and not out[-1][0]:

@@ -83,6 +83,12 @@ def test_batches_group_ordinary_statements_and_isolate_concurrent_ones() -> None
     ]
 
 
+def test_transaction_control_in_a_file_is_left_to_the_runner() -> None:
+    stmts = ["BEGIN", "A", "commit", "-- done\nEND TRANSACTION", "START TRANSACTION", "B"]
+    assert batches(stmts) == [(False, ["A", "B"])]
+    assert batches(["BEGIN ATOMIC SELECT 1"]) == [(False, ["BEGIN ATOMIC SELECT 1"])]
+
+
 def _files() -> list[SqlFile]:
     return [
         SqlFile("014_history.sql", "h"),
