@@ -42,6 +42,7 @@ from control_plane.pacing import record_job_seconds, wait_slot_freed, wake_slot_
 from control_plane.pool import SlotLease, SlotRefusal
 from control_plane.queue.models import ClaimedDocument, FailOutcome
 from control_plane.queue.pdf import inspect_pdf, split_pdf
+from control_plane.queue.store_errors import end_on_store_error, record_failure
 
 
 class JobTimeLimitError(TransientError):
@@ -173,6 +174,16 @@ def _run(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob, worker_id:
             error=str(exc)[:200],
         )
         return "unstarted"
+    except PermanentError as exc:  # issue 12: the real cause, not a lease expiry
+        return end_on_store_error(
+            store,
+            message.id,
+            message.lease_token,
+            "could not start",
+            exc,
+            max_attempts=rt.settings.ocr_max_attempts,
+            ref=message.ref,
+        )
     if delivery is None:
         log_event(
             "job.stale",
@@ -258,6 +269,16 @@ def _complete(
                 result.output_tokens,
             )
             break
+        except PermanentError as exc:  # issue 12: e.g. a legacy column refuses the text
+            return end_on_store_error(
+                store,
+                message.id,
+                message.lease_token,
+                "OCR done but the result could not be saved",
+                exc,
+                max_attempts=rt.settings.ocr_max_attempts,
+                ref=message.ref,
+            )
         except TransientError as exc:
             if time.monotonic() > deadline:
                 log_event(
@@ -317,13 +338,17 @@ def _handle_error(rt: WorkerRuntime, message: DocumentMessage, exc: BaseExceptio
     permanent = outcome is Outcome.FAIL_PERMANENT
     store = rt.environments.store(message.environment)
     try:
-        result = store.fail(
+        result = record_failure(  # issue 12: shorter messages if the store refuses the text
+            store,
             message.id,
             message.lease_token,
             text,
             permanent=permanent,
             max_attempts=rt.settings.ocr_max_attempts,
+            ref=message.ref,
         )
+    except PermanentError:
+        return "fail_unrecordable"  # cause logged (job.fail_unrecordable); lease lapses
     except TransientError:
         log_event(
             "job.fail_unrecorded",

@@ -102,16 +102,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _migrate(settings: Settings) -> int:
     from control_plane.queue.migrate import migrate
 
-    applied = migrate(settings)
-    if not applied:
+    reports = migrate(settings)
+    if not reports:
         print(
             "migrate: no environment has a *_DATABASE_URL; apply the Supabase migrations "
             "(supabase/migrations) with the Supabase CLI instead",
             file=sys.stderr,
         )
         return 2
-    for name in applied:
-        print(f"migrate: schema up to date in {name}")
+    for report in reports:
+        done = ", ".join(report.applied) if report.applied else "nothing to apply"
+        print(f"migrate: schema up to date in {report.environment} ({done})")
+        if report.security_statements:
+            print(
+                f"WARNING: {report.environment}: the queue tables are open to Supabase's "
+                "anon/authenticated roles (anyone with the public anon key can read or "
+                "rewrite them). The migration leaves an existing table's privileges to its "
+                "owner; to close it, run:",
+                file=sys.stderr,
+            )
+            for stmt in report.security_statements:
+                print(f"  {stmt}", file=sys.stderr)
     return 0
 
 
@@ -168,6 +179,7 @@ def _run(settings: Settings, *, status_only: bool) -> int:
     scheduler = Scheduler(settings, client, keys, environments)
     if status_only:
         try:
+            environments.wait_first_contact(15.0)  # so the block says what is wrong (issue 12)
             print(scheduler.status_text(emoji=wants_emoji(sys.stdout)), flush=True)
         finally:
             environments.close()

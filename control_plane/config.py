@@ -11,7 +11,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from control_plane.errors import ConfigError
@@ -134,6 +134,18 @@ class Settings(BaseSettings):
     ocr_host_name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=200)
     # On SIGTERM/Ctrl+C, documents in progress may finish all their chunks for this long (ms).
     ocr_shutdown_grace_ms: int = Field(120_000, ge=0)
+
+    # --- issue 12: safe document fetching ---
+    ocr_document_allowed_hosts: str = ""
+    ocr_document_fetch_timeout_ms: int = Field(120_000, ge=100)
+
+    @field_validator("ocr_document_allowed_hosts")
+    @classmethod
+    def _check_allowed_hosts(cls, value: str) -> str:
+        from control_plane.queue.fetch_policy import AllowedHosts
+
+        AllowedHosts.parse(value)  # ValueError names the bad entry
+        return value
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:

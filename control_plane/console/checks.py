@@ -114,7 +114,7 @@ def redis_setup_checks(
 # --- schema and security ---
 
 _FUNCTION_RE = re.compile(r"CREATE\s+OR\s+REPLACE\s+FUNCTION\s+(\w+)", re.I)
-_TABLE_RE = re.compile(r"CREATE\s+TABLE\s+IF\s+NOT\s+EXISTS\s+(\w+)", re.I)
+_TABLE_RE = re.compile(r"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", re.I)
 
 
 def expected_schema(sql_texts: Iterable[str]) -> tuple[set[str], set[str]]:

@@ -28,7 +28,7 @@ def claimed_document(environment: str, row: Mapping[str, Any]) -> ClaimedDocumen
         storage_path=str(row["storage_path"]),
         lease_token=str(row["lease_token"]),
         lease_expires_at=expires,
-        attempts=int(row["attempts"]),
+        attempts=int(row["attempts"] or 0),  # a legacy nullable column (issue 12)
     )
 
 

@@ -9,6 +9,7 @@ call either happened once or raised here.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from postgrest.exceptions import APIError
@@ -38,7 +39,7 @@ def make_supabase_client(
         limits=httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         ),
-        follow_redirects=True,
+        follow_redirects=False,  # issue 12: the apikey header must not follow a redirect
     )
     options = SyncClientOptions(
         httpx_client=http,
@@ -85,7 +86,16 @@ class SupabaseStore:
         timeout_s: float = 15.0,
     ) -> None:
         self.environment = environment
+        self.url = url.rstrip("/")
+        self._service_key = service_key
         self.client, self._http = make_supabase_client(url, service_key, timeout_s=timeout_s)
+
+    def storage_request(self, bucket: str, path: str) -> tuple[str, dict[str, str]]:
+        """URL and credential headers of an object (fetched by documents.py's guarded
+        client, which sends the headers to this origin only)."""
+        url = f"{self.url}/storage/v1/object/{quote(bucket, safe='')}/{quote(path)}"
+        key = self._service_key
+        return url, {"apikey": key, "Authorization": f"Bearer {key}"}
 
     def _rpc(self, fn: str, params: dict[str, Any]) -> Any:
         try:

@@ -168,8 +168,8 @@ class Scheduler:
 
     def _succeeded(self, job: str, started: float) -> None:
         """The environments this job reached since `started` (monotonic), for the metrics."""
-        failed = self.environments.health.failed_since
-        reached = [env for env in self.environments.names if not failed(env, started)]
+        health = self.environments.health
+        reached = [env for env in self.environments.names if health.healthy_since(env, started)]
         self.metrics.succeeded(job, reached, time.time())
 
     def take_over(self) -> None:
@@ -568,6 +568,7 @@ class Scheduler:
                 total["ready"] += c.ready
                 total["in_flight"] += c.in_flight
         snap.queue = totals
+        snap.environments = [e.describe() for e in self.environments.states()]  # issue 12
         raw = self.client.hgetall(self.keys.pool_stats)
         snap.documents = {str(k): int(v) for k, v in raw.items()}
         return snap

@@ -59,6 +59,8 @@ class StatusSnapshot:
     environment_state: dict[str, Any] | None = None
     # free-form key -> value from the autopilot
     autopilot: dict[str, Any] | None = None
+    # issue 12: one line per environment, "dev ok" / "prod BROKEN (why; retry in Ns)"
+    environments: list[str] = field(default_factory=list)
 
 
 def warn_thin_pool(pool_size: int, registered_threads: int) -> str | None:
@@ -162,6 +164,9 @@ def our_status_lines(s: StatusSnapshot, emoji: bool) -> list[str]:
         for t in DOCUMENT_TYPES
     )
     lines.append(f"   Documents: {done}")
+    if s.environments:
+        lines += ["", mark("🌐", "Environments:", emoji)]
+        lines.extend(f"   {line}" for line in s.environments)
     lines += ["", mark("🧩", "Slots:", emoji)]
     if s.assignments:
         lines.append(

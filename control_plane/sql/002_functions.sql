@@ -116,7 +116,8 @@ LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     v_attempts integer;
 BEGIN
-    SELECT q.attempts INTO v_attempts FROM extraction_queue q
+    -- A legacy nullable attempts column may hold NULL: it counts as 0.
+    SELECT coalesce(q.attempts, 0) INTO v_attempts FROM extraction_queue q
     WHERE q.id = p_id AND q.status_id = 2 AND q.lease_token = p_lease_token
       AND q.started_at IS NULL
     FOR UPDATE;
@@ -135,7 +136,7 @@ BEGIN
     UPDATE extraction_queue q
     SET worker_id = p_worker_id,
         lease_token = gen_random_uuid(),
-        attempts = q.attempts + 1,
+        attempts = coalesce(q.attempts, 0) + 1,
         started_at = now(),
         lease_expires_at = now() + p_lease_ms * interval '1 millisecond',
         updated_at = now()
@@ -235,8 +236,10 @@ $$;
 -- Expired leases go back to ready, or to error once they used p_max_attempts starts.
 -- A started delivery whose lease lapsed is counted lost (its worker process died, or
 -- could not reach the database for a whole lease). A claim never started (its message
--- waited in a queue, or was lost before a worker took it) counted no attempt.
--- Also moves legacy ready rows of an unknown type (see 001_schema.sql) to error.
+-- waited in a queue, or was lost before a worker took it) counted no attempt. Only rows
+-- of the pool's two types are touched. A legacy status-2 row without a lease (left by an
+-- older system: no lease_expires_at) counts as expired; it never started under this pool,
+-- so it goes back to ready without using an attempt.
 DROP FUNCTION IF EXISTS ocr_reap(integer, integer);
 CREATE OR REPLACE FUNCTION ocr_reap(
     p_max_attempts integer, p_limit integer DEFAULT 1000, p_epoch bigint DEFAULT NULL)
@@ -248,7 +251,8 @@ BEGIN
     RETURN QUERY
     WITH expired AS (
         SELECT q.id FROM extraction_queue q
-        WHERE q.status_id = 2 AND q.lease_expires_at < now()
+        WHERE q.status_id = 2 AND q.document_source IN ('index', 'acte')
+          AND (q.lease_expires_at < now() OR q.lease_expires_at IS NULL)
         ORDER BY q.lease_expires_at
         LIMIT p_limit
         FOR UPDATE SKIP LOCKED
@@ -274,22 +278,10 @@ BEGIN
         FROM expired
         WHERE q.id = expired.id
         RETURNING q.status_id
-    ), unknown AS (
-        UPDATE extraction_queue q
-        SET status_id = 4,
-            error_message = format('unknown document_source %L (expected index or acte)',
-                                   q.document_source),
-            updated_at = now()
-        WHERE q.id IN (
-            SELECT u.id FROM extraction_queue u
-            WHERE u.status_id = 3 AND u.document_source NOT IN ('index', 'acte')
-            LIMIT p_limit
-            FOR UPDATE SKIP LOCKED)
-        RETURNING q.status_id
     )
     SELECT (count(*) FILTER (WHERE m.status_id = 3))::integer,
            (count(*) FILTER (WHERE m.status_id = 4))::integer
-    FROM (SELECT status_id FROM moved UNION ALL SELECT status_id FROM unknown) m;
+    FROM moved m;
 END
 $$;
 
@@ -308,7 +300,8 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- On Supabase only the service role may call these; plain Postgres has no such role
--- and keeps the default (owner and PUBLIC).
+-- and keeps the default (owner and PUBLIC). Table privileges are not touched here: they
+-- are set when 001_schema.sql creates the tables, and left to the owner otherwise.
 DO $$
 DECLARE
     fn text;
@@ -335,8 +328,6 @@ BEGIN
             END IF;
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO service_role', fn);
         END LOOP;
-        GRANT SELECT, INSERT, UPDATE ON extraction_queue TO service_role;
-        GRANT SELECT ON ocr_status TO service_role;
     END IF;
 END
 $$;

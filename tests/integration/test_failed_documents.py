@@ -34,9 +34,7 @@ def fail_for_real(case: StoreCase, source: str, message: str, count: int) -> lis
     for d in docs:
         delivery = case.store.start(d.id, d.lease_token, "w1", LEASE, 3)
         assert delivery is not None
-        assert case.store.fail(
-            d.id, delivery.lease_token, message, permanent=True, max_attempts=3
-        )
+        assert case.store.fail(d.id, delivery.lease_token, message, permanent=True, max_attempts=3)
     return sorted(d.id for d in docs)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-import psycopg
 import pytest
 
 from control_plane.errors import PermanentError, TransientError
@@ -271,36 +270,27 @@ def test_postgres_unreachable_is_transient_and_never_shows_the_password() -> Non
         store.close()
 
 
-def test_unknown_document_source_is_refused_or_moved_to_error(pg_database_factory) -> None:  # type: ignore[no-untyped-def]
+def test_rows_of_other_types_are_left_alone(pg_database_factory) -> None:  # type: ignore[no-untyped-def]
+    """Issue 12: other writers may use any document_source; the pool never touches them."""
     from control_plane.queue.migrate import apply_schema
 
     dsn = pg_database_factory("unknown")
     apply_schema(dsn)
-    with pytest.raises(psycopg.errors.CheckViolation):
-        sql(
-            dsn,
-            "INSERT INTO extraction_queue (document_source, storage_path, status_id)"
-            " VALUES ('facture', 'x.pdf', 3)",
-        )
-    # A legacy table without the constraint: the reaper moves such rows to error.
-    sql(dsn, "ALTER TABLE extraction_queue DROP CONSTRAINT extraction_queue_document_source_check")
     sql(
         dsn,
         "INSERT INTO extraction_queue (document_source, storage_path, status_id)"
-        " VALUES ('facture', 'x.pdf', 3)",
+        " VALUES ('facture', 'x.pdf', 3), ('plan', 'p.pdf', 2)",
     )
+    add_ready(dsn, 1)
     store = PostgresStore("dev", dsn)
     try:
-        assert store.reap(3) == ReapResult(requeued=0, errored=1)
+        assert store.reap(3) == ReapResult()
+        assert set(store.counts()) == {"index", "acte"}
+        assert [d.document_source for d in store.claim("index", 5, "w", 60_000)] == ["index"]
     finally:
         store.close()
-    assert sql(dsn, "SELECT status_id, error_message FROM extraction_queue") == [
-        (4, "unknown document_source 'facture' (expected index or acte)")
-    ]
-    apply_schema(dsn)  # the constraint comes back NOT VALID despite the legacy row
-    with pytest.raises(psycopg.errors.CheckViolation):
-        sql(
-            dsn,
-            "INSERT INTO extraction_queue (document_source, storage_path, status_id)"
-            " VALUES ('autre', 'y.pdf', 3)",
-        )
+    assert sql(
+        dsn,
+        "SELECT document_source, status_id, error_message FROM extraction_queue"
+        " WHERE document_source <> 'index' ORDER BY id",
+    ) == [("facture", 3, None), ("plan", 2, None)]

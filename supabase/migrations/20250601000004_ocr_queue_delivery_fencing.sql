@@ -1,3 +1,4 @@
+-- GENERATED from control_plane/sql/010_delivery_fencing.sql by `python -m control_plane.queue.supabase_export`; do not edit.
 -- Issue 10: fenced leaders and fenced deliveries (columns and the leader fence).
 -- Idempotent: safe to run again. The functions that use these live in 002_functions.sql
 -- (their bodies are checked when first called, after this file has run).

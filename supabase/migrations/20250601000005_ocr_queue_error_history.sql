@@ -1,3 +1,4 @@
+-- GENERATED from control_plane/sql/014_error_history.sql by `python -m control_plane.queue.supabase_export`; do not edit.
 -- Issue 14: what `python scheduler.py requeue` keeps of a document's failure.
 -- Idempotent. Every requeue of a document in ERREUR (status 4) first copies its
 -- error here, so putting it back to ready loses nothing of the diagnosis.
