@@ -128,6 +128,15 @@ class Settings(BaseSettings):
         "INFO", pattern=r"(?i)^(trace|debug|info|success|warning|error|critical)$"
     )
     ocr_log_json: bool = False
+    # --- issue 11: retry timing and circuit breakers ---
+    # A document sent back after a transient failure waits base x 2^(attempt-1) (jittered,
+    # capped at the max) before it may be claimed again; 0 = at once.
+    ocr_retry_base_ms: int = Field(5_000, ge=0)
+    ocr_retry_max_ms: int = Field(300_000, ge=0)
+    # How often an open circuit breaker (Gemini model, document host) lets one probe through.
+    ocr_breaker_probe_ms: int = Field(10_000, ge=100)
+    # How often OCR paused by a Gemini configuration error (key, location, model) probes.
+    gemini_config_probe_ms: int = Field(60_000, ge=100)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:

@@ -29,7 +29,10 @@ def claimed_document(environment: str, row: Mapping[str, Any]) -> ClaimedDocumen
 def queue_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, QueueCounts]:
     """Rows of `ocr_counts` keyed by document_source."""
     return {
-        str(r["document_source"]): QueueCounts(int(r["ready"]), int(r["in_flight"])) for r in rows
+        str(r["document_source"]): QueueCounts(
+            int(r["ready"]), int(r["in_flight"]), int(r.get("waiting_retry") or 0)
+        )
+        for r in rows
     }
 
 
