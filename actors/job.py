@@ -12,19 +12,20 @@ What to do with an error is decided by `outcome_for_error`, a pure function.
 
 from __future__ import annotations
 
-import os
-import signal
+import random
 import time
 from collections.abc import Callable
 from enum import StrEnum
 
+import redis
 from dramatiq.middleware import TimeLimitExceeded
 
+from actors.dependencies import fetch_through_breaker
 from actors.runtime import ActiveJob, WorkerRuntime
 from control_plane.dispatch import DocumentMessage
 from control_plane.errors import (
     AcquireTimeoutError,
-    GeminiAuthError,
+    DependencyPausedError,
     OcrPoolError,
     PermanentError,
     TransientError,
@@ -35,6 +36,7 @@ from control_plane.pacing import record_job_seconds, wait_slot_freed, wake_slot_
 from control_plane.pool import SlotLease, SlotRefusal
 from control_plane.queue.models import ClaimedDocument, FailOutcome
 from control_plane.queue.pdf import inspect_pdf, split_pdf
+from control_plane.retry_timing import outage_delay_ms, retry_delay_ms
 
 
 class JobTimeLimitError(TransientError):
@@ -46,14 +48,16 @@ class Outcome(StrEnum):
 
     FAIL_PERMANENT = "fail_permanent"  # status 4 at once, precise message
     FAIL_RETRY = "fail_retry"  # back to ready, counts an attempt (error after the max)
-    RELEASE = "release"  # back to ready, no attempt counted (shutdown, our own wait)
-    FATAL = "fatal"  # back to ready, and this worker stops (bad API key)
+    RELEASE = "release"  # back to ready, no attempt counted (shutdown, our wait, an outage)
 
 
 def outcome_for_error(exc: BaseException, *, stopping: bool) -> Outcome:
-    """Pure: how an exception raised while processing a document is handled."""
-    if isinstance(exc, GeminiAuthError):
-        return Outcome.FATAL
+    """Pure: how an exception raised while processing a document is handled.
+
+    An outage of Redis (the limiter, the slots) is not the document's fault: released.
+    """
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return Outcome.RELEASE
     if isinstance(exc, AcquireTimeoutError):
         return Outcome.RELEASE
     if isinstance(exc, PermanentError):
@@ -65,7 +69,9 @@ def outcome_for_error(exc: BaseException, *, stopping: bool) -> Outcome:
 
 def describe_error(exc: BaseException) -> str:
     """The error_message written to the row: precise, one line, bounded."""
-    if isinstance(exc, OcrPoolError):
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        text = f"Redis unavailable ({type(exc).__name__}); not the document's fault"
+    elif isinstance(exc, OcrPoolError):
         text = str(exc) or type(exc).__name__
     else:
         text = f"unexpected {type(exc).__name__}: {exc}"
@@ -79,10 +85,7 @@ SLOT_WAIT_S = 60.0
 def process_document(rt: WorkerRuntime, message: DocumentMessage) -> str:
     """Run one job; returns what happened (for logs and tests)."""
     worker_id = rt.worker_id()
-    try:
-        slot = _wait_for_slot(rt, message, worker_id)
-    except TimeLimitExceeded:
-        slot = None  # waited past OCR_JOB_TIME_LIMIT_MS for a slot: give the document back
+    slot = _wait_for_slot(rt, message, worker_id)
     # Only now does the message stop counting as "enqueued": while it waits for a slot
     # it is the feed's look-ahead, and the feed must not send more behind it.
     rt.enqueued.remove(message.document_source, message.ref)
@@ -186,7 +189,7 @@ def _ocr(rt: WorkerRuntime, message: DocumentMessage) -> OcrResult:
         lease_expires_at=None,  # type: ignore[arg-type]
         attempts=message.attempts,
     )
-    data = rt.fetcher.fetch(doc)
+    data = fetch_through_breaker(rt, doc)
     inspect_pdf(data, max_pages=rt.settings.ocr_max_pages)
     chunks = split_pdf(data, rt.settings.ocr_pages_per_chunk)
     return rt.engine.ocr_chunks(message.document_source, chunks, stop_event=rt.stop_event)
@@ -257,19 +260,30 @@ def _complete(
     return "completed"
 
 
+def release_delay_ms(exc: BaseException, *, stopping: bool, base_ms: int, max_ms: int) -> int:
+    """Pure: how long a released document waits before it may be claimed again."""
+    if stopping and not isinstance(exc, DependencyPausedError):
+        return 0  # a shutdown: the next worker may take it at once
+    if isinstance(exc, DependencyPausedError):
+        return outage_delay_ms(exc.retry_after_ms, base_ms=base_ms, max_ms=max_ms)
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return outage_delay_ms(base_ms, base_ms=base_ms, max_ms=max_ms)
+    return 0
+
+
 def _handle_error(rt: WorkerRuntime, message: DocumentMessage, exc: BaseException) -> str:
-    outcome = outcome_for_error(exc, stopping=rt.stop_event.is_set())
+    stopping = rt.stop_event.is_set()
+    outcome = outcome_for_error(exc, stopping=stopping)
     text = describe_error(exc)
-    if outcome in (Outcome.RELEASE, Outcome.FATAL):
-        _release(rt, message, text)
-        if outcome is Outcome.FATAL:
-            log_event(
-                "worker.fatal",
-                f"Gemini refused our credentials: {text}; stopping this "
-                "worker (fix GEMINI_API_KEY)",
-                level="CRITICAL",
-            )
-            os.kill(os.getppid(), signal.SIGTERM)
+    settings = rt.settings
+    if outcome is Outcome.RELEASE:
+        delay = release_delay_ms(
+            exc,
+            stopping=stopping,
+            base_ms=settings.ocr_retry_base_ms,
+            max_ms=settings.ocr_retry_max_ms,
+        )
+        _release(rt, message, text, retry_after_ms=delay)
         return outcome.value
     permanent = outcome is Outcome.FAIL_PERMANENT
     store = rt.environments.store(message.environment)
@@ -279,7 +293,13 @@ def _handle_error(rt: WorkerRuntime, message: DocumentMessage, exc: BaseExceptio
             message.lease_token,
             text,
             permanent=permanent,
-            max_attempts=rt.settings.ocr_max_attempts,
+            max_attempts=settings.ocr_max_attempts,
+            retry_after_ms=retry_delay_ms(
+                message.attempts,
+                base_ms=settings.ocr_retry_base_ms,
+                max_ms=settings.ocr_retry_max_ms,
+                rng=_RNG,
+            ),
         )
     except TransientError:
         log_event(
@@ -303,10 +323,22 @@ def _handle_error(rt: WorkerRuntime, message: DocumentMessage, exc: BaseExceptio
     return f"fail_{result}"
 
 
-def _release(rt: WorkerRuntime, message: DocumentMessage, why: str) -> None:
+_RNG = random.Random()
+
+
+def _release(
+    rt: WorkerRuntime, message: DocumentMessage, why: str, *, retry_after_ms: int = 0
+) -> None:
     try:
-        rt.environments.store(message.environment).release(message.id, message.lease_token)
-        log_event("job.released", f"document back to ready: {why}", document=message.ref)
+        rt.environments.store(message.environment).release(
+            message.id, message.lease_token, retry_after_ms
+        )
+        log_event(
+            "job.released",
+            f"document back to ready: {why}",
+            document=message.ref,
+            not_before_s=round(retry_after_ms / 1000, 1),
+        )
     except OcrPoolError as exc:
         log_event(
             "job.release_failed",
@@ -318,7 +350,8 @@ def _release(rt: WorkerRuntime, message: DocumentMessage, why: str) -> None:
 
 
 def _wait_for_slot(rt: WorkerRuntime, message: DocumentMessage, worker_id: str) -> SlotLease | None:
-    deadline = time.monotonic() + SLOT_WAIT_S
+    # Half the job time limit at most, so the wait always ends before Dramatiq's TimeLimit.
+    deadline = time.monotonic() + min(SLOT_WAIT_S, rt.settings.ocr_job_time_limit_ms / 2000)
     delay = 0.05
     while True:
         taken = rt.pool.take_slot(message.document_source, worker_id, message.ref)

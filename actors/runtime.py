@@ -26,6 +26,7 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import Middleware
 
+from control_plane.breakers import Breakers
 from control_plane.config import Settings
 from control_plane.dispatch import EnqueuedSet
 from control_plane.errors import OcrPoolError
@@ -71,6 +72,7 @@ class WorkerRuntime:
         self.environments = Environments.from_settings(settings)
         self.fetcher = DocumentFetcher(settings, self.environments)
         self.engine = GeminiOcrEngine.from_settings(settings, self.client, self.keys)
+        self.breakers = Breakers(self.client, self.keys)  # issue 11: document hosts
         self.stop_event = threading.Event()
         self._jobs: dict[int, ActiveJob | None] = {}  # thread ident -> job (None = idle)
         self._lock = threading.Lock()

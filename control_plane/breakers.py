@@ -128,9 +128,7 @@ class Breakers:
             [self._keys.breaker(name), self._keys.breakers_open],
             [op, name, policy.threshold, policy.probe_ms, reason[:300], BREAKER_TTL_MS],
         )
-        return Step(
-            Verdict(_text(verdict)), int(wait_ms), _text(transition), int(failures)
-        )
+        return Step(Verdict(_text(verdict)), int(wait_ms), _text(transition), int(failures))
 
     def admit(self, name: str, policy: Policy) -> Step:
         """May I call the dependency now?"""

@@ -10,19 +10,18 @@
 
 Whose fault it is (`CallDecision.fault`), the question of issue 11:
 
-| Gemini answer | fault | action |
-| --- | --- | --- |
-| 429 per-minute quota | quota | shared cooldown (RetryInfo), same attempt again |
-| 429 per-day quota | configuration | cooldown until the daily reset, documents given back |
-| 500 / 502 / 503 / 504, timeouts, network, malformed or empty answers | outage | retry with backoff; across documents the model's breaker opens: pause + probe, no attempt counted |
-| 400 INVALID_ARGUMENT not recognised below | outage | as above: what fails for every document is not the document's fault |
-| 401 / 403, 400 API_KEY_INVALID | configuration | pause all OCR, probe; check GEMINI_API_KEY |
-| 400 FAILED_PRECONDITION (location, billing) | configuration | pause all OCR, probe; check the key's Google Cloud project |
-| 404 (unknown model or endpoint) | configuration | pause all OCR, probe; check GEMINI_MODEL / GEMINI_BASE_URL |
-| 400 about generation settings (max_output_tokens, temperature, ...) | configuration | pause all OCR, probe; check GEMINI_MAX_OUTPUT_TOKENS / GEMINI_TEMPERATURE |
-| 400 no pages / corrupt / encrypted / too many pages / unsupported MIME | document | status 4 with the message |
-| 400 input token count exceeds the model's limit; 413 payload too large | document | status 4 (the chunk is too big: OCR_PAGES_PER_CHUNK) |
-| blocked prompt, finishReason SAFETY / RECITATION / ... | document | status 4 |
+- 429 per-minute quota -> quota: shared cooldown (RetryInfo), same attempt again.
+- 429 per-day quota -> configuration: cooldown until the daily reset, documents given back.
+- 500/502/503/504, timeouts, network errors, malformed or empty answers, and a 400
+  INVALID_ARGUMENT not recognised below -> outage: retry with backoff; failing across
+  documents they open the model's breaker (pause, probe, no attempt counted).
+- 401/403, 400 API_KEY_INVALID -> configuration (GEMINI_API_KEY); 400 FAILED_PRECONDITION
+  (location, billing) -> configuration (the key's project); 404 -> configuration
+  (GEMINI_MODEL, GEMINI_BASE_URL); 400 about generation settings -> configuration
+  (GEMINI_MAX_OUTPUT_TOKENS, GEMINI_TEMPERATURE): pause all OCR, probe, resume by itself.
+- 400 no pages / corrupt / encrypted / too many pages / unsupported MIME, 400 input token
+  count too large, 413 payload too large, blocked prompt, finishReason SAFETY/RECITATION/...
+  -> document: status 4 with a precise message.
 """
 
 from __future__ import annotations

@@ -17,14 +17,28 @@ pytestmark = pytest.mark.integration
 def test_lua_breaker_matches_the_pure_transitions(redis_client: redis.Redis, keys: Keys) -> None:
     breakers = Breakers(redis_client, keys)
     policy = Policy(threshold=3, probe_ms=60_000)
-    ops = ["admit", "failure", "success", "failure", "failure", "admit", "failure",
-           "admit", "failure", "success", "admit", "failure"]
+    ops = [
+        "admit",
+        "failure",
+        "success",
+        "failure",
+        "failure",
+        "admit",
+        "failure",
+        "admit",
+        "failure",
+        "success",
+        "admit",
+        "failure",
+    ]
     state = State()
     for i, op in enumerate(ops):
         got = getattr(breakers, op)("gemini:m", policy, *(["boom"] if op == "failure" else []))
         state, want = step(state, op, 0, policy)
         assert (got.verdict, got.transition, got.failures) == (
-            want.verdict, want.transition, want.failures
+            want.verdict,
+            want.transition,
+            want.failures,
         ), f"step {i} ({op})"
         if got.verdict is Verdict.OPEN:
             assert 0 < got.wait_ms <= 60_000

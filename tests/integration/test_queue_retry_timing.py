@@ -23,7 +23,11 @@ def test_a_failed_document_waits_and_the_others_go_first(store_case: StoreCase) 
     (first,) = store.claim("index", 1, "w1", LEASE)
     assert first.id == 1
     outcome = store.fail(
-        first.id, first.lease_token, "Gemini 503", permanent=False, max_attempts=3,
+        first.id,
+        first.lease_token,
+        "Gemini 503",
+        permanent=False,
+        max_attempts=3,
         retry_after_ms=60_000,
     )
     assert outcome is FailOutcome.RETRY
