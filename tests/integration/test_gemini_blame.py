@@ -155,5 +155,5 @@ def test_a_single_page_cut_at_max_tokens_fails_saying_so(
     emu: EmulatorProcess, engine: GeminiOcrEngine
 ) -> None:
     emu.configure(script=["max_tokens_cut"])
-    with pytest.raises(PermanentError, match="MAX_TOKENS.*GEMINI_MAX_OUTPUT_TOKENS"):
+    with pytest.raises(PermanentError, match=r"MAX_TOKENS.*GEMINI_MAX_OUTPUT_TOKENS"):
         engine.ocr_chunks("acte", [PdfChunk(1, 1, 1, make_pdf(["Acte de vente"]))])
