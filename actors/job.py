@@ -85,12 +85,17 @@ SLOT_WAIT_S = 60.0
 def process_document(rt: WorkerRuntime, message: DocumentMessage) -> str:
     """Run one job; returns what happened (for logs and tests)."""
     worker_id = rt.worker_id()
-    slot = _wait_for_slot(rt, message, worker_id)
+    why, delay_ms = "no slot of its type became free", 0
+    try:
+        slot = _wait_for_slot(rt, message, worker_id)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:  # an outage, not the document
+        slot, why = None, describe_error(exc)
+        delay_ms = rt.settings.ocr_retry_base_ms
     # Only now does the message stop counting as "enqueued": while it waits for a slot
     # it is the feed's look-ahead, and the feed must not send more behind it.
-    rt.enqueued.remove(message.document_source, message.ref)
+    _quietly(lambda: rt.enqueued.remove(message.document_source, message.ref))
     if slot is None:
-        _release(rt, message, "no slot of its type became free")
+        _release(rt, message, why, retry_after_ms=delay_ms)
         return "released"
     job = ActiveJob(
         message.environment, message.id, message.lease_token, message.document_source, slot=slot
