@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from control_plane.errors import ConfigError
+from control_plane.urls import url_secrets
 
 DOCUMENT_TYPES: tuple[str, ...] = ("index", "acte")
 ENVIRONMENT_NAMES: tuple[str, ...] = ("dev", "staging", "prod")
@@ -204,18 +205,9 @@ class Settings(BaseSettings):
             value = getattr(self, field)
             if isinstance(value, SecretStr):
                 raw = value.get_secret_value()
-                values.extend(_secret_parts(raw))
+                values.append(raw)
+                values.extend(url_secrets(raw))  # a URL's password, whatever its form
         return [v for v in values if len(v) >= 4]
-
-
-def _secret_parts(raw: str) -> list[str]:
-    """A secret and, for URLs, the password inside it."""
-    parts = [raw]
-    if "://" in raw and "@" in raw:
-        creds = raw.split("://", 1)[1].split("@", 1)[0]
-        if ":" in creds:
-            parts.append(creds.split(":", 1)[1])
-    return parts
 
 
 def _env_name(field: str) -> str:

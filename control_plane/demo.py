@@ -30,6 +30,7 @@ import psycopg
 import redis
 
 from control_plane.local_services import free_port, private_postgres, private_redis
+from control_plane.urls import describe_url
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_API_KEY = "demo-emulator-key"
@@ -107,7 +108,7 @@ def find_postgres(stack: contextlib.ExitStack) -> str:
 
 
 def _host(url: str) -> str:
-    return url.split("://", 1)[-1].rsplit("@", 1)[-1]
+    return describe_url(url)
 
 
 def create_database(stack: contextlib.ExitStack, admin_dsn: str) -> str:

@@ -11,13 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
 from control_plane.errors import TransientError
 from control_plane.queue.models import ClaimedDocument
 from control_plane.queue.pdf import DocumentError, PdfChunk, inspect_pdf, split_pdf
+from control_plane.urls import describe_url
 
 if TYPE_CHECKING:
     from control_plane.config import Settings
@@ -49,11 +50,7 @@ class DocumentLocation:
 
 def safe_url(url: str) -> str:
     """A URL for messages: no credentials, no query string (signed URLs carry tokens)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    return describe_url(url)  # the one URL parser (control_plane.urls)
 
 
 def locate(storage_path: str) -> DocumentLocation:
