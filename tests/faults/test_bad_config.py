@@ -295,3 +295,106 @@ def run_pool_with_secrets(pool: PoolHarness) -> dict[str, str]:
         "workers log": workers.log(),
         "status output": status.stdout + status.stderr,
     }
+
+
+# --- secrets in every URL form (issue 11) ----------------------------------------------------
+
+
+def test_secrets_in_every_url_form_never_appear_and_library_lines_use_our_format(
+    pg_admin_dsn: str,
+    pg_database_factory: Callable[[str], str],
+    tmp_path: Path,
+    report: Any,
+) -> None:
+    """A Redis password holding `@` written as is in the URL (`redis://:pa@ss@host`), a
+    database password given as `?password=` (percent-encoded `@` inside), and every
+    library's log lines (DEBUG: APScheduler, psycopg_pool, dramatiq, redis, httpx...)."""
+    dsn = pg_database_factory("secretforms")
+    apply_schema(dsn)
+    role = f"ocr_forms_{uuid.uuid4().hex[:8]}"
+    pg_password = f"PG@FORM-{uuid.uuid4().hex}"
+    redis_password = f"RE@DIS-{uuid.uuid4().hex}"
+    gemini_key = f"GEMKEY-{uuid.uuid4().hex}"
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{pg_password}'")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for what in ("TABLES", "SEQUENCES", "FUNCTIONS"):
+            conn.execute(f"GRANT ALL ON ALL {what} IN SCHEMA public TO {role}")
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    encoded = pg_password.replace("@", "%40")
+    db_url = (
+        f"postgresql://{role}@{params.get('host', '127.0.0.1')}:{params.get('port', 5432)}/"
+        f"{params['dbname']}?password={encoded}"
+    )
+    try:
+        with private_redis() as server, start_emulator(api_key=gemini_key, latency_ms=20) as emu:
+            admin = redis.Redis(host="127.0.0.1", port=server.port)
+            admin.config_set("requirepass", redis_password)
+            admin.close()
+            redis_url = f"redis://:{redis_password}@127.0.0.1:{server.port}/0"
+            with pool_harness(dsn, redis_url, emu.url, tmp_path / "pool") as pool:
+                # The pool's processes connect with the password-in-query URL; the test
+                # seeds and counts through the owner's DSN (pool.dsn).
+                pool.settings_env.update(
+                    {
+                        "DEV_DATABASE_URL": db_url,
+                        "GEMINI_API_KEY": gemini_key,
+                        "OCR_LOG_LEVEL": "DEBUG",
+                    }
+                )
+                outputs = run_pool_with_forms(pool)
+                wrong = pool.run(
+                    "status", REDIS_URL=f"redis://127.0.0.1:{server.port}/0?password={REJECTED}"
+                )
+                assert wrong.returncode != 0
+                outputs["status, wrong ?password="] = wrong.stdout + wrong.stderr
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+        with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
+    secrets = [pg_password, encoded, redis_password, gemini_key, REJECTED]
+    for secret in (pg_password, redis_password):  # and the parts around an "@"
+        secrets.extend(part for part in secret.split("@") if len(part) > 8)
+    for where, text in outputs.items():
+        assert text, f"{where}: nothing captured"
+        for secret in secrets:
+            assert secret not in text, f"a secret ({secret[:6]}...) appears in {where}"
+    # One stream: library lines carry their logger as action, in our format; only the
+    # dramatiq master (which never imports our code) keeps its own few lines.
+    scheduler_log, workers_log = outputs["scheduler log"], outputs["workers log"]
+    assert " DEBUG " in scheduler_log and "apscheduler." in scheduler_log
+    assert " DEBUG " in workers_log and " dramatiq.worker.Worker " in workers_log
+    foreign = [
+        ln
+        for ln in (scheduler_log + workers_log).splitlines()
+        if ln.startswith("[") and "[PID" in ln and "dramatiq.MainProcess" not in ln
+    ]
+    assert not foreign, foreign[:5]
+    assert "dramatiq.WorkerProcess(0) Worker process is ready" in workers_log
+    report(
+        fault="secrets in every URL form (user:pass@ with @, ?password=)",
+        documents_in=6,
+        completed=6,
+        notes="scheduler/workers DEBUG logs, status; library lines in our format",
+    )
+
+
+def run_pool_with_forms(pool: PoolHarness) -> dict[str, str]:
+    """Queue documents, run the pool to the end, return all output."""
+    pool.seed(index=4, acte=2)
+    scheduler = pool.scheduler()
+    workers = pool.workers(processes=1, threads=2)
+    wait_until(
+        lambda: pool.status_counts() == {5: 6},
+        90,
+        message=lambda: f"all 6 done: {pool.status_counts()}\n{workers.log()[-2000:]}",
+    )
+    status = pool.run("status")
+    assert status.returncode == 0, status.stderr
+    assert workers.stop() == 0 and scheduler.stop() == 0
+    return {
+        "scheduler log": scheduler.log(),
+        "workers log": workers.log(),
+        "status output": status.stdout + status.stderr,
+    }
