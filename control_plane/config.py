@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from control_plane.config_checks import relation_problem, url_problem
 from control_plane.errors import ConfigError
 from control_plane.urls import url_secrets
 
@@ -161,6 +162,10 @@ class Settings(BaseSettings):
         url = self.redis_url.get_secret_value()
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        # issue 11: relations between settings, URL schemes (control_plane/config_checks.py)
+        problem = url_problem(self) or relation_problem(self)
+        if problem:
+            raise ValueError(problem)
         return self
 
     # --- derived views ---
@@ -242,4 +247,4 @@ def _one_line(exc: ValidationError) -> str:
     message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
     if loc:
         return f"{_env_name(str(loc[0]))}: {message}"
-    return f"configuration: {message}"
+    return message  # a relation between settings: the message starts with the variable

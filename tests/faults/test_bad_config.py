@@ -84,7 +84,28 @@ BAD_SETTINGS: list[tuple[str, str | None, tuple[str, ...], tuple[str, ...]]] = [
     ),
     ("DEV_DATABASE_URL", None, ("no environment configured", "DEV_DATABASE_URL"), ALL),
     ("GEMINI_API_KEY", None, ("GEMINI_API_KEY: not set",), ("dramatiq",)),
+    # issue 11: relations between settings and URL schemes
+    (
+        "OCR_HEARTBEAT_INTERVAL_MS",
+        "60000",
+        ("OCR_HEARTBEAT_INTERVAL_MS=60000 must be below OCR_SLOT_TTL_MS=30000",),
+        ALL,
+    ),
+    ("OCR_LEASE_MS", "20000", ("OCR_SLOT_TTL_MS=30000 must be below OCR_LEASE_MS=20000",), ALL),
+    (
+        "OCR_JOB_TIME_LIMIT_MS",
+        "1000",
+        ("OCR_JOB_TIME_LIMIT_MS=1000 is below GEMINI_TIMEOUT_MS=300000",),
+        ALL,
+    ),
+    ("OCR_ACTE_CPU", "9", ("OCR_ACTE_CPU=9 is above this host's CPU budget",), ALL),
+    ("SERVER_MAX_RAM", "2", ("SERVER_MAX_RAM: the minimum slots",), ALL),
+    ("GEMINI_BASE_URL", "127.0.0.1:8090", ("GEMINI_BASE_URL has no scheme",), ALL),
+    ("DEV_DATABASE_URL", f"mysql://{REJECTED}@db/x", ("DEV_DATABASE_URL must start with",), ALL),
 ]
+# DEV_SUPABASE_URL without a scheme (round 1: a traceback in the scheduler, a worker that
+# booted without its runtime and failed every message).
+SUPABASE_NO_SCHEME = {"DEV_SUPABASE_URL": "abc.supabase.co", "DEV_SUPABASE_SERVICE_KEY": "k" * 40}
 
 
 def base_env(redis_url: str) -> dict[str, str]:
@@ -140,10 +161,18 @@ def test_each_invalid_variable_is_refused_with_one_line_naming_it(redis_url: str
         jobs += [(variable, said, name, env) for name in commands]
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda job: run(COMMANDS[job[2]], job[3]), jobs))
-    refused = {}
-    for (variable, said, name, _), result in zip(jobs, results, strict=True):
-        refused[(variable, name)] = assert_refused(result, *said)
+    refused = []
+    for (_variable, said, _name, _), result in zip(jobs, results, strict=True):
+        refused.append(assert_refused(result, *said))
     assert len(refused) == len(jobs)
+
+
+def test_a_supabase_url_without_scheme_is_refused_by_every_command(redis_url: str) -> None:
+    env = {**base_env(redis_url), **SUPABASE_NO_SCHEME}
+    env.pop("DEV_DATABASE_URL")
+    for name, argv in COMMANDS.items():
+        line = assert_refused(run(argv, env), "DEV_SUPABASE_URL has no scheme")
+        assert "https://abc.supabase.co" in line, (name, line)
 
 
 def test_unreachable_redis_is_refused_with_one_clear_line(redis_url: str) -> None:
