@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from control_plane.pool import SlotLease, WorkerPool
 from control_plane.queue.documents import DocumentFetcher
 from control_plane.queue.environments import Environments
 from control_plane.redis_conn import redis_client
+from control_plane.scripts import check_scripting
 from control_plane.workers import WorkerRegistry
 
 
@@ -78,6 +80,11 @@ class WorkerRuntime:
         self._lock = threading.Lock()
         self._heartbeat: threading.Thread | None = None
         self._closed = threading.Event()
+
+    def boot_check(self) -> None:
+        """Refuse to boot on a Redis that answers PING but will not run our scripts (an ACL
+        user without +@scripting): every message would fail later."""
+        check_scripting(self.client)
 
     # --- thread bookkeeping ---
 
@@ -203,7 +210,17 @@ class OcrRuntime(Middleware):
     """Builds the runtime at boot, heartbeats, and turns shutdown into `stop_event`."""
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
-        rt = runtime()
+        # A worker whose boot failed must not take messages (round 1 booted on, without
+        # its runtime, and failed every message): one line naming the variable, exit 3.
+        # SystemExit passes through dramatiq's emit_after, which swallows Exceptions.
+        from control_plane.start_errors import start_error_line, start_error_types
+
+        try:
+            rt = runtime()
+            rt.boot_check()
+        except start_error_types() as exc:
+            print(f"configuration error: {start_error_line(exc)}", file=sys.stderr, flush=True)
+            raise SystemExit(3) from None
         rt.start_heartbeat()
         log_event("worker.boot", "worker process ready", host=rt.host, pid=rt.pid)
 

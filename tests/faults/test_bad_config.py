@@ -427,3 +427,31 @@ def run_pool_with_forms(pool: PoolHarness) -> dict[str, str]:
         "workers log": workers.log(),
         "status output": status.stdout + status.stderr,
     }
+
+
+def test_a_redis_user_without_scripting_is_refused_at_start_by_every_process(
+    redis_url: str,
+) -> None:
+    """PING works (so round 1 started), the Lua scripts do not: the scheduler refused with
+    a traceback and the workers booted on and failed every message. Now: one line naming
+    REDIS_URL, non-zero exit, no worker left taking messages."""
+    with private_redis() as server:
+        admin = redis.Redis(host="127.0.0.1", port=server.port)
+        admin.execute_command(
+            "ACL", "SETUSER", "ocr", "on", ">Zr9-acl-pass", "~*", "&*", "+@all", "-@scripting"
+        )
+        admin.close()
+        env = base_env(redis_url)
+        env["REDIS_URL"] = f"redis://ocr:Zr9-acl-pass@127.0.0.1:{server.port}/0"
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            results = dict(
+                zip(
+                    COMMANDS,
+                    pool.map(lambda argv: run(argv, env, timeout=60), COMMANDS.values()),
+                    strict=True,
+                )
+            )
+    for name, result in results.items():
+        line = assert_refused(result, "REDIS_URL: the Redis user is not allowed")
+        assert "Zr9-acl-pass" not in result.stdout + result.stderr, name
+        assert line.startswith("configuration error: "), (name, line)
