@@ -92,7 +92,12 @@ def url_problem(s: Settings) -> str | None:
         if not value:
             continue
         parsed = parse_url(value)
+        secret = variable.endswith("_DATABASE_URL")
+        if not parsed.has_scheme and secret and _is_libpq_keywords(value):
+            continue  # libpq's "host=... dbname=..." form: psycopg takes it as is
         if not parsed.has_scheme:
+            if secret:  # never echo a value that may hold a password
+                return f"{variable} has no scheme: write it as {schemes[0]}://user:password@host/db"
             return (
                 f"{variable} has no scheme: write it as {schemes[0]}://"
                 f"{parsed.host or '...'}{parsed.path}"
@@ -106,3 +111,15 @@ def url_problem(s: Settings) -> str | None:
         if not parsed.host and parsed.scheme != "unix":
             return f"{variable} has no host"
     return None
+
+
+def _is_libpq_keywords(value: str) -> bool:
+    """A libpq key=value connection string (`host=db dbname=ocr user=ocr`)."""
+    import psycopg.conninfo
+
+    if "=" not in value:
+        return False
+    try:
+        return bool(psycopg.conninfo.conninfo_to_dict(value))
+    except psycopg.ProgrammingError:
+        return False

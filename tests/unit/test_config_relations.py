@@ -57,6 +57,7 @@ REFUSED = [
         "not mysql://",
     ),
     ({"prod_database_url": "db.example:5432/ocr"}, "PROD_DATABASE_URL has no scheme", ""),
+    ({"dev_database_url": "ocr:pw@db.example/ocr"}, "DEV_DATABASE_URL has no scheme", "user:"),
     ({"gemini_base_url": "127.0.0.1:8090"}, "GEMINI_BASE_URL has no scheme", "https://"),
 ]
 
@@ -80,6 +81,7 @@ def test_configuration_that_cannot_work_is_refused(overrides, starts, holds) -> 
         {"ocr_min_acte_workers": 0, "ocr_acte_cpu": 99.0},  # no minimum: nothing promised
         {"dev_supabase_url": "http://127.0.0.1:54321", "dev_supabase_service_key": "k" * 20},
         {"redis_url": "unix:///run/redis.sock", "dev_database_url": "postgres://h/db"},
+        {"dev_database_url": "host=127.0.0.1 dbname=ocr user=ocr password=pw"},  # libpq form
     ],
 )
 def test_configurations_that_work_are_accepted(overrides) -> None:
