@@ -176,8 +176,3 @@ class Keys:
     def leader_epoch(self) -> str:
         """string(int): incremented by each new leader; allocation versions start from it."""
         return self._k("scheduler:epoch")
-
-    @property
-    def scheduler_stats(self) -> str:
-        """hash: scheduler counters (fed, reaped, rebalances) and last queue counts."""
-        return self._k("scheduler:stats")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from control_plane.config import DEFAULT_GEMINI_BASE_URL, Settings
+from control_plane.pool import by_slot_number
 from control_plane.redis_conn import describe_redis
 from control_plane.scheduler.status import RULE
 
@@ -51,12 +52,7 @@ def render_banner(
         )
     if assignments:
         lines.append("Slots started     :")
-        for slot, mode in sorted(assignments.items(), key=lambda kv: _slot_number(kv[0])):
+        for slot, mode in by_slot_number(assignments.items()):
             lines.append(f"  {slot:<16} {mode}")
     lines.append(RULE)
     return "\n".join(lines)
-
-
-def _slot_number(slot: str) -> int:
-    tail = slot.rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else 0

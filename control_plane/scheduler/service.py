@@ -91,7 +91,6 @@ class Scheduler:
         )
         self.metrics = SchedulerMetrics()
         self._sequence = 0
-        self._last_queue: dict[str, int] | None = None
         self._allocation: dict[str, int] | None = None  # last published, for the feed
         self._planned: dict[str, int] | None = None  # last plan, for hysteresis
         self._lock = threading.Lock()
@@ -193,7 +192,6 @@ class Scheduler:
                 previous_index=previous.get("index"),
                 previous_acte=previous.get("acte"),
             )
-        self._last_queue = queued
         if published:
             self._allocation = dict(fitted)
             self._planned = dict(planned)
@@ -310,7 +308,7 @@ class Scheduler:
 
     def reap(self) -> None:
         """Expired leases back to ready; dead workers and lapsed slots out."""
-        if not self.leader.is_leader or self._backing_off("reap"):
+        if not self.leader.is_leader:  # per-environment failures: Environments.reap
             return
         # Leases lapse during an outage because nobody can renew them, not because their
         # holders died: an environment is reaped only once its database has answered again

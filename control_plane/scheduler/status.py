@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from control_plane.config import DOCUMENT_TYPES
+from control_plane.pool import by_slot_number
 
 RULE = "=" * 78
 
@@ -105,7 +106,9 @@ def render_status(s: StatusSnapshot) -> str:
         f"(threads registered {s.registered_threads})"
     )
     if s.assignments:
-        slots = "  ".join(f"{k.removeprefix('ocr-worker-')}:{v}" for k, v in _slot_order(s))
+        slots = "  ".join(
+            f"{k.removeprefix('ocr-worker-')}:{v}" for k, v in by_slot_number(s.assignments.items())
+        )
         lines.append(f"Slots             : {slots}")
     if s.leader:
         lines.append(f"Scheduler leader  : {s.leader}")
@@ -114,14 +117,6 @@ def render_status(s: StatusSnapshot) -> str:
         lines.append(warning)
     lines.append(RULE)
     return "\n".join(lines)
-
-
-def _slot_order(s: StatusSnapshot) -> list[tuple[str, str]]:
-    def number(slot: str) -> int:
-        tail = slot.rsplit("-", 1)[-1]
-        return int(tail) if tail.isdigit() else 0
-
-    return sorted(s.assignments.items(), key=lambda kv: number(kv[0]))
 
 
 def now_utc() -> datetime:
