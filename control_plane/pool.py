@@ -350,6 +350,5 @@ def by_slot_number(items: Iterable[tuple[str, V]]) -> list[tuple[str, V]]:
     return sorted(items, key=lambda kv: (slot_number(kv[0]), kv[0]))
 
 
-
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)

@@ -22,7 +22,7 @@ import inspect
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -177,7 +177,7 @@ class GeminiOcrEngine:
         self._limiter = limiter
         self._tpp = tokens_per_page
         self._client = client if client is not None else make_client(settings)
-        # on_progress is called at least this often while we wait (the actor renews its lease)
+        # Waits are cut into slices this long, to check the stop event and the cooldown.
         self._wait_slice_s = wait_slice_s
         # The shared limiter can stop waiting on our stop event; a test double may not.
         self._acquire_takes_stop = "stop_event" in inspect.signature(limiter.acquire).parameters
@@ -213,19 +213,17 @@ class GeminiOcrEngine:
         document_type: str,
         chunks: Sequence[Chunk],
         *,
-        on_progress: Callable[[], None] | None = None,
         stop_event: threading.Event | None = None,
     ) -> OcrResult:
         """OCR every chunk in page order and join the texts; raises on failure (see module doc)."""
         if not chunks:
             raise PermanentError("the document has no pages to OCR")
-        progress = on_progress or (lambda: None)
         texts: list[str] = []
         prompt_tokens = output_tokens = calls = pages = 0
         pending = sorted(chunks, key=lambda c: c.first_page)
         while pending:
             chunk = pending.pop(0)
-            done = self._ocr_chunk(document_type, chunk, progress, stop_event)
+            done = self._ocr_chunk(document_type, chunk, stop_event)
             prompt_tokens += done.prompt_tokens
             output_tokens += done.output_tokens
             calls += done.calls
@@ -235,7 +233,6 @@ class GeminiOcrEngine:
                 continue
             texts.append(done.text.strip("\n"))
             pages += chunk.last_page - chunk.first_page + 1
-            progress()
         return OcrResult("\n\n".join(texts), prompt_tokens, output_tokens, calls, pages)
 
     # --- one chunk ---------------------------------------------------------------------
@@ -244,7 +241,6 @@ class GeminiOcrEngine:
         self,
         document_type: str,
         chunk: Chunk,
-        progress: Callable[[], None],
         stop_event: threading.Event | None,
     ) -> _ChunkText:
         pages = chunk.last_page - chunk.first_page + 1
@@ -265,9 +261,9 @@ class GeminiOcrEngine:
         held_since = time.monotonic()
         while True:
             self._check_stop(stop_event)
-            admitted = self._wait_for_breakers(where, held_since, progress, stop_event)
+            admitted = self._wait_for_breakers(where, held_since, stop_event)
             estimate = estimate_tokens(pages, self._tpp.get(document_type), prompt_tokens)
-            grant = self._acquire(estimate, where, progress, stop_event)
+            grant = self._acquire(estimate, where, stop_event)
             calls += 1
             decision: CallDecision | None
             try:
@@ -298,14 +294,13 @@ class GeminiOcrEngine:
                     return _ChunkText(
                         answer_text(response), actual or estimate, output, calls, truncated
                     )
-            attempt = self._follow(decision, attempt, where, progress, stop_event)
+            attempt = self._follow(decision, attempt, where, stop_event)
 
     def _follow(
         self,
         decision: CallDecision,
         attempt: int,
         where: str,
-        progress: Callable[[], None],
         stop_event: threading.Event | None,
     ) -> int:
         """Act on a failed call's decision; returns the next attempt number or raises."""
@@ -328,7 +323,7 @@ class GeminiOcrEngine:
             log_event("gemini.permanent", decision.message, level="WARNING", where=where)
             raise PermanentError(f"{where}: {decision.message}")
         if decision.action is Action.COOLDOWN:
-            self._cooldown(decision, where, progress, stop_event)
+            self._cooldown(decision, where, stop_event)
             return attempt  # a quota pause is not the call's fault: same attempt again
         if self._breakers is not None:
             seen = self._breakers.failure(
@@ -353,14 +348,13 @@ class GeminiOcrEngine:
         log_event(
             "gemini.retry", decision.message, where=where, attempt=attempt, delay_s=decision.delay_s
         )
-        self._pause(decision.delay_s, progress, stop_event)
+        self._pause(decision.delay_s, stop_event)
         return attempt + 1
 
     def _cooldown(
         self,
         decision: CallDecision,
         where: str,
-        progress: Callable[[], None],
         stop_event: threading.Event | None,
     ) -> None:
         remaining_ms = self._limiter.cooldown_remaining_ms()
@@ -378,13 +372,12 @@ class GeminiOcrEngine:
         while (remaining_ms := self._limiter.cooldown_remaining_ms()) > 0:
             if remaining_ms > MAX_HELD_COOLDOWN_S * 1000:
                 raise paused_error(remaining_ms, decision.message)
-            self._pause(min(remaining_ms / 1000, self._wait_slice_s), progress, stop_event)
+            self._pause(min(remaining_ms / 1000, self._wait_slice_s), stop_event)
 
     def _wait_for_breakers(
         self,
         where: str,
         held_since: float,
-        progress: Callable[[], None],
         stop_event: threading.Event | None,
     ) -> list[tuple[str, Policy, Step]]:
         """Wait while Gemini's configuration or model breaker is open (the job keeps its
@@ -413,7 +406,7 @@ class GeminiOcrEngine:
                     "to ready without counting an attempt",
                     retry_after_ms=seen.wait_ms,
                 )
-            self._pause(max(seen.wait_ms, 50) / 1000, progress, stop_event)
+            self._pause(max(seen.wait_ms, 50) / 1000, stop_event)
             self._check_stop(stop_event)
 
     def _answered(self, admitted: list[tuple[str, Policy, Step]]) -> None:
@@ -435,7 +428,6 @@ class GeminiOcrEngine:
         self,
         estimate: int,
         where: str,
-        progress: Callable[[], None],
         stop_event: threading.Event | None,
     ) -> Any:
         while True:
@@ -450,16 +442,14 @@ class GeminiOcrEngine:
                     return acquire(estimate, timeout=self._wait_slice_s, stop_event=stop_event)
                 return self._limiter.acquire(estimate, timeout=self._wait_slice_s)
             except AcquireTimeoutError:  # includes the limiter's AcquireCancelledError
-                progress()  # still waiting our turn: keep the lease alive
+                continue  # still waiting our turn (the heartbeat keeps the lease alive)
             except RequestTooLargeError as exc:
                 raise RequestTooLargeError(
                     f"{where}: needs ~{estimate} input tokens, more than the whole "
                     f"GEMINI_TPM_LIMIT; lower OCR_PAGES_PER_CHUNK ({exc})"
                 ) from exc
 
-    def _pause(
-        self, seconds: float, progress: Callable[[], None], stop_event: threading.Event | None
-    ) -> None:
+    def _pause(self, seconds: float, stop_event: threading.Event | None) -> None:
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             step = min(left, self._wait_slice_s)
@@ -468,7 +458,6 @@ class GeminiOcrEngine:
                     raise OcrInterrupted("stopped while waiting to retry Gemini")
             else:
                 time.sleep(step)
-            progress()
 
     @staticmethod
     def _check_stop(stop_event: threading.Event | None) -> None:
