@@ -17,6 +17,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from control_plane.allocation import compute_allocation, explain_allocation
+from control_plane.breakers import Breakers
 from control_plane.capacity import Capacity, fit_allocation
 from control_plane.config import DOCUMENT_TYPES, Settings
 from control_plane.dispatch import DocumentMessage, EnqueuedSet, enqueue_document, make_broker
@@ -381,12 +382,14 @@ class Scheduler:
                 t: {"ready": c.ready, "in_flight": c.in_flight} for t, c in counts.items()
             }
             for t, c in counts.items():
-                total = totals.setdefault(t, {"ready": 0, "in_flight": 0})
+                total = totals.setdefault(t, {"ready": 0, "in_flight": 0, "waiting_retry": 0})
                 total["ready"] += c.ready
                 total["in_flight"] += c.in_flight
+                total["waiting_retry"] += c.waiting_retry
         snap.queue = totals
         raw = self.client.hgetall(self.keys.pool_stats)
         snap.documents = {str(k): int(v) for k, v in raw.items()}
+        snap.breakers = Breakers(self.client, self.keys).open_breakers()
         return snap
 
     def status_text(self) -> str:

@@ -45,6 +45,8 @@ class StatusSnapshot:
     queue_by_environment: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     # completed:index, failed:acte, ... as counted by the workers
     documents: dict[str, int] = field(default_factory=dict)
+    # issue 11: open circuit breakers (name -> why); ready documents waiting to retry
+    breakers: dict[str, str] = field(default_factory=dict)
 
 
 def _pct(used: float, limit: float) -> str:
@@ -63,6 +65,18 @@ def warn_thin_pool(pool_size: int, registered_threads: int) -> str | None:
         f"WARNING: {registered_threads} worker thread(s) registered for a pool of {pool_size}: "
         f"start more (dramatiq actors -p P -t T with P x T >= {pool_size} across hosts)"
     )
+
+
+def outage_lines(s: StatusSnapshot) -> list[str]:
+    """Issue 11, below the seed's lines: documents waiting to retry, paused dependencies."""
+    lines = []
+    waiting = {t: s.queue.get(t, {}).get("waiting_retry", 0) for t in DOCUMENT_TYPES}
+    if any(waiting.values()):
+        parts = "  ".join(f"{t} {n:,}" for t, n in waiting.items())
+        lines.append(f"Waiting to retry  : {parts}  (ready; claimed after their retry time)")
+    for name, why in sorted(s.breakers.items()):
+        lines.append(f"Paused            : {name}: {why[:120]}")
+    return lines
 
 
 def render_status(s: StatusSnapshot) -> str:
@@ -112,6 +126,7 @@ def render_status(s: StatusSnapshot) -> str:
         lines.append(f"Slots             : {slots}")
     if s.leader:
         lines.append(f"Scheduler leader  : {s.leader}")
+    lines.extend(outage_lines(s))
     warning = warn_thin_pool(s.pool_size, s.registered_threads)
     if warning:
         lines.append(warning)
