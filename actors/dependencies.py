@@ -59,15 +59,14 @@ def fetch_through_breaker(rt: WorkerRuntime, doc: ClaimedDocument) -> bytes:
                 raise
             delay *= 2
             continue
-        if admitted.verdict != "closed" or admitted.failures or tried > 1:
-            closed = rt.breakers.success(name, policy)
-            if closed.transition == "closed":
-                log_event(
-                    "document_host.resumed",
-                    f"document host {host} answers again; its documents resume",
-                    level="WARNING",
-                    host=host,
-                )
+        closed = rt.breakers.success(name, policy)  # resets failures "in a row"
+        if closed.transition == "closed":
+            log_event(
+                "document_host.resumed",
+                f"document host {host} answers again; its documents resume",
+                level="WARNING",
+                host=host,
+            )
         return data
     raise AssertionError("unreachable")  # pragma: no cover
 

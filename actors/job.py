@@ -25,7 +25,6 @@ from actors.runtime import ActiveJob, WorkerRuntime
 from control_plane.dispatch import DocumentMessage
 from control_plane.errors import (
     AcquireTimeoutError,
-    DependencyPausedError,
     OcrPoolError,
     PermanentError,
     TransientError,
@@ -36,7 +35,7 @@ from control_plane.pacing import record_job_seconds, wait_slot_freed, wake_slot_
 from control_plane.pool import SlotLease, SlotRefusal
 from control_plane.queue.models import ClaimedDocument, FailOutcome
 from control_plane.queue.pdf import inspect_pdf, split_pdf
-from control_plane.retry_timing import outage_delay_ms, retry_delay_ms
+from control_plane.retry_timing import is_redis_outage, release_delay_ms, retry_delay_ms
 
 
 class JobTimeLimitError(TransientError):
@@ -56,7 +55,7 @@ def outcome_for_error(exc: BaseException, *, stopping: bool) -> Outcome:
 
     An outage of Redis (the limiter, the slots) is not the document's fault: released.
     """
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+    if is_redis_outage(exc):
         return Outcome.RELEASE
     if isinstance(exc, AcquireTimeoutError):
         return Outcome.RELEASE
@@ -69,7 +68,7 @@ def outcome_for_error(exc: BaseException, *, stopping: bool) -> Outcome:
 
 def describe_error(exc: BaseException) -> str:
     """The error_message written to the row: precise, one line, bounded."""
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+    if is_redis_outage(exc):
         text = f"Redis unavailable ({type(exc).__name__}); not the document's fault"
     elif isinstance(exc, OcrPoolError):
         text = str(exc) or type(exc).__name__
@@ -263,17 +262,6 @@ def _complete(
         seconds=round(elapsed, 3),
     )
     return "completed"
-
-
-def release_delay_ms(exc: BaseException, *, stopping: bool, base_ms: int, max_ms: int) -> int:
-    """Pure: how long a released document waits before it may be claimed again."""
-    if stopping and not isinstance(exc, DependencyPausedError):
-        return 0  # a shutdown: the next worker may take it at once
-    if isinstance(exc, DependencyPausedError):
-        return outage_delay_ms(exc.retry_after_ms, base_ms=base_ms, max_ms=max_ms)
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-        return outage_delay_ms(base_ms, base_ms=base_ms, max_ms=max_ms)
-    return 0
 
 
 def _handle_error(rt: WorkerRuntime, message: DocumentMessage, exc: BaseException) -> str:

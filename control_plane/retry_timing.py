@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import random
 
+import redis
+
+from control_plane.errors import DependencyPausedError
+
 
 def retry_delay_ms(
     attempts: int, *, base_ms: int, max_ms: int, rng: random.Random | None = None
@@ -33,3 +37,20 @@ def outage_delay_ms(wait_ms: int, *, base_ms: int, max_ms: int) -> int:
     OCR_RETRY_MAX_MS (a long outage still gets its documents tried now and then).
     """
     return int(min(max(wait_ms, base_ms, 0), max(max_ms, 0)))
+
+
+def is_redis_outage(exc: BaseException) -> bool:
+    """A Redis error a job meets (limiter, slots, breakers): the dependency's fault, so the
+    document is given back without an attempt, never failed."""
+    return isinstance(exc, redis.ConnectionError | redis.TimeoutError)
+
+
+def release_delay_ms(exc: BaseException, *, stopping: bool, base_ms: int, max_ms: int) -> int:
+    """How long a released document waits before it may be claimed again."""
+    if isinstance(exc, DependencyPausedError):
+        return outage_delay_ms(exc.retry_after_ms, base_ms=base_ms, max_ms=max_ms)
+    if stopping:
+        return 0  # a shutdown: the next worker may take it at once
+    if is_redis_outage(exc):
+        return outage_delay_ms(base_ms, base_ms=base_ms, max_ms=max_ms)
+    return 0

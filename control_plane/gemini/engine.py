@@ -413,9 +413,9 @@ class GeminiOcrEngine:
         """Gemini answered: close what this call probed (one log line per closing)."""
         if self._breakers is None:
             return
-        for name, policy, seen in admitted:
-            if seen.verdict == "closed" and seen.failures == 0:
-                continue  # nothing to reset (a closed breaker with no failure in a row)
+        for name, policy, _seen in admitted:
+            # Always: failures counted elsewhere since our admit must be reset ("in a row");
+            # on a closed breaker with no failure the script returns without writing.
             closed = self._breakers.success(name, policy)
             if closed.transition == "closed":
                 log_event(
