@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from control_plane.config_checks import relation_problem, url_problem
 from control_plane.errors import ConfigError
-from control_plane.urls import url_secrets
+from control_plane.urls import describe_url, url_secrets
 
 DOCUMENT_TYPES: tuple[str, ...] = ("index", "acte")
 ENVIRONMENT_NAMES: tuple[str, ...] = ("dev", "staging", "prod")
@@ -47,7 +47,7 @@ class EnvironmentConfig:
         if self.has_database:
             transports.append("postgres")
         if self.has_supabase:
-            transports.append(f"supabase {self.supabase_url}")
+            transports.append(f"supabase {describe_url(self.supabase_url or '')}")
         return f"{self.name}: {', '.join(transports)}"
 
 

@@ -8,6 +8,7 @@ from control_plane.config import DEFAULT_GEMINI_BASE_URL, Settings
 from control_plane.pool import by_slot_number
 from control_plane.redis_conn import describe_redis
 from control_plane.scheduler.status import RULE
+from control_plane.urls import describe_url
 
 
 def render_banner(
@@ -20,7 +21,8 @@ def render_banner(
 ) -> str:
     """Configuration, initial allocation and the slots with their modes."""
     s = settings
-    endpoint = "Google" if s.gemini_base_url == DEFAULT_GEMINI_BASE_URL else s.gemini_base_url
+    default = s.gemini_base_url == DEFAULT_GEMINI_BASE_URL
+    endpoint = "Google" if default else describe_url(s.gemini_base_url)
     key_state = "set" if s.gemini_api_key is not None else "NOT SET"
     lines = [
         RULE,

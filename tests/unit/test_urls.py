@@ -80,3 +80,33 @@ def test_redact_text_keeps_what_is_not_secret() -> None:
     assert redact_text("GET https://x.example/doc.pdf?token=abc&page=2") == (
         "GET https://x.example/doc.pdf?token=***&page=2"
     )
+
+
+def test_banner_and_describe_helpers_hide_every_form() -> None:
+    from control_plane.config import load_settings
+    from control_plane.redis_conn import describe_redis
+    from control_plane.scheduler.banner import render_banner
+
+    settings = load_settings(
+        _env_file=None,
+        redis_url="redis://:p@ss@word-REDIS@cache.example:6380/0?password=QUERY-secret",
+        dev_database_url="postgresql://ocr@db.example/ocr?password=DB-secret",
+        dev_supabase_url="https://user:SUPA-pw@abc.supabase.co",
+        dev_supabase_service_key="SERVICE-key-0123456789",
+        gemini_base_url="http://127.0.0.1:8090/?key=GEMKEY-in-url",
+        gemini_api_key="GEMKEY-0123456789",
+    )
+    text = render_banner(settings, owner="h:1:x", allocation=None, assignments={}, leading=True)
+    text += describe_redis(settings.redis_url.get_secret_value())
+    text += "".join(e.describe() for e in settings.environments)
+    for secret in (
+        "p@ss@word-REDIS",
+        "word-REDIS",
+        "QUERY-secret",
+        "DB-secret",
+        "SUPA-pw",
+        "SERVICE-key",
+        "GEMKEY",
+    ):
+        assert secret not in text, (secret, text)
+    assert "cache.example:6380/0" in text and "abc.supabase.co" in text
