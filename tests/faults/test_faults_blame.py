@@ -44,7 +44,11 @@ BLAME_ENV = {
     "OCR_LEASE_MS": 10000,
     # issue 12 refuses loopback document hosts unless allowed (ignored before it lands)
     "OCR_DOCUMENT_ALLOWED_HOSTS": "127.0.0.1",
+    # The issue's measurement: 60 documents, a pool of 6 (a host big enough for 6 slots).
+    "OCR_WORKER_POOL_SIZE": 6,
+    "SERVER_MAX_CPU": 16,
 }
+THREADS = 8  # pool 6 + 2 x the feed's look-ahead
 
 
 def attempts(pool: PoolHarness) -> dict[int, int]:
@@ -63,10 +67,10 @@ def test_a_45s_gemini_503_phase_ends_with_every_document_done_and_no_attempt_use
     fx_pool: PoolHarness, fx_emulator: EmulatorProcess, report: Reporter
 ) -> None:
     fx_emulator.configure(latency_ms=300)
-    total = len(fx_pool.seed(index=24, acte=12))
+    total = len(fx_pool.seed(index=40, acte=20))
     fx_pool.settings_env.update({k: str(v) for k, v in BLAME_ENV.items()})
     scheduler = fx_pool.scheduler()
-    workers = fx_pool.workers(processes=1, threads=6)
+    workers = fx_pool.workers(processes=1, threads=THREADS)
     time.sleep(1.0)  # the phase starts one second into the run, as measured in the issue
     fx_emulator.configure(fault_rates={"503": 1.0})
     time.sleep(45.0)
@@ -77,7 +81,7 @@ def test_a_45s_gemini_503_phase_ends_with_every_document_done_and_no_attempt_use
     stats = fx_emulator.stats()
     sent_503 = stats["statuses"].get("503", 0)
     # Paused, not hammering: the first failures open the breaker, then one probe per interval.
-    assert 0 < sent_503 <= 6 * 3 + 45_000 // PROBE_MS + 10, stats["statuses"]
+    assert 0 < sent_503 <= THREADS * 3 + 45_000 // PROBE_MS + 10, stats["statuses"]
     log = workers.log()
     assert log.count("gemini.outage") == 1 and "gemini.resumed" in log
     assert "Traceback" not in log
@@ -95,10 +99,10 @@ def test_25s_of_failed_precondition_pause_all_ocr_with_one_line_and_resume_by_th
     fx_pool: PoolHarness, fx_emulator: EmulatorProcess, report: Reporter
 ) -> None:
     fx_emulator.configure(latency_ms=300, fault_rates={"failed_precondition": 1.0})
-    total = len(fx_pool.seed(index=24, acte=12))
+    total = len(fx_pool.seed(index=40, acte=20))
     fx_pool.settings_env.update({k: str(v) for k, v in BLAME_ENV.items()})
     scheduler = fx_pool.scheduler()
-    workers = fx_pool.workers(processes=1, threads=6)
+    workers = fx_pool.workers(processes=1, threads=THREADS)
     time.sleep(25.0)
     assert fx_pool.status_counts().get(DONE, 0) == 0, "nothing can be done while refused"
     assert fx_pool.status_counts().get(ERROR, 0) == 0
@@ -114,7 +118,7 @@ def test_25s_of_failed_precondition_pause_all_ocr_with_one_line_and_resume_by_th
     # The next probe after the end answers: within one probe interval (+ a call's latency).
     assert resumed_s <= CONFIG_PROBE_MS / 1000 + 1.5, resumed_s
     refused = fx_emulator.stats()["faults"].get("failed_precondition", 0)
-    assert refused <= 6 + 25_000 // CONFIG_PROBE_MS + 3, "probes, not one call per document"
+    assert refused <= THREADS + 25_000 // CONFIG_PROBE_MS + 3, "probes, not one call per document"
     report(
         fault="gemini 400 FAILED_PRECONDITION 25 s",
         documents_in=total,
@@ -158,7 +162,7 @@ def test_a_45s_document_server_outage_waits_for_the_host_while_other_documents_g
     fx_pool: PoolHarness, fx_emulator: EmulatorProcess, report: Reporter
 ) -> None:
     fx_emulator.configure(latency_ms=300)
-    total = len(fx_pool.seed(index=24, acte=12))
+    total = len(fx_pool.seed(index=40, acte=20))
     port = free_port()
     with psycopg.connect(fx_pool.dsn) as conn:  # every other document over http
         conn.execute(
@@ -172,7 +176,7 @@ def test_a_45s_document_server_outage_waits_for_the_host_while_other_documents_g
     with document_server(fx_pool.docs_dir, port) as serve:
         serve(False)  # the document server is down from the start of the run
         scheduler = fx_pool.scheduler()
-        workers = fx_pool.workers(processes=1, threads=6)
+        workers = fx_pool.workers(processes=1, threads=THREADS)
         wait_until(
             lambda: fx_pool.status_counts().get(DONE, 0) == total - len(http_ids),
             44,
