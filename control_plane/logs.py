@@ -52,7 +52,8 @@ def _human_format(record: Any) -> str:
         f"{record['time']:%Y-%m-%d %H:%M:%S.%f} {record['level'].name:<7} {record['process'].id} "
     )
     line += f"{action or record['name']} {record['message']} {fields}".rstrip()
-    return _as_field(record, scrub(line))
+    trace = _traceback(record)
+    return _as_field(record, scrub(f"{line}\n{trace}".rstrip("\n") if trace else line))
 
 
 def _json_format(record: Any) -> str:
@@ -64,6 +65,9 @@ def _json_format(record: Any) -> str:
         "message": record["message"],
         **{k: v for k, v in record["extra"].items() if k not in ("action", _LINE)},
     }
+    trace = _traceback(record)
+    if trace:  # inside the object: one JSON object per line, tracebacks included
+        payload["exception"] = trace
     text = scrub(json.dumps(payload, default=str, ensure_ascii=False))
     return _as_field(record, text)
 
@@ -72,13 +76,17 @@ def _as_field(record: Any, text: str) -> str:
     """A format that prints `text` as is: loguru parses a returned format for `{}` fields
     and `<color>` markup, so a message quoting a document (`not a PDF (starts with
     b'<html>...')`) broke the sink; a field's value is never parsed."""
-    exc = record["exception"]
-    if exc is not None and exc.type is not None:
-        # Formatted here, not by loguru's {exception}, so the traceback is scrubbed too.
-        lines = traceback.format_exception(exc.type, exc.value, exc.traceback)
-        text = (text + "\n" + scrub("".join(lines))).rstrip("\n")
     record["extra"][_LINE] = text
     return "{extra[" + _LINE + "]}\n"
+
+
+def _traceback(record: Any) -> str:
+    """The record's traceback as text, formatted here rather than by loguru's {exception}
+    so the scrubber sees it."""
+    exc = record["exception"]
+    if exc is None or exc.type is None:
+        return ""
+    return "".join(traceback.format_exception(exc.type, exc.value, exc.traceback))
 
 
 def _fmt(value: Any) -> str:

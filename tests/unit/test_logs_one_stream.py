@@ -67,6 +67,8 @@ def test_no_secret_in_any_library_line_nor_traceback(json_logs, form: str) -> No
         logging.getLogger("apscheduler.executors.default").exception("Job raised")
     err = json_logs.readouterr().err
     assert "Traceback" in err and "ConnectionError" in err, err
+    lines = [json.loads(ln) for ln in err.splitlines() if ln.strip()]  # still JSON lines
+    assert "Traceback" in lines[-1]["exception"]
     for secret in [REGISTERED, *UNREGISTERED]:
         assert secret not in err, (form, secret, err)
 
