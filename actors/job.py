@@ -15,15 +15,16 @@ What to do with an error is decided by `outcome_for_error`, a pure function.
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
+import random
 import time
 from collections.abc import Callable
 from enum import StrEnum
 
 import dramatiq
+import redis
 from dramatiq.middleware import TimeLimitExceeded
 
+from actors.dependencies import fetch_through_breaker
 from actors.runtime import ActiveJob, WorkerRuntime
 from control_plane import observe
 from control_plane.capacity import live_hosts, room_elsewhere
@@ -31,7 +32,6 @@ from control_plane.dispatch import DocumentMessage, enqueue_document
 from control_plane.drain import JobStopped
 from control_plane.errors import (
     AcquireTimeoutError,
-    GeminiAuthError,
     OcrPoolError,
     PermanentError,
     TransientError,
@@ -43,6 +43,7 @@ from control_plane.pool import SlotLease, SlotRefusal
 from control_plane.queue.models import ClaimedDocument, FailOutcome
 from control_plane.queue.pdf import inspect_pdf, split_pdf
 from control_plane.queue.store_errors import end_on_store_error, record_failure
+from control_plane.retry_timing import is_redis_outage, release_delay_ms, retry_delay_ms
 
 
 class JobTimeLimitError(TransientError):
@@ -54,14 +55,16 @@ class Outcome(StrEnum):
 
     FAIL_PERMANENT = "fail_permanent"  # status 4 at once, precise message
     FAIL_RETRY = "fail_retry"  # back to ready, counts an attempt (error after the max)
-    RELEASE = "release"  # back to ready, no attempt counted (shutdown, our own wait)
-    FATAL = "fatal"  # back to ready, and this worker stops (bad API key)
+    RELEASE = "release"  # back to ready, no attempt counted (shutdown, our wait, an outage)
 
 
 def outcome_for_error(exc: BaseException, *, stopping: bool) -> Outcome:
-    """Pure: how an exception raised while processing a document is handled."""
-    if isinstance(exc, GeminiAuthError):
-        return Outcome.FATAL
+    """Pure: how an exception raised while processing a document is handled.
+
+    An outage of Redis (the limiter, the slots) is not the document's fault: released.
+    """
+    if is_redis_outage(exc):
+        return Outcome.RELEASE
     if isinstance(exc, AcquireTimeoutError | OcrInterrupted):
         return Outcome.RELEASE  # our own wait, or told to stop (slot/lease lost, drain)
     if isinstance(exc, PermanentError):
@@ -73,7 +76,9 @@ def outcome_for_error(exc: BaseException, *, stopping: bool) -> Outcome:
 
 def describe_error(exc: BaseException) -> str:
     """The error_message written to the row: precise, one line, bounded."""
-    if isinstance(exc, OcrPoolError):
+    if is_redis_outage(exc):
+        text = f"Redis unavailable ({type(exc).__name__}); not the document's fault"
+    elif isinstance(exc, OcrPoolError):
         text = str(exc) or type(exc).__name__
     else:
         text = f"unexpected {type(exc).__name__}: {exc}"
@@ -90,19 +95,22 @@ HOST_FULL_HAND_OFF_S = 0.5
 def process_document(rt: WorkerRuntime, message: DocumentMessage) -> str:
     """Run one job; returns what happened (for logs and tests)."""
     worker_id = rt.worker_id()
+    why, delay_ms = "no slot of its type became free", 0
     try:
         waited = _wait_for_slot(rt, message, worker_id)
-    except TimeLimitExceeded:
-        waited = None  # waited past OCR_JOB_TIME_LIMIT_MS for a slot: give the document back
+    except (redis.ConnectionError, redis.TimeoutError) as exc:  # an outage, not the document
+        waited, why = None, describe_error(exc)
+        delay_ms = rt.settings.ocr_retry_base_ms
     if isinstance(waited, _HandOff) and _hand_off(rt, message):
         return "handed_off"  # still enqueued: the feed keeps counting it
     slot = waited if isinstance(waited, SlotLease) else None
     # Only now does the message stop counting as "enqueued": while it waits for a slot
     # it is the feed's look-ahead, and the feed must not send more behind it.
-    rt.enqueued.remove(message.document_source, message.ref)
+    _quietly(lambda: rt.enqueued.remove(message.document_source, message.ref))
     if slot is None:
-        why = "worker stopping" if rt.stop_event.is_set() else "no slot of its type became free"
-        _release(rt, message, why)
+        if rt.stop_event.is_set():
+            why, delay_ms = "worker stopping", 0
+        _release(rt, message, why, retry_after_ms=delay_ms)
         return "released"
     job = ActiveJob(
         message.environment, message.id, message.lease_token, message.document_source, slot=slot
@@ -233,7 +241,7 @@ def _ocr(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob) -> OcrResu
         lease_expires_at=None,  # type: ignore[arg-type]
         attempts=message.attempts,
     )
-    data = rt.fetcher.fetch(doc)
+    data = fetch_through_breaker(rt, doc)
     inspect_pdf(data, max_pages=rt.settings.ocr_max_pages)
     chunks = split_pdf(data, rt.settings.ocr_pages_per_chunk)
     # The job's own stop event: set when its slot or lease is lost, or when the drain
@@ -322,18 +330,18 @@ def _complete(
 
 
 def _handle_error(rt: WorkerRuntime, message: DocumentMessage, exc: BaseException) -> str:
-    outcome = outcome_for_error(exc, stopping=rt.stop_event.is_set())
+    stopping = rt.stop_event.is_set()
+    outcome = outcome_for_error(exc, stopping=stopping)
     text = describe_error(exc)
-    if outcome in (Outcome.RELEASE, Outcome.FATAL):
-        _release(rt, message, text)
-        if outcome is Outcome.FATAL:
-            log_event(
-                "worker.fatal",
-                f"Gemini refused our credentials: {text}; stopping this "
-                "worker (fix GEMINI_API_KEY)",
-                level="CRITICAL",
-            )
-            os.kill(os.getppid(), signal.SIGTERM)
+    settings = rt.settings
+    if outcome is Outcome.RELEASE:
+        delay = release_delay_ms(
+            exc,
+            stopping=stopping,
+            base_ms=settings.ocr_retry_base_ms,
+            max_ms=settings.ocr_retry_max_ms,
+        )
+        _release(rt, message, text, retry_after_ms=delay)
         return outcome.value
     permanent = outcome is Outcome.FAIL_PERMANENT
     store = rt.environments.store(message.environment)
@@ -344,8 +352,14 @@ def _handle_error(rt: WorkerRuntime, message: DocumentMessage, exc: BaseExceptio
             message.lease_token,
             text,
             permanent=permanent,
-            max_attempts=rt.settings.ocr_max_attempts,
+            max_attempts=settings.ocr_max_attempts,
             ref=message.ref,
+            retry_after_ms=retry_delay_ms(
+                message.attempts,
+                base_ms=settings.ocr_retry_base_ms,
+                max_ms=settings.ocr_retry_max_ms,
+                rng=_RNG,
+            ),
         )
     except PermanentError:
         return "fail_unrecordable"  # cause logged (job.fail_unrecordable); lease lapses
@@ -371,10 +385,22 @@ def _handle_error(rt: WorkerRuntime, message: DocumentMessage, exc: BaseExceptio
     return f"fail_{result}"
 
 
-def _release(rt: WorkerRuntime, message: DocumentMessage, why: str) -> None:
+_RNG = random.Random()
+
+
+def _release(
+    rt: WorkerRuntime, message: DocumentMessage, why: str, *, retry_after_ms: int = 0
+) -> None:
     try:
-        rt.environments.store(message.environment).release(message.id, message.lease_token)
-        log_event("job.released", f"document back to ready: {why}", document=message.ref)
+        rt.environments.store(message.environment).release(
+            message.id, message.lease_token, retry_after_ms
+        )
+        log_event(
+            "job.released",
+            f"document back to ready: {why}",
+            document=message.ref,
+            not_before_s=round(retry_after_ms / 1000, 1),
+        )
     except OcrPoolError as exc:
         log_event(
             "job.release_failed",
@@ -395,7 +421,8 @@ HAND_OFF = _HandOff()
 def _wait_for_slot(
     rt: WorkerRuntime, message: DocumentMessage, worker_id: str
 ) -> SlotLease | _HandOff | None:
-    deadline = time.monotonic() + SLOT_WAIT_S
+    # Half the job time limit at most, so the wait always ends before Dramatiq's TimeLimit.
+    deadline = time.monotonic() + min(SLOT_WAIT_S, rt.settings.ocr_job_time_limit_ms / 2000)
     delay = 0.05
     full_since: float | None = None
     while True:

@@ -38,6 +38,7 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import Middleware
 
+from control_plane.breakers import Breakers
 from control_plane.capacity import register_host
 from control_plane.config import Settings
 from control_plane.dispatch import EnqueuedSet
@@ -49,6 +50,7 @@ from control_plane.pool import SlotLease, WorkerPool
 from control_plane.queue.documents import DocumentFetcher
 from control_plane.queue.environments import Environments
 from control_plane.redis_conn import redis_client
+from control_plane.scripts import check_scripting
 from control_plane.workers import WorkerRegistry
 
 
@@ -106,12 +108,18 @@ class WorkerRuntime:
         self.environments = Environments.from_settings(settings)
         self.fetcher = DocumentFetcher(settings, self.environments)
         self.engine = GeminiOcrEngine.from_settings(settings, self.client, self.keys)
+        self.breakers = Breakers(self.client, self.keys)  # issue 11: document hosts
         self.stop_event = threading.Event()
         self._drain_deadline: float | None = None
         self._jobs: dict[int, ActiveJob | None] = {}  # thread ident -> job (None = idle)
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._closed = threading.Event()
+
+    def boot_check(self) -> None:
+        """Refuse to boot on a Redis that answers PING but will not run our scripts (an ACL
+        user without +@scripting): every message would fail later."""
+        check_scripting(self.client)
 
     # --- thread bookkeeping ---
 
@@ -362,7 +370,17 @@ class OcrRuntime(Middleware):
             runtime().types = [t for t, q in QUEUE_NAMES.items() if q in chosen]
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
-        rt = runtime()
+        # A worker whose boot failed must not take messages (round 1 booted on, without
+        # its runtime, and failed every message): one line naming the variable, exit 3.
+        # SystemExit passes through dramatiq's emit_after, which swallows Exceptions.
+        from control_plane.start_errors import start_error_line, start_error_types
+
+        try:
+            rt = runtime()
+            rt.boot_check()
+        except start_error_types() as exc:
+            print(f"configuration error: {start_error_line(exc)}", file=sys.stderr, flush=True)
+            raise SystemExit(3) from None
         try:
             rt.register_host()  # the scheduler fits the pool to this host at once
         except Exception as exc:  # the heartbeat registers it soon anyway

@@ -170,13 +170,20 @@ def _run(settings: Settings, *, status_only: bool) -> int:
     from control_plane.scheduler.banner import render_banner
     from control_plane.scheduler.screens import wants_emoji
     from control_plane.scheduler.service import Scheduler
+    from control_plane.scripts import check_scripting
+    from control_plane.start_errors import start_error_line, start_error_types
 
     url = settings.redis_url.get_secret_value()
     client = redis_client(url)
     check_redis(url)
     keys = Keys(prefix=settings.ocr_redis_prefix)
-    environments = Environments.from_settings(settings)
-    scheduler = Scheduler(settings, client, keys, environments)
+    try:  # a library refusing our settings at start: one line naming the variable
+        check_scripting(client)
+        environments = Environments.from_settings(settings)
+        scheduler = Scheduler(settings, client, keys, environments)
+        leading = False if status_only else scheduler.tick_leadership()
+    except start_error_types() as exc:
+        raise ConfigError(start_error_line(exc)) from None
     if status_only:
         try:
             environments.wait_first_contact(15.0)  # so the block says what is wrong (issue 12)
@@ -184,7 +191,6 @@ def _run(settings: Settings, *, status_only: bool) -> int:
         finally:
             environments.close()
         return 0
-    leading = scheduler.tick_leadership()
     print(
         render_banner(
             settings,

@@ -185,6 +185,17 @@ class Keys:
         """zset: external holder id -> Redis-time ms its registration lapses (if it has a TTL)."""
         return self._k("server:external:leases")
 
+    # --- circuit breakers (issue 11, control_plane/breakers.py) ---
+    def breaker(self, name: str) -> str:
+        """hash: one dependency's breaker (gemini:<model>, gemini:configuration,
+        document_host:<host>): failures in a row, open 0/1, probe_at (Redis-time ms), reason."""
+        return self._k(f"breaker:{name}")
+
+    @property
+    def breakers_open(self) -> str:
+        """hash: open breaker name -> why it opened (read by the status block)."""
+        return self._k("breaker:open")
+
     # --- scheduler ---
     @property
     def leader(self) -> str:
@@ -197,11 +208,6 @@ class Keys:
         see leader_acquire.lua); allocation versions start from it, leader writes are
         fenced on it."""
         return self._k("scheduler:epoch")
-
-    @property
-    def scheduler_stats(self) -> str:
-        """hash: scheduler counters (fed, reaped, rebalances) and last queue counts."""
-        return self._k("scheduler:stats")
 
 
 def dramatiq_queue_keys(namespace: str, queue_name: str) -> tuple[str, str]:

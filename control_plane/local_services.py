@@ -43,6 +43,8 @@ from pathlib import Path
 import psycopg
 import redis
 
+from control_plane.urls import parse_url
+
 
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
@@ -384,8 +386,9 @@ class LocalService:
 
 
 def host_of(url: str) -> str:
-    """host:port/db of a URL, without the scheme or any credentials."""
-    return url.split("://", 1)[-1].rsplit("@", 1)[-1]
+    """host:port/db of a URL, without the scheme, any credentials or query string."""
+    parsed = parse_url(url)
+    return f"{parsed.host}{parsed.path}"
 
 
 def redis_answers(url: str) -> str | None:

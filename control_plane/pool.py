@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 
@@ -29,6 +29,8 @@ from control_plane.scripts import ScriptSet
 
 if TYPE_CHECKING:
     from control_plane.config import Settings
+
+V = TypeVar("V")
 
 SLOT_PREFIX = "ocr-worker-"
 # Fields publish_allocation writes itself; callers' extra fields may not replace them.
@@ -195,7 +197,7 @@ class WorkerPool:
     def assignments(self) -> dict[str, str]:
         """Slot id -> mode it serves now (a busy slot's pending switch is not applied yet)."""
         raw = self._client.hgetall(self._keys.assignments)
-        return dict(sorted(((_s(k), _s(v)) for k, v in raw.items()), key=_slot_order))
+        return dict(by_slot_number((_s(k), _s(v)) for k, v in raw.items()))
 
     def pending_modes(self) -> dict[str, str]:
         """Busy slot id -> mode it switches to after its current job ('' = slot retired)."""
@@ -309,7 +311,7 @@ class WorkerPool:
         """Slot id -> holder (holder, mode, document, cpu, ram, taken/expiry ms, expired)."""
         snap = self._snapshot()
         out = {}
-        for slot, holder in sorted(snap.holders.items(), key=_slot_order):
+        for slot, holder in by_slot_number(snap.holders.items()):
             info = {k: v for k, v in holder.items() if k != "token"}
             info["expires_at_ms"] = snap.leases.get(slot, 0)
             info["expired"] = snap.expired(slot)
@@ -380,10 +382,15 @@ class _Snapshot:
         return self.leases.get(slot, 0) <= self.now_ms
 
 
-def _slot_order(item: tuple[str, Any]) -> tuple[int, str]:
-    slot = item[0]
+def slot_number(slot: str) -> int:
+    """The N of `ocr-worker-N` (an id of another form sorts last): the one slot order."""
     tail = slot.rsplit("-", 1)[-1]
-    return (int(tail) if tail.isdigit() else 1 << 62, slot)
+    return int(tail) if tail.isdigit() else 1 << 62
+
+
+def by_slot_number(items: Iterable[tuple[str, V]]) -> list[tuple[str, V]]:
+    """(slot id, value) pairs in slot-number order (ocr-worker-2 before ocr-worker-10)."""
+    return sorted(items, key=lambda kv: (slot_number(kv[0]), kv[0]))
 
 
 def _s(value: Any) -> str:

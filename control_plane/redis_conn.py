@@ -7,6 +7,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from control_plane.errors import ConfigError, TransientError
+from control_plane.urls import parse_url
 
 
 def redis_client(
@@ -33,10 +34,11 @@ def redis_client(
 
 
 def describe_redis(url: str) -> str:
-    """host:port/db for banners, without user or password."""
-    rest = url.split("://", 1)[-1]
-    rest = rest.rsplit("@", 1)[-1]
-    return rest or "localhost:6379"
+    """host:port/db (or the socket path) for banners: no user, password or query string."""
+    parsed = parse_url(url)
+    if parsed.scheme == "unix":
+        return parsed.path or parsed.host
+    return f"{parsed.host or 'localhost:6379'}{parsed.path}"
 
 
 def check_redis(url: str) -> None:

@@ -135,6 +135,9 @@ INTERNAL = error_body(
     "https://developers.generativeai.google/guide/troubleshooting",
 )
 UNAVAILABLE = error_body(503, "UNAVAILABLE", "The model is overloaded. Please try again later.")
+FAILED_PRECONDITION = error_body(
+    400, "FAILED_PRECONDITION", "User location is not supported for the API use."
+)
 DEADLINE = error_body(504, "DEADLINE_EXCEEDED", "The request timed out. Please try again.")
 
 

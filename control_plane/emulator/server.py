@@ -307,6 +307,8 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             return self._count(500, bodies.INTERNAL, entry, fault=fault)
         if fault == "503":
             return self._count(503, bodies.UNAVAILABLE, entry, fault=fault)
+        if fault == "failed_precondition":
+            return self._count(400, bodies.FAILED_PRECONDITION, entry, fault=fault)
         if not pages:
             if request.mime_type not in (None, "application/pdf"):
                 return self._count(
@@ -350,6 +352,12 @@ class EmulatorHandler(BaseHTTPRequestHandler):
                 200, bodies.answer(model, None, "MAX_TOKENS", usage), entry, fault=fault
             )
         text = bodies.ocr_text(pages, request.prompt)
+        if fault == "max_tokens_cut":  # the output budget ran out halfway through the text
+            cut = text[: len(text) // 2]
+            usage = bodies.usage(prompt_tokens, document_tokens, bodies.text_tokens(cut))
+            return self._count(
+                200, bodies.answer(model, cut, "MAX_TOKENS", usage), entry, fault=fault
+            )
         output = bodies.text_tokens(text)
         body = bodies.answer(
             model, text, "STOP", bodies.usage(prompt_tokens, document_tokens, output)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from control_plane.errors import LeaderFencedError, PermanentError, TransientError
+from control_plane.errors import ConfigError, LeaderFencedError, PermanentError, TransientError
 from control_plane.logs import log_event
 from control_plane.queue.health import CONNECTING, EnvironmentHealth, EnvironmentState
 from control_plane.queue.models import ClaimedDocument, QueueCounts, ReapResult
@@ -94,8 +94,13 @@ class Environments:
         """One store per configured environment (Postgres when DATABASE_URL is set)."""
         stores: dict[str, QueueStore] = {}
         storage: dict[str, SupabaseStore] = {}
+        from control_plane.start_errors import start_error_line, start_error_types
+
         for env in settings.environments:
-            store = store_for(env)
+            try:
+                store = store_for(env)
+            except start_error_types() as exc:  # one line naming the variable (issue 11)
+                raise ConfigError(start_error_line(exc, environment=env.name)) from None
             stores[env.name] = store
             if isinstance(store, SupabaseStore):
                 storage[env.name] = store

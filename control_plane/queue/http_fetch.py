@@ -38,6 +38,7 @@ from control_plane.queue.fetch_policy import (
     same_origin,
 )
 from control_plane.queue.pdf import DocumentError
+from control_plane.urls import describe_url
 
 MAX_REDIRECTS = 5
 _PERMANENT_HTTP = {400, 401, 403, 404, 405, 406, 410, 411, 414, 415, 451}
@@ -134,12 +135,7 @@ class GuardedTransport(httpx.HTTPTransport):
 
 def safe_url(url: str) -> str:
     """A URL for messages: no credentials, no query string (signed URLs carry tokens)."""
-    parts = httpx.URL(url)
-    host = parts.host
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
+    return describe_url(url)  # the one URL parser (control_plane.urls)
 
 
 class GuardedFetcher:

@@ -190,17 +190,37 @@ class PostgresStore:
         )
 
     def fail(
-        self, doc_id: int, lease_token: str, message: str, *, permanent: bool, max_attempts: int
+        self,
+        doc_id: int,
+        lease_token: str,
+        message: str,
+        *,
+        permanent: bool,
+        max_attempts: int,
+        retry_after_ms: int = 0,
     ) -> FailOutcome:
         return rows.fail_outcome(
             self._scalar(
-                "SELECT ocr_fail(%s::bigint, %s::uuid, %s::text, %s::boolean, %s::integer)",
-                (doc_id, lease_token, rows.clean_text(message), permanent, max_attempts),
+                "SELECT ocr_fail(%s::bigint, %s::uuid, %s::text, %s::boolean, %s::integer,"
+                " %s::integer)",
+                (
+                    doc_id,
+                    lease_token,
+                    rows.clean_text(message),
+                    permanent,
+                    max_attempts,
+                    int(retry_after_ms),
+                ),
             )
         )
 
-    def release(self, doc_id: int, lease_token: str) -> bool:
-        return bool(self._scalar("SELECT ocr_release(%s::bigint, %s::uuid)", (doc_id, lease_token)))
+    def release(self, doc_id: int, lease_token: str, retry_after_ms: int = 0) -> bool:
+        return bool(
+            self._scalar(
+                "SELECT ocr_release(%s::bigint, %s::uuid, %s::integer)",
+                (doc_id, lease_token, int(retry_after_ms)),
+            )
+        )
 
     def reap(self, max_attempts: int, *, epoch: int | None = None) -> ReapResult:
         return rows.reap_result(

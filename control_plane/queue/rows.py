@@ -42,7 +42,10 @@ def delivery(rows: Sequence[Mapping[str, Any]]) -> Delivery | None:
 def queue_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, QueueCounts]:
     """Rows of `ocr_counts` keyed by document_source."""
     return {
-        str(r["document_source"]): QueueCounts(int(r["ready"]), int(r["in_flight"])) for r in rows
+        str(r["document_source"]): QueueCounts(
+            int(r["ready"]), int(r["in_flight"]), int(r.get("waiting_retry") or 0)
+        )
+        for r in rows
     }
 
 

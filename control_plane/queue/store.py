@@ -92,13 +92,22 @@ class QueueStore(Protocol):
         ...
 
     def fail(
-        self, doc_id: int, lease_token: str, message: str, *, permanent: bool, max_attempts: int
+        self,
+        doc_id: int,
+        lease_token: str,
+        message: str,
+        *,
+        permanent: bool,
+        max_attempts: int,
+        retry_after_ms: int = 0,
     ) -> FailOutcome:
-        """Record a failed attempt: back to ready, or to error (permanent / out of attempts)."""
+        """Record a failed attempt: back to ready (not claimed again for `retry_after_ms`),
+        or to error (permanent / out of attempts)."""
         ...
 
-    def release(self, doc_id: int, lease_token: str) -> bool:
-        """Give the claim back without counting the attempt; False = lease lost."""
+    def release(self, doc_id: int, lease_token: str, retry_after_ms: int = 0) -> bool:
+        """Give the claim back without counting the attempt (not claimed again for
+        `retry_after_ms`); False = lease lost."""
         ...
 
     def reap(self, max_attempts: int, *, epoch: int | None = None) -> ReapResult:

@@ -40,6 +40,7 @@ def record_failure(
     permanent: bool,
     max_attempts: int,
     ref: str,
+    retry_after_ms: int = 0,
 ) -> FailOutcome:
     """`store.fail`, retried with shorter messages when the store refuses the text.
 
@@ -51,7 +52,12 @@ def record_failure(
     for text in fallback_messages(message):
         try:
             return store.fail(
-                doc_id, lease_token, text, permanent=permanent, max_attempts=max_attempts
+                doc_id,
+                lease_token,
+                text,
+                permanent=permanent,
+                max_attempts=max_attempts,
+                retry_after_ms=retry_after_ms,
             )
         except PermanentError as exc:
             last = exc

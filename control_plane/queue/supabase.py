@@ -169,7 +169,14 @@ class SupabaseStore:
         )
 
     def fail(
-        self, doc_id: int, lease_token: str, message: str, *, permanent: bool, max_attempts: int
+        self,
+        doc_id: int,
+        lease_token: str,
+        message: str,
+        *,
+        permanent: bool,
+        max_attempts: int,
+        retry_after_ms: int = 0,
     ) -> FailOutcome:
         return rows.fail_outcome(
             self._rpc(
@@ -180,12 +187,14 @@ class SupabaseStore:
                     "p_message": rows.clean_text(message),
                     "p_permanent": permanent,
                     "p_max_attempts": max_attempts,
+                    "p_retry_after_ms": int(retry_after_ms),
                 },
             )
         )
 
-    def release(self, doc_id: int, lease_token: str) -> bool:
-        return self._rpc("ocr_release", {"p_id": doc_id, "p_lease_token": lease_token}) is True
+    def release(self, doc_id: int, lease_token: str, retry_after_ms: int = 0) -> bool:
+        params = {"p_id": doc_id, "p_lease_token": lease_token, "p_retry_after_ms": retry_after_ms}
+        return self._rpc("ocr_release", params) is True
 
     def reap(self, max_attempts: int, *, epoch: int | None = None) -> ReapResult:
         return rows.reap_result(

@@ -8,6 +8,7 @@ from control_plane.config import DEFAULT_GEMINI_BASE_URL, Settings
 from control_plane.redis_conn import describe_redis
 from control_plane.scheduler.screens import RULE, amount, mark
 from control_plane.scheduler.status import ordered_slots
+from control_plane.urls import describe_url
 
 
 def render_banner(
@@ -78,7 +79,8 @@ def our_banner_lines(
     s: Settings, owner: str, allocation: dict[str, Any] | None, leading: bool, emoji: bool
 ) -> list[str]:
     """What the seed's list leaves out: who we are, where state lives, Gemini, budgets."""
-    endpoint = "Google" if s.gemini_base_url == DEFAULT_GEMINI_BASE_URL else s.gemini_base_url
+    default = s.gemini_base_url == DEFAULT_GEMINI_BASE_URL
+    endpoint = "Google" if default else describe_url(s.gemini_base_url)
     key_state = "set" if s.gemini_api_key is not None else "NOT SET"
     redis = describe_redis(s.redis_url.get_secret_value())
     if s.ocr_redis_prefix:

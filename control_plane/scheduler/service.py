@@ -18,6 +18,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from control_plane.allocation import compute_allocation, explain_allocation
+from control_plane.breakers import Breakers
 from control_plane.capacity import Capacity, fit_allocation, live_hosts, pool_budget
 from control_plane.config import DOCUMENT_TYPES, Settings
 from control_plane.dispatch import DocumentMessage, EnqueuedSet, FencedEnqueuer, make_broker
@@ -102,7 +103,6 @@ class Scheduler:
         self.enqueuer = FencedEnqueuer(client, keys, settings.ocr_dramatiq_namespace)
         self.metrics = SchedulerMetrics()
         self._sequence = 0
-        self._last_queue: dict[str, int] | None = None
         self._allocation: dict[str, int] | None = None  # last published, for the feed
         self._planned: dict[str, int] | None = None  # last plan, for hysteresis
         self._lock = threading.Lock()
@@ -289,7 +289,6 @@ class Scheduler:
                 previous_index=previous.get("index"),
                 previous_acte=previous.get("acte"),
             )
-        self._last_queue = queued
         if published:
             self._allocation = dict(fitted)
             self._planned = dict(planned)
@@ -469,9 +468,10 @@ class Scheduler:
         Database reaps carry the epoch (refused once a newer leader fenced the database);
         every step first checks the leader lease. The Redis steps are convergent (they
         free what lapsed by Redis time, as any worker taking a slot does), so a step that
-        slipped past the check changes nothing a live leader would not.
+        slipped past the check changes nothing a live leader would not. Per-environment
+        failures are Environments.reap's.
         """
-        if not self.leader.acting() or self._backing_off("reap"):
+        if not self.leader.acting():
             return
         epoch = self.leader.epoch
         # Leases lapse during an outage because nobody can renew them, not because their
@@ -564,13 +564,30 @@ class Scheduler:
                 t: {"ready": c.ready, "in_flight": c.in_flight} for t, c in counts.items()
             }
             for t, c in counts.items():
-                total = totals.setdefault(t, {"ready": 0, "in_flight": 0})
+                total = totals.setdefault(t, {"ready": 0, "in_flight": 0, "waiting_retry": 0})
                 total["ready"] += c.ready
                 total["in_flight"] += c.in_flight
+                total["waiting_retry"] += c.waiting_retry
         snap.queue = totals
         snap.environments = [e.describe() for e in self.environments.states()]  # issue 12
         raw = self.client.hgetall(self.keys.pool_stats)
         snap.documents = {str(k): int(v) for k, v in raw.items()}
+        # issue 10: each live host against its own budget
+        usage = self.pool.usage_by_host()
+        snap.hosts = {
+            h.host: {
+                "cpu_used": usage.get(h.host, (0.0, 0.0))[0],
+                "cpu_budget": h.cpu,
+                "ram_used": usage.get(h.host, (0.0, 0.0))[1],
+                "ram_budget": h.ram,
+            }
+            for h in live_hosts(self.client, self.keys)
+        } or None
+        # issue 11: open circuit breakers (Gemini model, configuration, document hosts)
+        snap.circuit_breakers = {
+            name: {"state": "open", "why": " ".join(why.split())[:120]}
+            for name, why in Breakers(self.client, self.keys).open_breakers().items()
+        }
         return snap
 
     def status_text(self, *, emoji: bool = False) -> str:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from control_plane.config import DOCUMENT_TYPES
+from control_plane.pool import by_slot_number, slot_number
 from control_plane.scheduler.screens import RULE, amount, mark, pct
 
 __all__ = ["RULE", "StatusSnapshot", "now_utc", "render_status", "warn_thin_pool"]
@@ -73,14 +74,9 @@ def warn_thin_pool(pool_size: int, registered_threads: int) -> str | None:
     )
 
 
-def _slot_number(slot: str) -> int:
-    tail = slot.rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else 0
-
-
 def ordered_slots(assignments: dict[str, str]) -> list[tuple[str, str]]:
     """ocr-worker-1, ocr-worker-2, ... ocr-worker-10 in number order."""
-    return sorted(assignments.items(), key=lambda kv: (_slot_number(kv[0]), kv[0]))
+    return by_slot_number(assignments.items())
 
 
 def render_status(s: StatusSnapshot, *, emoji: bool = True) -> str:
@@ -147,6 +143,10 @@ def our_status_lines(s: StatusSnapshot, emoji: bool) -> list[str]:
                 f"   {t.capitalize()}: {q.get('ready', 0):,} / {q.get('in_flight', 0):,}"
                 f" (enqueued {s.enqueued.get(t, 0)})"
             )
+        waiting = {t: s.queue.get(t, {}).get("waiting_retry", 0) for t in DOCUMENT_TYPES}
+        if any(waiting.values()):  # issue 11: ready, claimed after their retry time
+            parts = ", ".join(f"{t} {n:,}" for t, n in waiting.items())
+            lines.append(f"   Waiting to retry: {parts}")
         for env in sorted(s.queue_by_environment):
             by_type = s.queue_by_environment[env]
             parts = ", ".join(
@@ -170,7 +170,7 @@ def our_status_lines(s: StatusSnapshot, emoji: bool) -> list[str]:
     lines += ["", mark("🧩", "Slots:", emoji)]
     if s.assignments:
         lines.append(
-            "   " + "  ".join(f"{_slot_number(k)}:{v}" for k, v in ordered_slots(s.assignments))
+            "   " + "  ".join(f"{slot_number(k)}:{v}" for k, v in ordered_slots(s.assignments))
         )
     busy = ", ".join(f"{t} {s.busy.get(t, 0)}" for t in DOCUMENT_TYPES)
     lines.append(f"   Busy: {busy}")

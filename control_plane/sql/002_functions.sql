@@ -66,8 +66,15 @@ BEGIN
 END
 $$;
 
+-- Retry timing (issue 11): fail and release take a delay; the row is not claimed again
+-- before retry_not_before (column added by 011_retry_not_before.sql).
+DROP FUNCTION IF EXISTS ocr_fail(bigint, uuid, text, boolean, integer);
+DROP FUNCTION IF EXISTS ocr_release(bigint, uuid);
+DROP FUNCTION IF EXISTS ocr_counts();
+
 -- Claim up to p_limit ready documents of one type, oldest first, without waiting on
--- rows other claimers hold (SKIP LOCKED). Counts no attempt (ocr_start does).
+-- rows other claimers hold (SKIP LOCKED). Counts no attempt (a start does). A row
+-- waiting to retry (retry_not_before in the future) is skipped until it is due.
 DROP FUNCTION IF EXISTS ocr_claim(text, integer, text, integer);
 CREATE OR REPLACE FUNCTION ocr_claim(
     p_document_source text, p_limit integer, p_worker_id text, p_lease_ms integer,
@@ -82,6 +89,7 @@ BEGIN
     WITH picked AS (
         SELECT q.id FROM extraction_queue q
         WHERE q.status_id = 3 AND q.document_source = p_document_source
+          AND (q.retry_not_before IS NULL OR q.retry_not_before <= now())
         ORDER BY q.id
         LIMIT greatest(p_limit, 0)
         FOR UPDATE SKIP LOCKED
@@ -94,6 +102,7 @@ BEGIN
         claim_epoch = p_epoch,
         claimed_at = now(),
         started_at = NULL,
+        retry_not_before = NULL,
         updated_at = now()
     FROM picked
     WHERE q.id = picked.id
@@ -183,10 +192,11 @@ LANGUAGE sql VOLATILE AS $$
 $$;
 
 -- A failed attempt: 'error' (status 4) when permanent or out of attempts, 'retry'
--- (back to 3, message kept as the last error) otherwise, 'stale' if the lease is lost.
+-- (back to 3, message kept as the last error, not claimed again for p_retry_after_ms)
+-- otherwise, 'stale' if the lease is lost.
 CREATE OR REPLACE FUNCTION ocr_fail(
     p_id bigint, p_lease_token uuid, p_message text, p_permanent boolean,
-    p_max_attempts integer)
+    p_max_attempts integer, p_retry_after_ms integer DEFAULT 0)
 RETURNS text
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -207,17 +217,18 @@ BEGIN
     END IF;
     UPDATE extraction_queue
     SET status_id = 3, error_message = left(p_message, 4000), worker_id = NULL,
-        lease_token = NULL, lease_expires_at = NULL, updated_at = now()
+        lease_token = NULL, lease_expires_at = NULL, updated_at = now(),
+        retry_not_before = now() + greatest(p_retry_after_ms, 0) * interval '1 millisecond'
     WHERE id = p_id;
     RETURN 'retry';
 END
 $$;
 
--- Give a claim back without counting the attempt (graceful shutdown, Gemini 429, no
--- slot): with the claim's token before start, with the delivery's token after it (the
--- attempt start counted is given back). A second delivery that never started cannot
--- release the claim the first one runs: its token is stale.
-CREATE OR REPLACE FUNCTION ocr_release(p_id bigint, p_lease_token uuid)
+-- Give a claim or a delivery back without counting the attempt (graceful shutdown,
+-- Gemini 429, an outage of a dependency): a started delivery gives its attempt back.
+-- p_retry_after_ms: not claimed again before that (0 = at once).
+CREATE OR REPLACE FUNCTION ocr_release(
+    p_id bigint, p_lease_token uuid, p_retry_after_ms integer DEFAULT 0)
 RETURNS boolean
 LANGUAGE sql VOLATILE AS $$
     WITH changed AS (
@@ -226,7 +237,9 @@ LANGUAGE sql VOLATILE AS $$
             attempts = CASE WHEN started_at IS NOT NULL THEN greatest(attempts - 1, 0)
                             ELSE attempts END,
             worker_id = NULL, lease_token = NULL, lease_expires_at = NULL, started_at = NULL,
-            updated_at = now()
+            updated_at = now(),
+            retry_not_before = CASE WHEN p_retry_after_ms > 0
+                THEN now() + p_retry_after_ms * interval '1 millisecond' END
         WHERE id = p_id AND status_id = 2 AND lease_token = p_lease_token
         RETURNING 1
     )
@@ -288,14 +301,18 @@ $$;
 RESET check_function_bodies;
 
 -- Ready and in-flight documents per type; both read only small partial indexes.
+-- waiting_retry: the ready documents not due yet (counted in ready too).
 CREATE OR REPLACE FUNCTION ocr_counts()
-RETURNS TABLE (document_source text, ready bigint, in_flight bigint)
+RETURNS TABLE (document_source text, ready bigint, in_flight bigint, waiting_retry bigint)
 LANGUAGE sql STABLE AS $$
     SELECT s.source,
            (SELECT count(*) FROM extraction_queue q
             WHERE q.status_id = 3 AND q.document_source = s.source),
            (SELECT count(*) FROM extraction_queue q
-            WHERE q.status_id = 2 AND q.document_source = s.source)
+            WHERE q.status_id = 2 AND q.document_source = s.source),
+           (SELECT count(*) FROM extraction_queue q
+            WHERE q.status_id = 3 AND q.document_source = s.source
+              AND q.retry_not_before > now())
     FROM (VALUES ('index'), ('acte')) AS s(source);
 $$;
 
@@ -314,8 +331,8 @@ BEGIN
             'ocr_start(bigint, uuid, text, integer, integer)',
             'ocr_renew(bigint, uuid, integer)',
             'ocr_complete(bigint, uuid, text, integer, integer)',
-            'ocr_fail(bigint, uuid, text, boolean, integer)',
-            'ocr_release(bigint, uuid)',
+            'ocr_fail(bigint, uuid, text, boolean, integer, integer)',
+            'ocr_release(bigint, uuid, integer)',
             'ocr_reap(integer, integer, bigint)',
             'ocr_counts()'
         ] LOOP

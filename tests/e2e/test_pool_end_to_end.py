@@ -209,7 +209,13 @@ def test_a_job_past_the_time_limit_fails_with_a_clear_message(pool: PoolHarness,
     emulator.configure(latency_ms=3000, latency_jitter_ms=0)
     pool.seed(index=1, acte=0)
     pool.scheduler()
-    workers = pool.workers(processes=1, threads=1, OCR_JOB_TIME_LIMIT_MS=1000, OCR_MAX_ATTEMPTS=1)
+    workers = pool.workers(
+        processes=1,
+        threads=1,
+        OCR_JOB_TIME_LIMIT_MS=1000,
+        OCR_MAX_ATTEMPTS=1,
+        GEMINI_TIMEOUT_MS=1000,  # a job time limit below one Gemini timeout is refused
+    )
     wait_until(
         lambda: pool.status_counts().get(4, 0) == 1,
         60,
