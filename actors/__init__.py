@@ -53,4 +53,8 @@ if _settings.ocr_worker_metrics_port > 0:
     broker.add_middleware(WorkerMetrics())
 dramatiq.set_broker(broker)
 
+from actors.metrics import install_observer  # noqa: E402
+
+install_observer()  # issue 14: Gemini latency, limiter waits, 429s, documents per environment
+
 from actors import ocr  # noqa: E402,F401 - declares the actors on the broker above

@@ -34,3 +34,21 @@ def serve_worker_metrics() -> int:
     except KeyboardInterrupt:
         server.server_close()
     return 0
+
+
+# --- issue 14: our own series (control_plane.observe.PrometheusObserver) ---
+
+
+def install_observer() -> None:
+    """Feed this process's series (Gemini latency, limiter waits, responses, documents)
+    from the OCR path; a 429 is also counted in Redis (`gemini:stats` responses_429) so
+    the scheduler's `ocr_gemini_429_total` counts answers, not cooldowns."""
+    from control_plane import observe
+
+    def count_429() -> None:
+        from actors.runtime import runtime
+
+        rt = runtime()
+        rt.client.hincrby(rt.keys.stats, "responses_429", 1)
+
+    observe.install(observe.PrometheusObserver(count_429=count_429))

@@ -1,17 +1,25 @@
 """The host's CPU/RAM budget: plan within it (pure) and account for it (Redis).
 
-Budget = max x (1 - reserve%) (`Settings.cpu_budget` / `ram_budget`). Busy pool
-slots and registered external work (e.g. registre workers) are summed in
-`server:cpu:allocated` / `server:ram:allocated`; every change to those sums is a
-Lua script that checks the budget and writes in one step, so concurrent takers
-can never push them over. Sums are stored rounded to 6 decimals ("5.5", not
-"5.499999999") and clamped at 0.
+Budget = max x (1 - reserve%) (`Settings.cpu_budget` / `ram_budget`), per host:
+each worker host (`OCR_HOST_NAME`) registers its own budget in `server:hosts`
+(with a TTL its heartbeat renews) and the scheduler fits the allocation to the
+sum of the live hosts' budgets (`pool_budget`). Busy pool slots and registered
+external work (e.g. registre workers) carry the host they run on; every script
+that changes them rebuilds the sums from the holders, in total
+(`server:cpu:allocated` / `server:ram:allocated`) and per host
+(`server:cpu:allocated:hosts` / `server:ram:allocated:hosts`), and a slot or an
+external share is admitted only if it fits the budget of ITS host, checked and
+written in one step. Sums are stored rounded to 6 decimals ("5.5", not
+"5.499999999").
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections.abc import Mapping
+from dataclasses import dataclass
 from math import isfinite
 from typing import TYPE_CHECKING, Any
 
@@ -145,22 +153,44 @@ class Capacity:
     """Reads the host's allocated CPU/RAM and lets external work register its share."""
 
     def __init__(
-        self, client: redis.Redis, keys: Keys, *, cpu_budget: float, ram_budget: float
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        cpu_budget: float,
+        ram_budget: float,
+        host: str | None = None,
     ) -> None:
         self._client = client
         self._keys = keys
         self._scripts = ScriptSet(client)
         self.cpu_budget = float(cpu_budget)
         self.ram_budget = float(ram_budget)
+        # External work registers on this host, within this host's budget (issue 10).
+        self.host = host if host else socket.gethostname()
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings, keys: Keys) -> Capacity:
-        return cls(client, keys, cpu_budget=settings.cpu_budget, ram_budget=settings.ram_budget)
+        return cls(
+            client,
+            keys,
+            cpu_budget=settings.cpu_budget,
+            ram_budget=settings.ram_budget,
+            host=settings.ocr_host_name,
+        )
 
     @property
     def _external_keys(self) -> list[str]:
         k = self._keys
-        return [k.cpu_allocated, k.ram_allocated, k.external_usage, k.external_leases]
+        return [
+            k.cpu_allocated,
+            k.ram_allocated,
+            k.external_usage,
+            k.external_leases,
+            k.slot_holders,
+            k.cpu_allocated_by_host,
+            k.ram_allocated_by_host,
+        ]
 
     def usage(self) -> tuple[float, float]:
         """(vCPU, GB) currently allocated to busy slots and external work."""
@@ -196,16 +226,18 @@ class Capacity:
                 ttl_ms or 0,
                 repr(self.cpu_budget),
                 repr(self.ram_budget),
+                self.host,
             ],
         )
         log_event(
             "capacity.external_registered" if ok else "capacity.external_refused",
             holder=holder_id,
             kind=kind,
+            host=self.host,
             cpu=cpu,
             ram=ram,
-            cpu_allocated=_str(cpu_now),
-            ram_allocated=_str(ram_now),
+            host_cpu_allocated=_str(cpu_now),
+            host_ram_allocated=_str(ram_now),
             level="INFO" if ok else "WARNING",
         )
         return bool(ok)
@@ -227,6 +259,64 @@ class Capacity:
         """Registered external work: holder id -> {cpu, ram, kind, since_ms, expires_at_ms}."""
         raw = self._client.hgetall(self._keys.external_usage)
         return {_str(k): json.loads(v) for k, v in raw.items()}
+
+
+@dataclass(frozen=True)
+class HostBudget:
+    """One live worker host's registered budget."""
+
+    host: str
+    cpu: float
+    ram: float
+
+
+def register_host(
+    client: redis.Redis, keys: Keys, host: str, cpu_budget: float, ram_budget: float, ttl_ms: int
+) -> list[HostBudget]:
+    """Register (renew) `host`'s budget for `ttl_ms`; returns every live host's budget."""
+    if not host:
+        raise ValueError("host must not be empty")
+    entry = json.dumps({"cpu": float(cpu_budget), "ram": float(ram_budget), "pid": os.getpid()})
+    return _hosts(client, keys, [host, entry, int(ttl_ms)])
+
+
+def live_hosts(client: redis.Redis, keys: Keys) -> list[HostBudget]:
+    """The budgets of the hosts whose workers renewed their registration in time."""
+    return _hosts(client, keys, ["", "{}", 0])
+
+
+def _hosts(client: redis.Redis, keys: Keys, args: list[Any]) -> list[HostBudget]:
+    raw = ScriptSet(client).run("capacity_host", [keys.hosts, keys.host_leases], args)
+    out = []
+    for i in range(0, len(raw), 2):
+        entry = json.loads(raw[i + 1])
+        out.append(HostBudget(_str(raw[i]), float(entry["cpu"]), float(entry["ram"])))
+    return sorted(out, key=lambda h: h.host)
+
+
+def pool_budget(hosts: list[HostBudget], fallback: tuple[float, float]) -> tuple[float, float]:
+    """Pure: the budget the allocation is fitted to: the sum of the live hosts' budgets, or
+    `fallback` (the scheduler's own settings) while no host is registered."""
+    if not hosts:
+        return fallback
+    return sum(h.cpu for h in hosts), sum(h.ram for h in hosts)
+
+
+def room_elsewhere(
+    hosts: list[HostBudget],
+    usage: Mapping[str, tuple[float, float]],
+    me: str,
+    cost: tuple[float, float],
+) -> bool:
+    """Pure: True if a live host other than `me` has room for one more slot of `cost`
+    (then a job refused for capacity here hands its message to that host)."""
+    for h in hosts:
+        if h.host == me:
+            continue
+        cpu, ram = usage.get(h.host, (0.0, 0.0))
+        if cpu + cost[0] <= h.cpu + EPSILON and ram + cost[1] <= h.ram + EPSILON:
+            return True
+    return False
 
 
 def _str(value: Any) -> str:

@@ -1,4 +1,5 @@
-"""Command line of `python scheduler.py`: run (default), status, migrate, seed, demo."""
+"""Command line of `python scheduler.py`: run (default), status, migrate, seed, demo,
+doctor, errors, requeue."""
 
 from __future__ import annotations
 
@@ -27,6 +28,27 @@ def _parser() -> argparse.ArgumentParser:
     seed.add_argument("--acte", type=int, default=10, help="acte documents to add")
     seed.add_argument("--environment", default=None, help="environment name (default: first)")
     seed.add_argument("--start", type=int, default=1, help="first sample number (seed)")
+    # issue 14: the operator's console
+    doctor = sub.add_parser(
+        "doctor", help="check Redis, configuration, Gemini, environments, schema, workers"
+    )
+    doctor.add_argument("--json", action="store_true", help="one JSON object instead of lines")
+    errors = sub.add_parser("errors", help="documents in ERREUR grouped by reason")
+    errors.add_argument("--env", default=None, help="one environment (default: all)")
+    errors.add_argument("--type", default=None, choices=["index", "acte"])
+    errors.add_argument("--samples", type=int, default=5, help="sample ids per reason")
+    errors.add_argument("--json", action="store_true")
+    requeue = sub.add_parser(
+        "requeue", help="put documents in ERREUR back to ready (dry run unless --yes)"
+    )
+    requeue.add_argument("--env", default=None, help="one environment (default: all)")
+    requeue.add_argument("--type", default=None, choices=["index", "acte"])
+    requeue.add_argument("--reason", default=None, help="substring of the error message")
+    requeue.add_argument("--id", type=int, action="append", dest="ids", help="repeatable")
+    requeue.add_argument(
+        "--all", action="store_true", dest="everything", help="no filter: every document"
+    )
+    requeue.add_argument("--yes", action="store_true", help="apply (default: dry run)")
     demo = sub.add_parser("demo", help="run the pool end to end on sample documents, then stop")
     demo.add_argument("--index", type=int, default=60)
     demo.add_argument("--acte", type=int, default=30)
@@ -49,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from control_plane.demo import run_demo
 
         return run_demo(args)
+    if command == "doctor":
+        from control_plane.console.doctor import run_doctor
+
+        return run_doctor(as_json=args.json)
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -62,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _migrate(settings)
         if command == "seed":
             return _seed(settings, args)
+        if command in ("errors", "requeue"):
+            return _failed_documents(settings, command, args)
         return _run(settings, status_only=command == "status")
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
@@ -74,17 +102,54 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _migrate(settings: Settings) -> int:
     from control_plane.queue.migrate import migrate
 
-    applied = migrate(settings)
-    if not applied:
+    reports = migrate(settings)
+    if not reports:
         print(
             "migrate: no environment has a *_DATABASE_URL; apply the Supabase migrations "
             "(supabase/migrations) with the Supabase CLI instead",
             file=sys.stderr,
         )
         return 2
-    for name in applied:
-        print(f"migrate: schema up to date in {name}")
+    for report in reports:
+        done = ", ".join(report.applied) if report.applied else "nothing to apply"
+        print(f"migrate: schema up to date in {report.environment} ({done})")
+        if report.security_statements:
+            print(
+                f"WARNING: {report.environment}: the queue tables are open to Supabase's "
+                "anon/authenticated roles (anyone with the public anon key can read or "
+                "rewrite them). The migration leaves an existing table's privileges to its "
+                "owner; to close it, run:",
+                file=sys.stderr,
+            )
+            for stmt in report.security_statements:
+                print(f"  {stmt}", file=sys.stderr)
     return 0
+
+
+def _failed_documents(settings: Settings, command: str, args: argparse.Namespace) -> int:
+    from control_plane.console.failed_documents import UsageError, run_errors, run_requeue
+
+    try:
+        if command == "errors":
+            return run_errors(
+                settings,
+                env=args.env,
+                document_type=args.type,
+                as_json=args.json,
+                samples=args.samples,
+            )
+        return run_requeue(
+            settings,
+            env=args.env,
+            document_type=args.type,
+            reason=args.reason,
+            ids=args.ids,
+            everything=args.everything,
+            apply=args.yes,
+        )
+    except UsageError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return 2
 
 
 def _seed(settings: Settings, args: argparse.Namespace) -> int:
@@ -103,21 +168,29 @@ def _seed(settings: Settings, args: argparse.Namespace) -> int:
 def _run(settings: Settings, *, status_only: bool) -> int:
     from control_plane.queue.environments import Environments
     from control_plane.scheduler.banner import render_banner
+    from control_plane.scheduler.screens import wants_emoji
     from control_plane.scheduler.service import Scheduler
+    from control_plane.scripts import check_scripting
+    from control_plane.start_errors import start_error_line, start_error_types
 
     url = settings.redis_url.get_secret_value()
     client = redis_client(url)
     check_redis(url)
     keys = Keys(prefix=settings.ocr_redis_prefix)
-    environments = Environments.from_settings(settings)
-    scheduler = Scheduler(settings, client, keys, environments)
+    try:  # a library refusing our settings at start: one line naming the variable
+        check_scripting(client)
+        environments = Environments.from_settings(settings)
+        scheduler = Scheduler(settings, client, keys, environments)
+        leading = False if status_only else scheduler.tick_leadership()
+    except start_error_types() as exc:
+        raise ConfigError(start_error_line(exc)) from None
     if status_only:
         try:
-            print(scheduler.status_text(), flush=True)
+            environments.wait_first_contact(15.0)  # so the block says what is wrong (issue 12)
+            print(scheduler.status_text(emoji=wants_emoji(sys.stdout)), flush=True)
         finally:
             environments.close()
         return 0
-    leading = scheduler.tick_leadership()
     print(
         render_banner(
             settings,
@@ -125,6 +198,7 @@ def _run(settings: Settings, *, status_only: bool) -> int:
             allocation=scheduler.pool.read_allocation(),
             assignments=scheduler.pool.assignments(),
             leading=leading,
+            emoji=wants_emoji(sys.stdout),
         ),
         flush=True,
     )
@@ -141,8 +215,5 @@ def _run(settings: Settings, *, status_only: bool) -> int:
         owner=scheduler.owner,
         role="leader" if leading else "standby",
     )
-    scheduler.run_forever()
-    print(
-        "Scheduler stopped: feeding stopped, leadership released, connections closed.", flush=True
-    )
+    scheduler.run_forever()  # prints the shutdown block on SIGINT/SIGTERM
     return 0

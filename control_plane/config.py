@@ -7,13 +7,16 @@ process with one line naming the variable (`ConfigError`); secrets are held as
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from control_plane.config_checks import relation_problem, url_problem
 from control_plane.errors import ConfigError
+from control_plane.urls import describe_url, url_secrets
 
 DOCUMENT_TYPES: tuple[str, ...] = ("index", "acte")
 ENVIRONMENT_NAMES: tuple[str, ...] = ("dev", "staging", "prod")
@@ -45,7 +48,7 @@ class EnvironmentConfig:
         if self.has_database:
             transports.append("postgres")
         if self.has_supabase:
-            transports.append(f"supabase {self.supabase_url}")
+            transports.append(f"supabase {describe_url(self.supabase_url or '')}")
         return f"{self.name}: {', '.join(transports)}"
 
 
@@ -128,6 +131,33 @@ class Settings(BaseSettings):
         "INFO", pattern=r"(?i)^(trace|debug|info|success|warning|error|critical)$"
     )
     ocr_log_json: bool = False
+    # --- issue 10 (points 6-7): per-host capacity, graceful drain ---
+    # This host's name in the capacity registry (server:hosts, per-host counters).
+    ocr_host_name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=200)
+    # On SIGTERM/Ctrl+C, documents in progress may finish all their chunks for this long (ms).
+    ocr_shutdown_grace_ms: int = Field(120_000, ge=0)
+
+    # --- issue 12: safe document fetching ---
+    ocr_document_allowed_hosts: str = ""
+    ocr_document_fetch_timeout_ms: int = Field(120_000, ge=100)
+
+    @field_validator("ocr_document_allowed_hosts")
+    @classmethod
+    def _check_allowed_hosts(cls, value: str) -> str:
+        from control_plane.queue.fetch_policy import AllowedHosts
+
+        AllowedHosts.parse(value)  # ValueError names the bad entry
+        return value
+
+    # --- issue 11: retry timing and circuit breakers ---
+    # A document sent back after a transient failure waits base x 2^(attempt-1) (jittered,
+    # capped at the max) before it may be claimed again; 0 = at once.
+    ocr_retry_base_ms: int = Field(5_000, ge=0)
+    ocr_retry_max_ms: int = Field(300_000, ge=0)
+    # How often an open circuit breaker (Gemini model, document host) lets one probe through.
+    ocr_breaker_probe_ms: int = Field(10_000, ge=100)
+    # How often OCR paused by a Gemini configuration error (key, location, model) probes.
+    gemini_config_probe_ms: int = Field(60_000, ge=100)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:
@@ -151,6 +181,10 @@ class Settings(BaseSettings):
         url = self.redis_url.get_secret_value()
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        # issue 11: relations between settings, URL schemes (control_plane/config_checks.py)
+        problem = url_problem(self) or relation_problem(self)
+        if problem:
+            raise ValueError(problem)
         return self
 
     # --- derived views ---
@@ -195,18 +229,9 @@ class Settings(BaseSettings):
             value = getattr(self, field)
             if isinstance(value, SecretStr):
                 raw = value.get_secret_value()
-                values.extend(_secret_parts(raw))
+                values.append(raw)
+                values.extend(url_secrets(raw))  # a URL's password, whatever its form
         return [v for v in values if len(v) >= 4]
-
-
-def _secret_parts(raw: str) -> list[str]:
-    """A secret and, for URLs, the password inside it."""
-    parts = [raw]
-    if "://" in raw and "@" in raw:
-        creds = raw.split("://", 1)[1].split("@", 1)[0]
-        if ":" in creds:
-            parts.append(creds.split(":", 1)[1])
-    return parts
 
 
 def _env_name(field: str) -> str:
@@ -241,4 +266,4 @@ def _one_line(exc: ValidationError) -> str:
     message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
     if loc:
         return f"{_env_name(str(loc[0]))}: {message}"
-    return f"configuration: {message}"
+    return message  # a relation between settings: the message starts with the variable

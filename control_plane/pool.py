@@ -15,10 +15,11 @@ pool size, or less when the CPU/RAM budget bounds the plan).
 from __future__ import annotations
 
 import json
+import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 
@@ -29,10 +30,12 @@ from control_plane.scripts import ScriptSet
 if TYPE_CHECKING:
     from control_plane.config import Settings
 
+V = TypeVar("V")
+
 SLOT_PREFIX = "ocr-worker-"
 # Fields publish_allocation writes itself; callers' extra fields may not replace them.
 _RESERVED_FIELDS = frozenset(
-    {"total", "version", "reason", "pool_size", "updated_at", "updated_at_ms"}
+    {"total", "version", "reason", "pool_size", "updated_at", "updated_at_ms", "leader", "epoch"}
 )
 
 
@@ -69,6 +72,7 @@ class WorkerPool:
         cpu_budget: float,
         ram_budget: float,
         slot_ttl_ms: int = 30_000,
+        host: str | None = None,
     ) -> None:
         if pool_size < 1:
             raise ValueError(f"pool_size must be >= 1, got {pool_size}")
@@ -83,6 +87,8 @@ class WorkerPool:
         self.cpu_budget = float(cpu_budget)
         self.ram_budget = float(ram_budget)
         self.slot_ttl_ms = slot_ttl_ms
+        # The host this pool object takes slots for: its budget is the one above (issue 10).
+        self.host = host if host else socket.gethostname()
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings, keys: Keys) -> WorkerPool:
@@ -94,13 +100,15 @@ class WorkerPool:
             cpu_budget=settings.cpu_budget,
             ram_budget=settings.ram_budget,
             slot_ttl_ms=settings.ocr_slot_ttl_ms,
+            host=settings.ocr_host_name,
         )
 
     # --- allocation and assignments ---
 
     @property
     def _slot_keys(self) -> list[str]:
-        """The keys every slot script touches: modes, holders, leases, pending modes, capacity."""
+        """The keys every slot script touches: modes, holders, leases, pending modes, capacity
+        (totals, external work, per-host sums)."""
         k = self._keys
         return [
             k.assignments,
@@ -109,12 +117,26 @@ class WorkerPool:
             k.pending_modes,
             k.cpu_allocated,
             k.ram_allocated,
+            k.external_usage,
+            k.external_leases,
+            k.cpu_allocated_by_host,
+            k.ram_allocated_by_host,
         ]
 
     def publish_allocation(
-        self, allocation: Mapping[str, int], *, version: int, reason: str, **fields: Any
+        self,
+        allocation: Mapping[str, int],
+        *,
+        version: int,
+        reason: str,
+        fence: tuple[str, int] | None = None,
+        **fields: Any,
     ) -> bool:
-        """Publish the plan and reassign slots to match; False if `version` is not newer."""
+        """Publish the plan and reassign slots to match; False if `version` is not newer.
+
+        `fence` = (leader owner, epoch): published only while that owner holds the leader
+        lock under that epoch (checked in the script); also False when it does not.
+        """
         counts = self._validated(allocation)
         # Lua numbers are doubles: versions stay exact (and comparable) below 2**53.
         if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version < 2**53:
@@ -131,13 +153,24 @@ class WorkerPool:
             "reason": reason,
             **fields,
         }
+        if fence is not None:
+            payload["leader"], payload["epoch"] = fence
         args: list[Any] = [version, json.dumps(payload, default=str), total, SLOT_PREFIX]
         for mode in self.modes:
             args += [mode, counts[mode]]
         k = self._keys
-        result = self._scripts.run(
-            "pool_publish", [k.allocation, k.assignments, k.slot_holders, k.pending_modes], args
-        )
+        keys = [k.allocation, k.assignments, k.slot_holders, k.pending_modes]
+        if fence is not None:
+            keys += [k.leader, k.leader_epoch]
+        result = self._scripts.run("pool_publish", keys, args)
+        if int(result[0]) == -1:
+            log_event(
+                "pool.allocation_fenced",
+                "not the current leader (lock owner and epoch); allocation not published",
+                version=version,
+                level="WARNING",
+            )
+            return False
         if int(result[0]) != 1:
             log_event(
                 "pool.allocation_refused",
@@ -164,7 +197,7 @@ class WorkerPool:
     def assignments(self) -> dict[str, str]:
         """Slot id -> mode it serves now (a busy slot's pending switch is not applied yet)."""
         raw = self._client.hgetall(self._keys.assignments)
-        return dict(sorted(((_s(k), _s(v)) for k, v in raw.items()), key=_slot_order))
+        return dict(by_slot_number((_s(k), _s(v)) for k, v in raw.items()))
 
     def pending_modes(self) -> dict[str, str]:
         """Busy slot id -> mode it switches to after its current job ('' = slot retired)."""
@@ -183,14 +216,14 @@ class WorkerPool:
                 "token": token,
                 "mode": mode,
                 "document": document,
+                "host": self.host,
                 "cpu": cpu,
                 "ram": ram,
             }
         )
-        k = self._keys
         result = self._scripts.run(
             "pool_take",
-            [*self._slot_keys, k.external_usage, k.external_leases],
+            self._slot_keys,
             [
                 mode,
                 token,
@@ -200,6 +233,7 @@ class WorkerPool:
                 repr(ram),
                 repr(self.cpu_budget),
                 repr(self.ram_budget),
+                self.host,
             ],
         )
         if int(result[0]) != 1:
@@ -235,10 +269,9 @@ class WorkerPool:
 
     def reap_expired(self) -> list[str]:
         """Release slots (and external registrations) whose lease lapsed; return slot ids."""
-        k = self._keys
         slots, externals = self._scripts.run(
             "pool_reap",
-            [*self._slot_keys, k.external_usage, k.external_leases],
+            self._slot_keys,
             [],
         )
         reaped = [_s(s) for s in slots]
@@ -278,12 +311,24 @@ class WorkerPool:
         """Slot id -> holder (holder, mode, document, cpu, ram, taken/expiry ms, expired)."""
         snap = self._snapshot()
         out = {}
-        for slot, holder in sorted(snap.holders.items(), key=_slot_order):
+        for slot, holder in by_slot_number(snap.holders.items()):
             info = {k: v for k, v in holder.items() if k != "token"}
             info["expires_at_ms"] = snap.leases.get(slot, 0)
             info["expired"] = snap.expired(slot)
             out[slot] = info
         return out
+
+    def usage_by_host(self) -> dict[str, tuple[float, float]]:
+        """Host -> (vCPU, GB) its busy slots and external work hold (hosts holding nothing
+        are absent)."""
+        k = self._keys
+        pipe = self._client.pipeline(transaction=True)  # one consistent view
+        pipe.hgetall(k.cpu_allocated_by_host)
+        pipe.hgetall(k.ram_allocated_by_host)
+        raw_cpu, raw_ram = pipe.execute()
+        cpus = {_s(h): float(v) for h, v in raw_cpu.items()}
+        rams = {_s(h): float(v) for h, v in raw_ram.items()}
+        return {h: (cpus.get(h, 0.0), rams.get(h, 0.0)) for h in sorted(cpus.keys() | rams.keys())}
 
     # --- internals ---
 
@@ -337,10 +382,15 @@ class _Snapshot:
         return self.leases.get(slot, 0) <= self.now_ms
 
 
-def _slot_order(item: tuple[str, Any]) -> tuple[int, str]:
-    slot = item[0]
+def slot_number(slot: str) -> int:
+    """The N of `ocr-worker-N` (an id of another form sorts last): the one slot order."""
     tail = slot.rsplit("-", 1)[-1]
-    return (int(tail) if tail.isdigit() else 1 << 62, slot)
+    return int(tail) if tail.isdigit() else 1 << 62
+
+
+def by_slot_number(items: Iterable[tuple[str, V]]) -> list[tuple[str, V]]:
+    """(slot id, value) pairs in slot-number order (ocr-worker-2 before ocr-worker-10)."""
+    return sorted(items, key=lambda kv: (slot_number(kv[0]), kv[0]))
 
 
 def _s(value: Any) -> str:

@@ -7,27 +7,38 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from control_plane.errors import ConfigError, TransientError
+from control_plane.urls import parse_url
 
 
-def redis_client(url: str, *, decode_responses: bool = True) -> redis.Redis:
-    """A client that retries connection errors with backoff (Redis restarts, failovers)."""
-    retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8)
+def redis_client(
+    url: str,
+    *,
+    decode_responses: bool = True,
+    timeout_s: float = 10.0,
+    retries: int = 8,
+) -> redis.Redis:
+    """A client that retries connection errors with backoff (Redis restarts, failovers).
+
+    `timeout_s` / `retries` shorter than the defaults bound how long one call can block
+    (the workers' slot renewals must not wait out a long outage in one call)."""
+    retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries)
     return redis.Redis.from_url(
         url,
         decode_responses=decode_responses,
         retry=retry,
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-        socket_connect_timeout=5,
-        socket_timeout=10,
+        socket_connect_timeout=min(5.0, timeout_s),
+        socket_timeout=timeout_s,
         health_check_interval=15,
     )
 
 
 def describe_redis(url: str) -> str:
-    """host:port/db for banners, without user or password."""
-    rest = url.split("://", 1)[-1]
-    rest = rest.rsplit("@", 1)[-1]
-    return rest or "localhost:6379"
+    """host:port/db (or the socket path) for banners: no user, password or query string."""
+    parsed = parse_url(url)
+    if parsed.scheme == "unix":
+        return parsed.path or parsed.host
+    return f"{parsed.host or 'localhost:6379'}{parsed.path}"
 
 
 def check_redis(url: str) -> None:

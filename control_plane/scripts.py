@@ -53,3 +53,9 @@ class ScriptSet:
     def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run script `name`; EVALSHA with automatic reload after NOSCRIPT."""
         return self.get(name)(keys=keys, args=args)
+
+
+def check_scripting(client: redis.Redis) -> None:
+    """Raise (redis NoPermissionError) when this Redis user may not load our scripts: an
+    ACL user that can PING but not script would fail every operation later (issue 11)."""
+    client.script_load(lua_source("breaker"))

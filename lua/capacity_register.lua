@@ -1,16 +1,21 @@
--- capacity_register: reserve CPU/RAM for external work (e.g. a registre worker), only if it fits.
+-- capacity_register: reserve CPU/RAM for external work (e.g. a registre worker) on one host,
+-- only if it fits that host's budget.
 --
--- KEYS[1] server:cpu:allocated     string(number) vCPUs held by busy slots + external work
+-- KEYS[1] server:cpu:allocated     string(number) vCPUs held by busy slots + external work (all hosts)
 -- KEYS[2] server:ram:allocated     string(number) GB held likewise
--- KEYS[3] server:external          hash holder id -> JSON {cpu, ram, kind, since_ms, expires_at_ms}
+-- KEYS[3] server:external          hash holder id -> JSON {cpu, ram, kind, host, since_ms, expires_at_ms}
 -- KEYS[4] server:external:leases   zset holder id -> Redis-time ms its registration lapses
+-- KEYS[5] worker_pool:holders      hash slot id -> JSON holder (read: the slots' share)
+-- KEYS[6] server:cpu:allocated:hosts  KEYS[7] server:ram:allocated:hosts  (hash host -> sum)
 -- ARGV[1] holder id
 -- ARGV[2] cpu (vCPU)      ARGV[3] ram (GB)      ARGV[4] kind
 -- ARGV[5] ttl ms (0: no expiry)
--- ARGV[6] cpu budget      ARGV[7] ram budget
--- Returns {1|0, cpu allocated after, ram allocated after}. Registering a holder again
--- replaces (and renews) its previous share; a refused update keeps the old one.
--- Expired registrations are reaped first so a dead registre cannot hold capacity.
+-- ARGV[6] cpu budget      ARGV[7] ram budget     (of the host)
+-- ARGV[8] host name (OCR_HOST_NAME)
+-- Returns {1|0, cpu allocated on the host after, ram allocated on the host after}.
+-- Registering a holder again replaces (and renews) its previous share; a refused update
+-- keeps the old one. Expired registrations are reaped first so a dead registre cannot
+-- hold capacity; the sums (total and per host) are rebuilt from the holders.
 
 local EPS = 1e-9
 local function fmt(x)
@@ -20,39 +25,60 @@ local function fmt(x)
   s = string.gsub(s, '%.$', '')
   return s
 end
-local function num(key) return tonumber(redis.call('GET', key) or '0') or 0 end
+
+-- Rebuild the CPU/RAM sums from what holds capacity (slot holders + external work), in
+-- total and per host: the counters cannot drift from the holders.
+local function recount(holders_key, external_key, cpu_key, ram_key, cpu_hosts_key, ram_hosts_key)
+  local cpu, ram, total_cpu, total_ram = {}, {}, 0, 0
+  local function add(raw)
+    local e = cjson.decode(raw)
+    local host = e.host
+    if type(host) ~= 'string' then host = '' end
+    local c, r = tonumber(e.cpu) or 0, tonumber(e.ram) or 0
+    cpu[host] = (cpu[host] or 0) + c
+    ram[host] = (ram[host] or 0) + r
+    total_cpu, total_ram = total_cpu + c, total_ram + r
+  end
+  for _, raw in ipairs(redis.call('HVALS', holders_key)) do add(raw) end
+  for _, raw in ipairs(redis.call('HVALS', external_key)) do add(raw) end
+  redis.call('SET', cpu_key, fmt(total_cpu))
+  redis.call('SET', ram_key, fmt(total_ram))
+  redis.call('DEL', cpu_hosts_key, ram_hosts_key)
+  for host, value in pairs(cpu) do
+    redis.call('HSET', cpu_hosts_key, host, fmt(value))
+    redis.call('HSET', ram_hosts_key, host, fmt(ram[host]))
+  end
+  return cpu, ram
+end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local cpu, ram = num(KEYS[1]), num(KEYS[2])
-
 for _, holder in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)) do
-  local raw = redis.call('HGET', KEYS[3], holder)
-  if raw then
-    local e = cjson.decode(raw)
-    cpu, ram = cpu - (tonumber(e.cpu) or 0), ram - (tonumber(e.ram) or 0)
-    redis.call('HDEL', KEYS[3], holder)
-  end
+  redis.call('HDEL', KEYS[3], holder)
   redis.call('ZREM', KEYS[4], holder)
 end
+local cpu_by_host, ram_by_host = recount(KEYS[5], KEYS[3], KEYS[1], KEYS[2], KEYS[6], KEYS[7])
 
+local host = ARGV[8]
+local cpu, ram = cpu_by_host[host] or 0, ram_by_host[host] or 0
 local want_cpu, want_ram = tonumber(ARGV[2]), tonumber(ARGV[3])
 local ttl = tonumber(ARGV[5])
 local old_cpu, old_ram, since = 0, 0, now
 local old = redis.call('HGET', KEYS[3], ARGV[1])
 if old then
   local e = cjson.decode(old)
-  old_cpu, old_ram, since = tonumber(e.cpu) or 0, tonumber(e.ram) or 0, tonumber(e.since_ms) or now
+  since = tonumber(e.since_ms) or now
+  local old_host = e.host
+  if type(old_host) ~= 'string' then old_host = '' end
+  if old_host == host then old_cpu, old_ram = tonumber(e.cpu) or 0, tonumber(e.ram) or 0 end
 end
 
 local new_cpu, new_ram = cpu - old_cpu + want_cpu, ram - old_ram + want_ram
 if new_cpu > tonumber(ARGV[6]) + EPS or new_ram > tonumber(ARGV[7]) + EPS then
-  redis.call('SET', KEYS[1], fmt(cpu))
-  redis.call('SET', KEYS[2], fmt(ram))
   return {0, fmt(cpu), fmt(ram)}
 end
 
-local entry = {cpu = want_cpu, ram = want_ram, kind = ARGV[4], since_ms = since}
+local entry = {cpu = want_cpu, ram = want_ram, kind = ARGV[4], host = host, since_ms = since}
 if ttl > 0 then
   entry.expires_at_ms = now + ttl
   redis.call('ZADD', KEYS[4], now + ttl, ARGV[1])
@@ -60,6 +86,5 @@ else
   redis.call('ZREM', KEYS[4], ARGV[1])
 end
 redis.call('HSET', KEYS[3], ARGV[1], cjson.encode(entry))
-redis.call('SET', KEYS[1], fmt(new_cpu))
-redis.call('SET', KEYS[2], fmt(new_ram))
+recount(KEYS[5], KEYS[3], KEYS[1], KEYS[2], KEYS[6], KEYS[7])
 return {1, fmt(new_cpu), fmt(new_ram)}

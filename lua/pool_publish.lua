@@ -4,12 +4,18 @@
 -- KEYS[2] worker_pool:assignments   hash slot id -> mode
 -- KEYS[3] worker_pool:holders       hash slot id -> JSON holder (read only: which slots are busy)
 -- KEYS[4] worker_pool:pending_modes hash slot id -> mode to switch to at release ('' = retire)
+-- KEYS[5] scheduler:leader (optional, with KEYS[6]: fence the publish on the leader)
+-- KEYS[6] scheduler:epoch
 -- ARGV[1] version (integer; refused unless greater than the stored one)
 -- ARGV[2] allocation JSON object built by the caller; updated_at / updated_at_ms are added here
 -- ARGV[3] total slots N      ARGV[4] slot id prefix ("ocr-worker-")
 -- ARGV[5], ARGV[6], ... mode, count pairs (counts add up to N), in tie-break order
 -- Returns {1, version, slots changed} or {0, stored version} if a newer or equal
--- version is already published (an old writer cannot overwrite a newer plan).
+-- version is already published (an old writer cannot overwrite a newer plan), or
+-- {-1, 'not_leader'} when fenced (KEYS[5..6]) and the JSON's "leader" / "epoch" are not
+-- the lock's owner and the current epoch: a stalled leader cannot publish. A fenced
+-- publish compares versions only with a plan of its own epoch, so a plan left by any
+-- other epoch (say a stale one after a Redis flush) can never block the real leader.
 --
 -- Minimal changes: each slot keeps its effective mode (pending mode if any, else its
 -- assigned mode) while that mode still needs slots, busy slots first (a busy slot
@@ -37,10 +43,20 @@ local function iso(ms)  -- UTC ISO-8601 from Unix ms (civil-from-days, proleptic
 end
 
 local version = tonumber(ARGV[1])
+local fence_epoch = nil
+if #KEYS >= 6 then
+  local plan = cjson.decode(ARGV[2])
+  fence_epoch = tonumber(plan.epoch)
+  if redis.call('GET', KEYS[5]) ~= plan.leader or fence_epoch == nil
+      or tonumber(redis.call('GET', KEYS[6]) or '') ~= fence_epoch then
+    return {-1, 'not_leader'}
+  end
+end
 local stored = redis.call('GET', KEYS[1])
 if stored then
   local ok, obj = pcall(cjson.decode, stored)
-  if ok and type(obj) == 'table' and tonumber(obj.version) and tonumber(obj.version) >= version then
+  if ok and type(obj) == 'table' and tonumber(obj.version) and tonumber(obj.version) >= version
+      and (fence_epoch == nil or tonumber(obj.epoch) == fence_epoch) then
     return {0, string.format('%d', tonumber(obj.version))}
   end
 end

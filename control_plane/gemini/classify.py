@@ -4,7 +4,24 @@
   reset for a per-day quota); the retry does not consume an attempt.
 - RETRY: worth trying again after a backoff (5xx, timeouts, connection errors, empty answers).
 - PERMANENT: this document cannot succeed (bad PDF, blocked content); fail it with the message.
-- FATAL: our credentials or configuration are wrong; every call would fail, so stop the worker.
+- CONFIGURATION: our key, project, location, model or request settings are wrong; every
+  call would fail the same way. All OCR pauses (a shared circuit breaker), probes every
+  GEMINI_CONFIG_PROBE_MS and resumes by itself; documents keep their status and attempts.
+
+Whose fault it is (`CallDecision.fault`), the question of issue 11:
+
+- 429 per-minute quota -> quota: shared cooldown (RetryInfo), same attempt again.
+- 429 per-day quota -> configuration: cooldown until the daily reset, documents given back.
+- 500/502/503/504, timeouts, network errors, malformed or empty answers, and a 400
+  INVALID_ARGUMENT not recognised below -> outage: retry with backoff; failing across
+  documents they open the model's breaker (pause, probe, no attempt counted).
+- 401/403, 400 API_KEY_INVALID -> configuration (GEMINI_API_KEY); 400 FAILED_PRECONDITION
+  (location, billing) -> configuration (the key's project); 404 -> configuration
+  (GEMINI_MODEL, GEMINI_BASE_URL); 400 about generation settings -> configuration
+  (GEMINI_MAX_OUTPUT_TOKENS, GEMINI_TEMPERATURE): pause all OCR, probe, resume by itself.
+- 400 no pages / corrupt / encrypted / too many pages / unsupported MIME, 400 input token
+  count too large, 413 payload too large, blocked prompt, finishReason SAFETY/RECITATION/...
+  -> document: status 4 with a precise message.
 """
 
 from __future__ import annotations
@@ -61,17 +78,41 @@ class Action(StrEnum):
     COOLDOWN = "cooldown"
     RETRY = "retry"
     PERMANENT = "permanent"
-    FATAL = "fatal"
+    CONFIGURATION = "configuration"
+
+
+class Fault(StrEnum):
+    """Whose fault a failed call is: decides whether the document pays an attempt."""
+
+    DOCUMENT = "document"  # this document cannot succeed: fail it
+    OUTAGE = "outage"  # a dependency is down or overloaded: not the document's fault
+    QUOTA = "quota"  # our own rate: wait, not the document's fault
+    CONFIGURATION = "configuration"  # our settings or project: pause everything
 
 
 @dataclass(frozen=True)
 class CallDecision:
-    """One decision: the action, how long to wait first, and a precise human message."""
+    """One decision: the action, how long to wait first, and a precise human message.
+
+    `variable`: for a configuration error, the setting to check (named in the log line).
+    """
 
     action: Action
     delay_s: float
     message: str
     per_day: bool = False
+    variable: str = ""
+
+    @property
+    def fault(self) -> Fault:
+        if self.per_day:
+            return Fault.CONFIGURATION
+        return {
+            Action.COOLDOWN: Fault.QUOTA,
+            Action.RETRY: Fault.OUTAGE,
+            Action.PERMANENT: Fault.DOCUMENT,
+            Action.CONFIGURATION: Fault.CONFIGURATION,
+        }[self.action]
 
 
 def backoff_delay(
@@ -216,37 +257,99 @@ def _classify_api_error(
             delay,
             f"Gemini rate limit hit ({which}): every worker pauses {delay:g} s",
         )
-    if code in (401, 403) or "API_KEY_INVALID" in _error_reasons(exc.details):
-        # Google answers a wrong key with 400 INVALID_ARGUMENT + ErrorInfo API_KEY_INVALID.
+    configuration = configuration_cause(code, status, message, _error_reasons(exc.details))
+    if configuration is not None:
+        cause, variable = configuration
         return CallDecision(
-            Action.FATAL, 0.0, f"Gemini refused the credentials ({said}); check GEMINI_API_KEY"
-        )
-    if code == 404:
-        return CallDecision(
-            Action.FATAL,
+            Action.CONFIGURATION,
             0.0,
-            f"Gemini model or endpoint not found ({said}); check GEMINI_MODEL and GEMINI_BASE_URL",
+            f"Gemini configuration problem: {cause} ({said}); check {variable}",
+            variable=variable,
         )
     if code in _RETRYABLE_STATUS or code >= 500:
         return CallDecision(Action.RETRY, backoff, said)
-    if code == 400:
-        return CallDecision(Action.PERMANENT, 0.0, _invalid_argument_message(message, said))
     if code == 413:
         return CallDecision(Action.PERMANENT, 0.0, f"request too large for Gemini ({said})")
-    return CallDecision(Action.PERMANENT, 0.0, said)
+    document = document_fault_message(message, said)
+    if document is not None:
+        return CallDecision(Action.PERMANENT, 0.0, document)
+    # A 4xx we cannot place: retried, and if every document gets it the model's breaker
+    # opens; a document that alone keeps getting it uses its attempts and ends in error.
+    return CallDecision(Action.RETRY, backoff, f"Gemini rejected the request ({said})")
 
 
-def _invalid_argument_message(message: str, said: str) -> str:
+# Words of an INVALID_ARGUMENT message about our generation settings, not the document.
+_SETTING_WORDS = (
+    "max_output_tokens",
+    "maxoutputtokens",
+    "max output tokens",
+    "temperature",
+    "generation_config",
+    "generationconfig",
+    "top_p",
+    "topp",
+    "top_k",
+    "topk",
+    "thinking",
+    "response_mime_type",
+    "candidate_count",
+)
+
+
+def configuration_cause(
+    code: int, status: str, message: str, reasons: set[str]
+) -> tuple[str, str] | None:
+    """(likely cause, variable to check) when the error is about our configuration."""
     lowered = message.lower()
-    if "no pages" in lowered:
+    if "API_KEY_INVALID" in reasons or code == 401:
+        return "the API key is invalid or expired", "GEMINI_API_KEY"
+    if code == 403:
+        if "not been used" in lowered or "disabled" in lowered or "SERVICE_DISABLED" in reasons:
+            return (
+                "the Generative Language API is not enabled for the key's project",
+                "GEMINI_API_KEY (its Google Cloud project)",
+            )
+        return "the API key is missing or not allowed to call Gemini", "GEMINI_API_KEY"
+    if code == 404:
+        return (
+            "the model or endpoint does not exist",
+            "GEMINI_MODEL, GEMINI_BASE_URL and GEMINI_API_VERSION",
+        )
+    if code == 400 and status == "FAILED_PRECONDITION":
+        if "location" in lowered:
+            cause = "the API is not available from this location"
+        elif "billing" in lowered:
+            cause = "billing is not enabled on the key's Google Cloud project"
+        else:
+            cause = "the key's Google Cloud project cannot use this API"
+        return cause, "GEMINI_API_KEY (its Google Cloud project and region)"
+    if code == 400 and any(word in lowered for word in _SETTING_WORDS):
+        if "token" in lowered and "output" in lowered:
+            return "invalid generation settings", "GEMINI_MAX_OUTPUT_TOKENS"
+        if "temperature" in lowered:
+            return "invalid generation settings", "GEMINI_TEMPERATURE"
+        return "invalid generation settings", "GEMINI_MODEL (the settings it accepts)"
+    return None
+
+
+def document_fault_message(message: str, said: str) -> str | None:
+    """The precise error_message when a 400 is about the document itself; else None."""
+    lowered = message.lower()
+    if "no pages" in lowered or "corrupt" in lowered or "unable to process input" in lowered:
         return f"the PDF is corrupt, empty or not a PDF ({said})"
+    if "password" in lowered or "encrypt" in lowered:
+        return f"the PDF is encrypted ({said})"
+    if "page" in lowered and ("exceed" in lowered or "too many" in lowered):
+        return f"the document has too many pages for Gemini ({said}); lower OCR_PAGES_PER_CHUNK"
+    if "payload" in lowered or "request size" in lowered or "too large" in lowered:
+        return f"request too large for Gemini ({said}); lower OCR_PAGES_PER_CHUNK"
     if "token" in lowered and ("exceed" in lowered or "maximum" in lowered):
         return (
             f"the chunk is larger than the model's input limit ({said}); lower OCR_PAGES_PER_CHUNK"
         )
     if "mime" in lowered:
         return f"unsupported document format ({said})"
-    return f"Gemini rejected the request ({said})"
+    return None
 
 
 def _name(value: Any) -> str:

@@ -6,7 +6,14 @@ with the actual `prompt_token_count` -> learn tokens-per-page. The SDK's own ret
 off (`HttpRetryOptions(attempts=1)`): it would retry 429s blindly, ignoring RetryInfo and
 the other workers. Our policy instead: a quota 429 pauses every worker (shared cooldown)
 and is retried without consuming an attempt; 5xx/timeouts back off up to
-GEMINI_MAX_CALL_ATTEMPTS; a bad document fails at once; bad credentials stop the worker.
+GEMINI_MAX_CALL_ATTEMPTS; a bad document fails at once.
+
+Issue 11, blame the right thing: 5xx/timeouts across documents open the model's circuit
+breaker and a configuration error (key, project, location, model, settings) opens the
+configuration breaker; while one is open every job waits (holding its document) and one
+call per probe interval tests Gemini; nothing is charged to the documents. An answer cut
+at MAX_TOKENS is never stored as complete: the chunk is split in two and redone, down to
+one page, where the document fails saying so.
 """
 
 from __future__ import annotations
@@ -23,11 +30,13 @@ import redis
 from google import genai
 from google.genai import types
 
+from control_plane import observe
+from control_plane.breakers import CONFIGURATION, OUTAGE_FAILURES, Breakers, Policy, Step
 from control_plane.errors import (
     MAX_HELD_COOLDOWN_S,
     AcquireTimeoutError,
     ConfigError,
-    GeminiAuthError,
+    DependencyPausedError,
     PermanentError,
     QuotaPausedError,
     RequestTooLargeError,
@@ -101,6 +110,37 @@ class _ChunkText:
     prompt_tokens: int
     output_tokens: int
     calls: int
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class SubChunk:
+    """Part of a chunk, numbered in the whole document's pages."""
+
+    first_page: int
+    last_page: int
+    total_pages: int
+    data: bytes
+
+
+def split_truncated(chunk: Chunk) -> list[SubChunk]:
+    """Two halves of a chunk whose answer was cut at MAX_TOKENS; a single page cannot be
+    split, and the document fails saying why (its text would be incomplete)."""
+    from control_plane.queue.pdf import split_pdf
+
+    pages = chunk.last_page - chunk.first_page + 1
+    if pages <= 1:
+        raise PermanentError(
+            f"page {chunk.first_page} of {chunk.total_pages}: Gemini's answer was cut at "
+            "GEMINI_MAX_OUTPUT_TOKENS (finishReason=MAX_TOKENS) even for a single page; the "
+            "text would be incomplete, so it is not stored: raise GEMINI_MAX_OUTPUT_TOKENS"
+        )
+    halves = split_pdf(chunk.data, (pages + 1) // 2)
+    offset = chunk.first_page - 1
+    return [
+        SubChunk(h.first_page + offset, h.last_page + offset, chunk.total_pages, h.data)
+        for h in halves
+    ]
 
 
 def make_client(settings: Settings) -> genai.Client:
@@ -131,12 +171,13 @@ class GeminiOcrEngine:
         wait_slice_s: float = 30.0,
         backoff_base_s: float = 1.0,
         rng: random.Random | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
         self._settings = settings
         self._limiter = limiter
         self._tpp = tokens_per_page
         self._client = client if client is not None else make_client(settings)
-        # on_progress is called at least this often while we wait (the actor renews its lease)
+        # Waits are cut into slices this long, to check the stop event and the cooldown.
         self._wait_slice_s = wait_slice_s
         # The shared limiter can stop waiting on our stop event; a test double may not.
         self._acquire_takes_stop = "stop_event" in inspect.signature(limiter.acquire).parameters
@@ -144,6 +185,11 @@ class GeminiOcrEngine:
         self._acquire_keeps_place = "on_wait" in inspect.signature(limiter.acquire).parameters
         self._backoff_base_s = backoff_base_s
         self._rng = rng if rng is not None else random.Random()
+        # None (a test double without Redis): no breakers, errors as in round 1.
+        self._breakers = breakers
+        self._model_breaker = f"gemini:{settings.gemini_model}"
+        self._outage_policy = Policy(OUTAGE_FAILURES, settings.ocr_breaker_probe_ms)
+        self._config_policy = Policy(1, settings.gemini_config_probe_ms)
         self._generation = types.GenerateContentConfig(
             temperature=settings.gemini_temperature,
             max_output_tokens=settings.gemini_max_output_tokens,
@@ -158,7 +204,7 @@ class GeminiOcrEngine:
 
         limiter = GeminiRateLimiter.from_settings(redis_client, settings, keys)
         tpp = TokensPerPage(redis_client, keys, default=float(settings.gemini_tokens_per_page))
-        return cls(settings, limiter, tpp)
+        return cls(settings, limiter, tpp, breakers=Breakers(redis_client, keys))
 
     def close(self) -> None:
         """Close the HTTP client."""
@@ -169,23 +215,30 @@ class GeminiOcrEngine:
         document_type: str,
         chunks: Sequence[Chunk],
         *,
-        on_progress: Callable[[], None] | None = None,
         stop_event: threading.Event | None = None,
+        before_call: Callable[[], None] | None = None,
     ) -> OcrResult:
-        """OCR every chunk in page order and join the texts; raises on failure (see module doc)."""
+        """OCR every chunk in page order and join the texts; raises on failure (see module doc).
+
+        `before_call` runs right before each Gemini call, once the limiter granted it: the
+        caller's "should I go on" check (it raises to stop, e.g. lease lost, worker stopping)."""
         if not chunks:
             raise PermanentError("the document has no pages to OCR")
-        progress = on_progress or (lambda: None)
         texts: list[str] = []
         prompt_tokens = output_tokens = calls = pages = 0
-        for chunk in sorted(chunks, key=lambda c: c.first_page):
-            done = self._ocr_chunk(document_type, chunk, progress, stop_event)
-            texts.append(done.text.strip("\n"))
+        pending = sorted(chunks, key=lambda c: c.first_page)
+        while pending:
+            chunk = pending.pop(0)
+            done = self._ocr_chunk(document_type, chunk, stop_event, before_call)
             prompt_tokens += done.prompt_tokens
             output_tokens += done.output_tokens
             calls += done.calls
+            if done.truncated:
+                # Cut at GEMINI_MAX_OUTPUT_TOKENS: never stored as complete. Redo as halves.
+                pending[:0] = split_truncated(chunk)
+                continue
+            texts.append(done.text.strip("\n"))
             pages += chunk.last_page - chunk.first_page + 1
-            progress()
         return OcrResult("\n\n".join(texts), prompt_tokens, output_tokens, calls, pages)
 
     # --- one chunk ---------------------------------------------------------------------
@@ -194,8 +247,8 @@ class GeminiOcrEngine:
         self,
         document_type: str,
         chunk: Chunk,
-        progress: Callable[[], None],
         stop_event: threading.Event | None,
+        before_call: Callable[[], None] | None = None,
     ) -> _ChunkText:
         pages = chunk.last_page - chunk.first_page + 1
         where = f"pages {chunk.first_page}-{chunk.last_page} of {chunk.total_pages}"
@@ -212,22 +265,31 @@ class GeminiOcrEngine:
         ]
         calls = 0
         attempt = 1
+        held_since = time.monotonic()
         while True:
             self._check_stop(stop_event)
+            admitted = self._wait_for_breakers(where, held_since, stop_event)
             estimate = estimate_tokens(pages, self._tpp.get(document_type), prompt_tokens)
-            grant = self._acquire(estimate, where, progress, stop_event)
+            waited = time.monotonic()
+            grant = self._acquire(estimate, where, stop_event)
+            observe.limiter_wait(document_type, time.monotonic() - waited)  # issue 14
+            if before_call is not None:
+                before_call()
             calls += 1
             decision: CallDecision | None
+            called = time.monotonic()
             try:
                 response = self._client.models.generate_content(
                     model=self._settings.gemini_model, contents=contents, config=self._generation
                 )
             except CALL_ERRORS as exc:
+                observe.gemini_call(document_type, time.monotonic() - called, exc)  # issue 14
                 # The grant keeps its estimate: we cannot know what Gemini counted.
                 decision = classify_exception(
                     exc, attempt=attempt, rng=self._rng, backoff_base=self._backoff_base_s
                 )
             else:
+                observe.gemini_call(document_type, time.monotonic() - called, None)  # issue 14
                 usage = response.usage_metadata
                 actual = (usage.prompt_token_count if usage else None) or 0
                 if actual > 0:
@@ -247,30 +309,60 @@ class GeminiOcrEngine:
                 decision = classify_response(
                     response, attempt=attempt, backoff_base=self._backoff_base_s
                 )
+                if decision is None or decision.action is Action.PERMANENT:
+                    self._answered(admitted)  # Gemini works; only this document may not
                 if decision is None:
                     output = (usage.candidates_token_count if usage else None) or 0
-                    self._note_truncation(response, where)
-                    return _ChunkText(answer_text(response), actual or estimate, output, calls)
-            attempt = self._follow(decision, attempt, where, progress, stop_event)
+                    truncated = self._note_truncation(response, where)
+                    return _ChunkText(
+                        answer_text(response), actual or estimate, output, calls, truncated
+                    )
+            attempt = self._follow(decision, attempt, where, stop_event)
 
     def _follow(
         self,
         decision: CallDecision,
         attempt: int,
         where: str,
-        progress: Callable[[], None],
         stop_event: threading.Event | None,
     ) -> int:
         """Act on a failed call's decision; returns the next attempt number or raises."""
-        if decision.action is Action.FATAL:
-            log_event("gemini.fatal", decision.message, level="ERROR", where=where)
-            raise GeminiAuthError(decision.message)
+        if decision.action is Action.CONFIGURATION:
+            if self._breakers is None:
+                raise ConfigError(decision.message)
+            opened = self._breakers.failure(CONFIGURATION, self._config_policy, decision.message)
+            if opened.transition == "opened":
+                probe_s = self._config_policy.probe_ms / 1000
+                log_event(
+                    "gemini.paused",
+                    f"ALL OCR PAUSED: {decision.message}. Probing every {probe_s:g} s "
+                    "(GEMINI_CONFIG_PROBE_MS); resumes by itself; documents keep their "
+                    "status and attempts",
+                    level="CRITICAL",
+                    variable=decision.variable,
+                )
+            return attempt  # not the document's fault: wait for the breaker, same attempt
         if decision.action is Action.PERMANENT:
             log_event("gemini.permanent", decision.message, level="WARNING", where=where)
             raise PermanentError(f"{where}: {decision.message}")
         if decision.action is Action.COOLDOWN:
-            self._cooldown(decision, where, progress, stop_event)
+            self._cooldown(decision, where, stop_event)
             return attempt  # a quota pause is not the call's fault: same attempt again
+        if self._breakers is not None:
+            seen = self._breakers.failure(
+                self._model_breaker, self._outage_policy, decision.message
+            )
+            if seen.transition == "opened":
+                log_event(
+                    "gemini.outage",
+                    f"Gemini failing across documents ({decision.message}); OCR paused, "
+                    f"one probe every {self._outage_policy.probe_ms / 1000:g} s "
+                    "(OCR_BREAKER_PROBE_MS); no attempt is counted",
+                    level="WARNING",
+                    model=self._settings.gemini_model,
+                )
+            if seen.blocked:
+                return attempt  # an outage: wait for the breaker, same attempt
         if attempt >= self._settings.gemini_max_call_attempts:
             log_event(
                 "gemini.gave_up", decision.message, level="WARNING", where=where, attempts=attempt
@@ -279,14 +371,13 @@ class GeminiOcrEngine:
         log_event(
             "gemini.retry", decision.message, where=where, attempt=attempt, delay_s=decision.delay_s
         )
-        self._pause(decision.delay_s, progress, stop_event)
+        self._pause(decision.delay_s, stop_event)
         return attempt + 1
 
     def _cooldown(
         self,
         decision: CallDecision,
         where: str,
-        progress: Callable[[], None],
         stop_event: threading.Event | None,
     ) -> None:
         remaining_ms = self._limiter.cooldown_remaining_ms()
@@ -304,17 +395,66 @@ class GeminiOcrEngine:
         while (remaining_ms := self._limiter.cooldown_remaining_ms()) > 0:
             if remaining_ms > MAX_HELD_COOLDOWN_S * 1000:
                 raise paused_error(remaining_ms, decision.message)
-            self._pause(min(remaining_ms / 1000, self._wait_slice_s), progress, stop_event)
+            self._pause(min(remaining_ms / 1000, self._wait_slice_s), stop_event)
+
+    def _wait_for_breakers(
+        self,
+        where: str,
+        held_since: float,
+        stop_event: threading.Event | None,
+    ) -> list[tuple[str, Policy, Step]]:
+        """Wait while Gemini's configuration or model breaker is open (the job keeps its
+        document); give the document back once held longer than MAX_HELD_COOLDOWN_S."""
+        if self._breakers is None:
+            return []
+        breakers = self._breakers
+        while True:
+            admitted: list[tuple[str, Policy, Step]] = []
+            blocked: tuple[str, Step] | None = None
+            for name, policy in (
+                (CONFIGURATION, self._config_policy),
+                (self._model_breaker, self._outage_policy),
+            ):
+                seen = breakers.admit(name, policy)
+                if seen.blocked:
+                    blocked = (name, seen)
+                    break
+                admitted.append((name, policy, seen))
+            if blocked is None:
+                return admitted
+            name, seen = blocked
+            if time.monotonic() - held_since + seen.wait_ms / 1000 > MAX_HELD_COOLDOWN_S:
+                raise DependencyPausedError(
+                    f"{where}: Gemini paused ({name} breaker open); document given back "
+                    "to ready without counting an attempt",
+                    retry_after_ms=seen.wait_ms,
+                )
+            self._pause(max(seen.wait_ms, 50) / 1000, stop_event)
+            self._check_stop(stop_event)
+
+    def _answered(self, admitted: list[tuple[str, Policy, Step]]) -> None:
+        """Gemini answered: close what this call probed (one log line per closing)."""
+        if self._breakers is None:
+            return
+        for name, policy, _seen in admitted:
+            # Always: failures counted elsewhere since our admit must be reset ("in a row");
+            # on a closed breaker with no failure the script returns without writing.
+            closed = self._breakers.success(name, policy)
+            if closed.transition == "closed":
+                log_event(
+                    "gemini.resumed",
+                    f"Gemini answers again ({name}); OCR resumed",
+                    level="WARNING",
+                )
 
     def _acquire(
         self,
         estimate: int,
         where: str,
-        progress: Callable[[], None],
         stop_event: threading.Event | None,
     ) -> Any:
         if self._acquire_keeps_place:
-            return self._acquire_in_place(estimate, where, progress, stop_event)
+            return self._acquire_in_place(estimate, where, stop_event)
         while True:
             self._check_stop(stop_event)
             # Checked before waiting: the limiter would wait out even an hours-long cooldown.
@@ -327,7 +467,7 @@ class GeminiOcrEngine:
                     return acquire(estimate, timeout=self._wait_slice_s, stop_event=stop_event)
                 return self._limiter.acquire(estimate, timeout=self._wait_slice_s)
             except AcquireTimeoutError:  # includes the limiter's AcquireCancelledError
-                progress()  # still waiting our turn: keep the lease alive
+                continue  # still waiting our turn (the heartbeat keeps the lease alive)
             except RequestTooLargeError as exc:
                 raise RequestTooLargeError(
                     f"{where}: needs ~{estimate} input tokens, more than the whole "
@@ -338,11 +478,10 @@ class GeminiOcrEngine:
         self,
         estimate: int,
         where: str,
-        progress: Callable[[], None],
         stop_event: threading.Event | None,
     ) -> Any:
         """One limiter wait for the whole chunk call: the FIFO place is never given up while we
-        renew the lease and look at the cooldown every wait slice."""
+        look at the cooldown every wait slice (the heartbeat keeps the lease alive)."""
 
         def check_cooldown() -> None:
             # The limiter would wait out even an hours-long cooldown: give the document back.
@@ -350,16 +489,15 @@ class GeminiOcrEngine:
             if remaining_ms > MAX_HELD_COOLDOWN_S * 1000:
                 raise paused_error(remaining_ms, "shared cooldown")
 
-        def on_wait() -> None:
-            progress()  # still waiting our turn: keep the lease alive
-            check_cooldown()
-
         self._check_stop(stop_event)
         check_cooldown()
         acquire: Any = self._limiter.acquire
         try:
             return acquire(
-                estimate, stop_event=stop_event, on_wait=on_wait, wait_slice_s=self._wait_slice_s
+                estimate,
+                stop_event=stop_event,
+                on_wait=check_cooldown,
+                wait_slice_s=self._wait_slice_s,
             )
         except QuotaPausedError:
             raise
@@ -372,9 +510,7 @@ class GeminiOcrEngine:
                 f"GEMINI_TPM_LIMIT; lower OCR_PAGES_PER_CHUNK ({exc})"
             ) from exc
 
-    def _pause(
-        self, seconds: float, progress: Callable[[], None], stop_event: threading.Event | None
-    ) -> None:
+    def _pause(self, seconds: float, stop_event: threading.Event | None) -> None:
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             step = min(left, self._wait_slice_s)
@@ -383,7 +519,6 @@ class GeminiOcrEngine:
                     raise OcrInterrupted("stopped while waiting to retry Gemini")
             else:
                 time.sleep(step)
-            progress()
 
     @staticmethod
     def _check_stop(stop_event: threading.Event | None) -> None:
@@ -391,17 +526,19 @@ class GeminiOcrEngine:
             raise OcrInterrupted("stopped before the document was done")
 
     @staticmethod
-    def _note_truncation(response: Any, where: str) -> None:
+    def _note_truncation(response: Any, where: str) -> bool:
+        """True when the answer stopped at MAX_TOKENS: its text is incomplete."""
         candidates = response.candidates or []
         finish = getattr(candidates[0].finish_reason, "value", None) if candidates else None
         if finish == "MAX_TOKENS":
-            # Usable but cut short: keep it (the text so far is right) and say so loudly.
             log_event(
                 "gemini.truncated",
-                "answer cut at GEMINI_MAX_OUTPUT_TOKENS; text kept",
+                "answer cut at GEMINI_MAX_OUTPUT_TOKENS; the chunk is split in two and redone",
                 level="WARNING",
                 where=where,
             )
+            return True
+        return False
 
 
 def _document_tokens(usage: Any) -> int | None:

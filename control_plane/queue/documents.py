@@ -3,7 +3,10 @@
 `storage_path` (DESIGN.md section 6) is an `http(s)://` URL, a `file://` URL that
 must resolve (symlinks included) under `OCR_LOCAL_DOCUMENTS_DIR`, or `bucket/path`
 in the environment's Supabase Storage. Network trouble is a `TransientError`; a
-missing, forbidden, empty, oversized or refused document is a `DocumentError`.
+missing, forbidden, empty, oversized or refused document is a `DocumentError`, and
+so is a malformed path (a ValueError, a NUL byte): failed at once, not retried.
+HTTP goes through `http_fetch.GuardedFetcher` (issue 12: address policy
+`OCR_DOCUMENT_ALLOWED_HOSTS`, deadline `OCR_DOCUMENT_FETCH_TIMEOUT_MS`).
 """
 
 from __future__ import annotations
@@ -11,11 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit, urlunsplit
-
-import httpx
+from urllib.parse import unquote, urlsplit
 
 from control_plane.errors import TransientError
+from control_plane.queue.fetch_policy import AllowedHosts
+from control_plane.queue.http_fetch import GuardedFetcher, safe_url
 from control_plane.queue.models import ClaimedDocument
 from control_plane.queue.pdf import DocumentError, PdfChunk, inspect_pdf, split_pdf
 
@@ -31,11 +34,9 @@ __all__ = [
     "inspect_pdf",
     "local_path",
     "locate",
+    "safe_url",
     "split_pdf",
 ]
-
-_PERMANENT_HTTP = {400, 401, 403, 404, 405, 406, 410, 411, 414, 415, 451}
-_READ_BLOCK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -47,15 +48,6 @@ class DocumentLocation:
     bucket: str = ""
 
 
-def safe_url(url: str) -> str:
-    """A URL for messages: no credentials, no query string (signed URLs carry tokens)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
 def locate(storage_path: str) -> DocumentLocation:
     """Classify a `storage_path` (pure)."""
     path = storage_path.strip()
@@ -63,6 +55,10 @@ def locate(storage_path: str) -> DocumentLocation:
         raise DocumentError("empty storage_path")
     scheme = urlsplit(path).scheme.lower() if "://" in path or path.startswith("file:") else ""
     if scheme in ("http", "https"):
+        parts = urlsplit(path)
+        _ = parts.port  # ValueError on a port out of range: failed at once, not retried
+        if not parts.hostname:
+            raise DocumentError("storage_path URL without a host")
         return DocumentLocation("http", path)
     if scheme == "file":
         return DocumentLocation("file", path)
@@ -92,33 +88,50 @@ def local_path(url: str, root: Path | None) -> Path:
 
 
 class DocumentFetcher:
-    """Fetches documents within the size limit; one instance per process (it pools HTTP)."""
+    """Fetches documents within the size limit; one instance per process (it pools HTTP).
+
+    http(s) URLs from rows and Supabase Storage objects both go through the guarded
+    client (`http_fetch.py`: address policy on every hop, manual redirects, credentials
+    only to their origin, no decompression, one deadline per document).
+    """
 
     def __init__(
         self,
         settings: Settings,
         environments: Environments | None = None,
-        *,
-        timeout_s: float = 60.0,
     ) -> None:
         self._max_bytes = int(settings.ocr_max_document_mb * 1024 * 1024)
         self._max_mb = settings.ocr_max_document_mb
         root = settings.ocr_local_documents_dir
         self._root = Path(root).resolve() if root else None
         self._environments = environments
-        self._http = httpx.Client(
-            http2=False, timeout=httpx.Timeout(timeout_s, connect=10.0), follow_redirects=True
+        trusted = []  # the operator's own Supabase projects (host, port), not from rows
+        urls = [e.supabase_url for e in settings.environments if e.supabase_url]
+        urls += environments.storage_urls() if environments else []
+        for url in urls:
+            parts = urlsplit(url)
+            default = 443 if parts.scheme == "https" else 80
+            trusted.append(((parts.hostname or "").lower(), parts.port or default))
+        self._http = GuardedFetcher(
+            AllowedHosts.parse(settings.ocr_document_allowed_hosts),
+            trusted=trusted,
+            max_bytes=self._max_bytes,
+            max_mb=self._max_mb,
+            deadline_s=settings.ocr_document_fetch_timeout_ms / 1000,
         )
 
     def fetch(self, doc: ClaimedDocument) -> bytes:
         """The document's bytes, or TransientError / DocumentError."""
-        where = locate(doc.storage_path)
-        if where.kind == "http":
-            data = self._fetch_http(where.target)
-        elif where.kind == "file":
-            data = self._read_file(local_path(where.target, self._root))
-        else:
-            data = self._fetch_storage(doc.environment, where.bucket, where.target)
+        try:
+            where = locate(doc.storage_path)
+            if where.kind == "http":
+                data = self._http.get(where.target)
+            elif where.kind == "file":
+                data = self._read_file(local_path(where.target, self._root))
+            else:
+                data = self._fetch_storage(doc.environment, where.bucket, where.target)
+        except ValueError as exc:  # a malformed URL or path (NUL byte...): never better later
+            raise DocumentError(f"invalid storage_path: {_describe_value_error(exc)}") from None
         if not data:
             raise DocumentError("empty document (0 bytes)")
         self._check_size(len(data))
@@ -126,35 +139,7 @@ class DocumentFetcher:
 
     def _check_size(self, size: int) -> None:
         if size > self._max_bytes:
-            raise DocumentError(
-                f"too large: {size / 1048576:.1f} MB > limit {self._max_mb:g} MB"
-                " (OCR_MAX_DOCUMENT_MB)"
-            )
-
-    def _fetch_http(self, url: str) -> bytes:
-        shown = safe_url(url)
-        try:
-            with self._http.stream("GET", url) as response:
-                status = response.status_code
-                if status in (408, 425, 429) or status >= 500:
-                    raise TransientError(f"HTTP {status} fetching {shown}")
-                if status >= 300:
-                    kind = "" if status in _PERMANENT_HTTP else " (unexpected status)"
-                    raise DocumentError(f"HTTP {status} fetching {shown}{kind}")
-                declared = response.headers.get("Content-Length")
-                if declared and declared.isdigit():
-                    self._check_size(int(declared))
-                body = bytearray()
-                for block in response.iter_bytes(_READ_BLOCK):
-                    body += block
-                    self._check_size(len(body))  # stop early on a lying server
-                return bytes(body)
-        except httpx.TooManyRedirects:
-            raise DocumentError(f"too many redirects fetching {shown}") from None
-        except httpx.UnsupportedProtocol:
-            raise DocumentError(f"unsupported URL {shown}") from None
-        except httpx.HTTPError as exc:
-            raise TransientError(f"network error fetching {shown}: {type(exc).__name__}") from exc
+            raise self._http.too_large(size)
 
     def _read_file(self, path: Path) -> bytes:
         try:
@@ -180,7 +165,19 @@ class DocumentFetcher:
                 f"storage path {bucket}/{key} needs Supabase Storage, but environment "
                 f"{environment!r} has no Supabase URL and service key"
             )
-        return client.download(bucket, key)
+        url, credentials = client.storage_request(bucket, key)
+        try:
+            return self._http.get(url, credentials)
+        except DocumentError as exc:
+            raise DocumentError(f"{exc} ({bucket}/{key} from {environment} storage)") from None
+        except TransientError as exc:
+            raise TransientError(f"{exc} ({bucket}/{key} from {environment} storage)") from None
 
     def close(self) -> None:
         self._http.close()
+
+
+def _describe_value_error(exc: ValueError) -> str:
+    """A ValueError's text without control characters (a NUL byte in a path...)."""
+    text = "".join(ch if ch.isprintable() else "?" for ch in str(exc))
+    return text[:200] or type(exc).__name__

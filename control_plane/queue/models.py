@@ -31,14 +31,31 @@ class ClaimedDocument:
 
 
 @dataclass(frozen=True)
+class Delivery:
+    """A started delivery: its own token (fences every later write) and attempt number."""
+
+    lease_token: str
+    attempt: int
+
+
+@dataclass(frozen=True)
 class QueueCounts:
-    """Ready (status 3) and in-flight (status 2) documents of one type."""
+    """Ready (status 3) and in-flight (status 2) documents of one type.
+
+    `waiting_retry`: the ready ones not due yet (sent back after a failure or an outage,
+    claimed again after their `retry_not_before`); they count in `ready` too.
+    """
 
     ready: int = 0
     in_flight: int = 0
+    waiting_retry: int = 0
 
     def __add__(self, other: QueueCounts) -> QueueCounts:
-        return QueueCounts(self.ready + other.ready, self.in_flight + other.in_flight)
+        return QueueCounts(
+            self.ready + other.ready,
+            self.in_flight + other.in_flight,
+            self.waiting_retry + other.waiting_retry,
+        )
 
 
 @dataclass(frozen=True)

@@ -35,12 +35,44 @@ class PdfChunk:
         return self.last_page - self.first_page + 1
 
 
+_SIGNATURES = (
+    (b"PK\x03\x04", "a ZIP archive (or an Office document)"),
+    (b"\x1f\x8b", "gzip-compressed data"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"GIF8", "a GIF image"),
+    (b"{\\rtf", "an RTF document"),
+    (b"\xd0\xcf\x11\xe0", "an old Office document"),
+)
+
+
+def content_kind(data: bytes) -> str:
+    """Pure: what the bytes look like, in words (issue 12: nothing of the body itself)."""
+    for magic, kind in _SIGNATURES:
+        if data.startswith(magic):
+            return kind
+    head = data[:512].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
+        return "an HTML page"
+    if head.startswith(b"<?xml") or head.startswith(b"<"):
+        return "XML or markup"
+    if head.startswith((b"{", b"[")):
+        return "JSON or text"
+    try:
+        data[:512].decode("utf-8")
+    except UnicodeDecodeError:
+        return f"binary data, {len(data)} bytes"
+    return f"text, {len(data)} bytes"
+
+
 def check_pdf_bytes(data: bytes) -> None:
     """Cheap checks before parsing: empty, wrong magic, truncated."""
     if not data:
         raise DocumentError("empty document (0 bytes)")
     if b"%PDF-" not in data[:_HEADER_WINDOW]:
-        raise DocumentError(f"not a PDF (starts with {data[:16]!r})")
+        raise DocumentError(f"not a PDF ({content_kind(data)})")
     if b"%%EOF" not in data[-_EOF_WINDOW:]:
         raise DocumentError(
             f"corrupt PDF: truncated (no %%EOF marker at the end of {len(data)} bytes)"

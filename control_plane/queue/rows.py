@@ -7,7 +7,13 @@ from datetime import datetime
 from typing import Any
 
 from control_plane.errors import PermanentError
-from control_plane.queue.models import ClaimedDocument, FailOutcome, QueueCounts, ReapResult
+from control_plane.queue.models import (
+    ClaimedDocument,
+    Delivery,
+    FailOutcome,
+    QueueCounts,
+    ReapResult,
+)
 
 
 def claimed_document(environment: str, row: Mapping[str, Any]) -> ClaimedDocument:
@@ -22,14 +28,24 @@ def claimed_document(environment: str, row: Mapping[str, Any]) -> ClaimedDocumen
         storage_path=str(row["storage_path"]),
         lease_token=str(row["lease_token"]),
         lease_expires_at=expires,
-        attempts=int(row["attempts"]),
+        attempts=int(row["attempts"] or 0),  # a legacy nullable column (issue 12)
     )
+
+
+def delivery(rows: Sequence[Mapping[str, Any]]) -> Delivery | None:
+    """The row of `ocr_start` (none: the claim's token is stale)."""
+    if not rows or rows[0].get("lease_token") is None:
+        return None
+    return Delivery(str(rows[0]["lease_token"]), int(rows[0]["attempts"]))
 
 
 def queue_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, QueueCounts]:
     """Rows of `ocr_counts` keyed by document_source."""
     return {
-        str(r["document_source"]): QueueCounts(int(r["ready"]), int(r["in_flight"])) for r in rows
+        str(r["document_source"]): QueueCounts(
+            int(r["ready"]), int(r["in_flight"]), int(r.get("waiting_retry") or 0)
+        )
+        for r in rows
     }
 
 

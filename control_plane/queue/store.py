@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from control_plane.queue.models import ClaimedDocument, FailOutcome, QueueCounts, ReapResult
+from control_plane.queue.models import (
+    ClaimedDocument,
+    Delivery,
+    FailOutcome,
+    QueueCounts,
+    ReapResult,
+)
+
+# Raised by ocr_claim / ocr_reap for a leader epoch below the database's fence.
+LEADER_FENCED_SQLSTATE = "OCR01"
 
 # SQLSTATE classes / codes worth retrying (PostgreSQL appendix A).
 _TRANSIENT_CLASSES = ("08", "53", "57P", "58")  # connection, resources, shutdown, system
@@ -48,13 +57,28 @@ class QueueStore(Protocol):
     environment: str
 
     def claim(
-        self, document_source: str, limit: int, worker_id: str, lease_ms: int
+        self,
+        document_source: str,
+        limit: int,
+        worker_id: str,
+        lease_ms: int,
+        *,
+        epoch: int | None = None,
     ) -> list[ClaimedDocument]:
-        """Lease up to `limit` ready documents of a type, oldest first."""
+        """Lease up to `limit` ready documents of a type, oldest first (no attempt counted).
+
+        `epoch`: the scheduler leader's epoch; LeaderFencedError if a newer leader has
+        fenced this database (None: unfenced, for tools and tests).
+        """
         ...
 
-    def start(self, doc_id: int, lease_token: str, worker_id: str, lease_ms: int) -> bool:
-        """Mark processing begun and extend the lease; False = lease lost."""
+    def start(
+        self, doc_id: int, lease_token: str, worker_id: str, lease_ms: int, max_attempts: int
+    ) -> Delivery | None:
+        """Begin a delivery: count the attempt, get this delivery's own token.
+
+        None = the claim's token is stale (reaped, or another delivery started first).
+        """
         ...
 
     def renew(self, doc_id: int, lease_token: str, lease_ms: int) -> bool:
@@ -68,17 +92,30 @@ class QueueStore(Protocol):
         ...
 
     def fail(
-        self, doc_id: int, lease_token: str, message: str, *, permanent: bool, max_attempts: int
+        self,
+        doc_id: int,
+        lease_token: str,
+        message: str,
+        *,
+        permanent: bool,
+        max_attempts: int,
+        retry_after_ms: int = 0,
     ) -> FailOutcome:
-        """Record a failed attempt: back to ready, or to error (permanent / out of attempts)."""
+        """Record a failed attempt: back to ready (not claimed again for `retry_after_ms`),
+        or to error (permanent / out of attempts)."""
         ...
 
-    def release(self, doc_id: int, lease_token: str) -> bool:
-        """Give the claim back without counting the attempt; False = lease lost."""
+    def release(self, doc_id: int, lease_token: str, retry_after_ms: int = 0) -> bool:
+        """Give the claim back without counting the attempt (not claimed again for
+        `retry_after_ms`); False = lease lost."""
         ...
 
-    def reap(self, max_attempts: int) -> ReapResult:
-        """Move expired leases back to ready, or to error after `max_attempts`."""
+    def reap(self, max_attempts: int, *, epoch: int | None = None) -> ReapResult:
+        """Move expired leases back to ready, or to error after `max_attempts` (fenced)."""
+        ...
+
+    def leader_fence(self, epoch: int, owner: str) -> int:
+        """Announce a leader epoch; returns the highest this database has seen."""
         ...
 
     def counts(self) -> dict[str, QueueCounts]:

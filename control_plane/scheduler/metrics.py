@@ -49,7 +49,9 @@ class SchedulerMetrics:
             "ocr_gemini_cooldown_seconds", "Remaining shared cooldown", registry=r
         )
         self.quota_429 = Gauge(
-            "ocr_gemini_429_total", "429 answers seen by all workers", registry=r
+            "ocr_gemini_429_total",
+            "429 answers Gemini gave all workers (not cooldowns)",
+            registry=r,
         )
         self.wait_seconds = Gauge(
             "ocr_limiter_wait_seconds_total", "Seconds workers waited on the limiter", registry=r
@@ -74,6 +76,42 @@ class SchedulerMetrics:
             "ocr_documents_failed_total",
             "Documents failed (workers' shared count)",
             ["type"],
+            registry=r,
+        )
+        # issue 14: leadership, job freshness, documents per environment, real 429s, breakers
+        self.leader = Gauge(
+            "ocr_scheduler_leader",
+            "1 on the scheduler that leads, 0 on a standby",
+            ["instance_id"],
+            registry=r,
+        )
+        self.leader_epoch = Gauge(
+            "ocr_scheduler_leader_epoch", "Epoch of the current leadership", registry=r
+        )
+        self.last_success = Gauge(
+            "ocr_last_success_timestamp_seconds",
+            "Unix time of the last successful feed / reap / rebalance per environment",
+            ["step", "environment"],
+            registry=r,
+        )
+        self.snapshot_time = Gauge(
+            "ocr_status_snapshot_timestamp_seconds",
+            "Unix time the live gauges were last refreshed (frozen gauges show here)",
+            registry=r,
+        )
+        self.documents = Gauge(
+            "ocr_documents_total",
+            "Documents finished per environment, type and outcome (workers' shared count)",
+            ["environment", "type", "outcome"],
+            registry=r,
+        )
+        self.cooldowns = Gauge(
+            "ocr_gemini_cooldowns_total", "Shared cooldowns set after 429s", registry=r
+        )
+        self.breaker_state = Gauge(
+            "ocr_circuit_breaker_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+            ["breaker"],
             registry=r,
         )
         self._server: Any = None
@@ -129,5 +167,41 @@ class SchedulerMetrics:
         stats = getattr(limiter, "stats", None)
         if callable(stats):
             values = stats()
-            self.quota_429.set(float(values.get("cooldowns", 0)))
+            self.quota_429.set(float(values.get("responses_429", 0)))
+            self.cooldowns.set(float(values.get("cooldowns", 0)))
             self.wait_seconds.set(float(values.get("wait_ms_total", 0)) / 1000)
+        for (env, t, outcome), count in documents_by_environment(snap.documents).items():
+            self.documents.labels(environment=env, type=t, outcome=outcome).set(count)
+        for name, state in (snap.circuit_breakers or {}).items():
+            self.breaker_state.labels(breaker=name).set(breaker_level(state))
+        self.snapshot_time.set(snap.taken_at.timestamp())
+
+    def leadership(self, owner: str, leading: bool, epoch: int | None) -> None:
+        """Every scheduler says whether it leads, and the epoch of the current leadership."""
+        self.leader.labels(instance_id=owner).set(1 if leading else 0)
+        if epoch is not None:
+            self.leader_epoch.set(epoch)
+
+    def succeeded(self, job: str, environments: list[str], at: float) -> None:
+        """A feed / reap / rebalance pass reached these environments at Unix time `at`."""
+        for env in environments:
+            self.last_success.labels(step=job, environment=env).set(at)
+
+
+BREAKER_LEVELS = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
+
+
+def breaker_level(state: Any) -> int:
+    """A breaker state (word, or dict with "state") as the gauge's number; unknown = open."""
+    word = state.get("state") if isinstance(state, dict) else state
+    return BREAKER_LEVELS.get(str(word).lower(), 2)
+
+
+def documents_by_environment(fields: dict[str, int]) -> dict[tuple[str, str, str], int]:
+    """pool_stats fields "completed:dev:index" -> {("dev", "index", "completed"): n}."""
+    found: dict[tuple[str, str, str], int] = {}
+    for name, count in fields.items():
+        parts = name.split(":")
+        if len(parts) == 3 and parts[0] in ("completed", "failed"):
+            found[(parts[1], parts[2], parts[0])] = int(count)
+    return found

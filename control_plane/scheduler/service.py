@@ -7,6 +7,7 @@ the others are hot standbys that take over within a lock TTL of its death.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -17,10 +18,16 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from control_plane.allocation import compute_allocation, explain_allocation
-from control_plane.capacity import Capacity, fit_allocation
+from control_plane.breakers import Breakers
+from control_plane.capacity import Capacity, fit_allocation, live_hosts, pool_budget
 from control_plane.config import DOCUMENT_TYPES, Settings
-from control_plane.dispatch import DocumentMessage, EnqueuedSet, enqueue_document, make_broker
-from control_plane.errors import MAX_HELD_COOLDOWN_S, OcrPoolError, TransientError
+from control_plane.dispatch import DocumentMessage, EnqueuedSet, FencedEnqueuer, make_broker
+from control_plane.errors import (
+    MAX_HELD_COOLDOWN_S,
+    LeaderFencedError,
+    OcrPoolError,
+    TransientError,
+)
 from control_plane.keys import WORKER_STALE_MS, Keys
 from control_plane.logs import log_event
 from control_plane.pacing import allocation_options, lent_types, lookahead_for, read_weights
@@ -29,14 +36,18 @@ from control_plane.queue.environments import Environments
 from control_plane.rate_limiter import GeminiRateLimiter
 from control_plane.redis_conn import is_transient_redis_error
 from control_plane.scheduler.backoff import JobBackoff
+from control_plane.scheduler.banner import SHUTDOWN_STEPS, shutdown_footer, shutdown_header
 from control_plane.scheduler.leader import LeaderLock, instance_id
 from control_plane.scheduler.metrics import SchedulerMetrics
+from control_plane.scheduler.screens import wants_emoji
 from control_plane.scheduler.status import StatusSnapshot, now_utc, render_status
 from control_plane.workers import WorkerRegistry
 
-# Allocation versions: epoch * VERSION_STRIDE + sequence, so a new leader's
-# versions always beat an old leader's, whatever their sequence numbers.
-VERSION_STRIDE = 1_000_000_000
+# Allocation versions: epoch * VERSION_STRIDE + sequence (below 2**53 with epochs in the
+# Redis-clock milliseconds range, see leader_acquire.lua). Publishes are fenced on the
+# leader lock and epoch and compared by version only within one epoch, so a sequence
+# past the stride is harmless.
+VERSION_STRIDE = 1_000
 
 
 @dataclass
@@ -89,24 +100,32 @@ class Scheduler:
         self.broker = make_broker(
             settings.redis_url.get_secret_value(), settings.ocr_dramatiq_namespace
         )
+        self.enqueuer = FencedEnqueuer(client, keys, settings.ocr_dramatiq_namespace)
         self.metrics = SchedulerMetrics()
         self._sequence = 0
-        self._last_queue: dict[str, int] | None = None
         self._allocation: dict[str, int] | None = None  # last published, for the feed
         self._planned: dict[str, int] | None = None  # last plan, for hysteresis
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._leadership = threading.Lock()  # acquire vs release at shutdown
         self._feed_paused = False
         self._out = out
         self._backoff = JobBackoff()
 
     # --- leadership ---
 
-    def tick_leadership(self) -> bool:
-        """Take or keep the lead; on taking it, rebalance at once."""
+    def tick_leadership(self, *, background: bool = False) -> bool:
+        """Take or keep the lead; on taking it, fence the databases and rebalance at once.
+
+        `background`: the takeover work runs in its own thread, so a slow database can
+        never delay the next renewal of the lock (the periodic job uses it).
+        """
         was_leader = self.leader.is_leader
         try:
-            leading = self.leader.try_acquire()
+            with self._leadership:  # never (re)acquired once shutdown has released it
+                if self._stopping.is_set():
+                    return False
+                leading = self.leader.try_acquire()
         except redis.RedisError as exc:
             log_event(
                 "leader.error",
@@ -116,6 +135,7 @@ class Scheduler:
             )
             self.leader.is_leader = False
             return False
+        self._observe_leadership(leading)
         if leading and not was_leader:
             log_event(
                 "leader.acquired",
@@ -123,7 +143,12 @@ class Scheduler:
                 owner=self.owner,
                 epoch=self.leader.epoch,
             )
-            self.rebalance(force=True)
+            if background:
+                threading.Thread(
+                    target=self.guarded("takeover", self.take_over), name="takeover", daemon=True
+                ).start()
+            else:
+                self.take_over()
         elif was_leader and not leading:
             log_event(
                 "leader.lost",
@@ -133,20 +158,79 @@ class Scheduler:
             )
         return leading
 
+    def _observe_leadership(self, leading: bool) -> None:
+        """Leader gauge on every scheduler, with the current leadership's epoch (issue 14)."""
+        try:
+            epoch = self.client.get(self.keys.leader_epoch)
+        except redis.RedisError:
+            epoch = None
+        self.metrics.leadership(self.owner, leading, int(epoch) if epoch is not None else None)
+
+    def _succeeded(self, job: str, started: float) -> None:
+        """The environments this job reached since `started` (monotonic), for the metrics."""
+        health = self.environments.health
+        reached = [env for env in self.environments.names if health.healthy_since(env, started)]
+        self.metrics.succeeded(job, reached, time.time())
+
+    def take_over(self) -> None:
+        """A new leader: raise every database's fence to our epoch, then rebalance.
+
+        From then on the databases refuse the claims and reaps of any older leader. A
+        database that has seen a higher epoch (ours went backwards: Redis lost its state
+        and its clock is behind) makes us step down; the next acquire takes a higher one.
+        """
+        epoch = self.leader.epoch
+        if self._stopping.is_set():
+            return
+        seen = self.environments.leader_fence(epoch, self.owner)
+        highest = max(seen.values(), default=epoch)
+        if highest > epoch:
+            self._step_down(f"a database has seen leader epoch {highest}", epoch, highest + 1)
+            return
+        self.rebalance(force=True)
+
+    def _step_down(self, why: str, refused_epoch: int, min_epoch: int = 0) -> None:
+        """Fenced out under `refused_epoch`: stop acting at once and give the lock up.
+
+        Nothing to give up when we have re-acquired under a newer epoch since (an action
+        begun under the old one was refused, as it should be).
+        """
+        if self.leader.epoch != refused_epoch:
+            return
+        log_event(
+            "leader.fenced",
+            f"stepping down: {why}",
+            level="WARNING",
+            owner=self.owner,
+            epoch=self.leader.epoch,
+        )
+        self.leader.step_down(min_epoch)
+
     # --- rebalance ---
 
     def rebalance(self, *, force: bool = False) -> dict[str, int] | None:
         """Queue shares -> allocation -> capacity fit -> publish (leader only)."""
-        if not self.leader.is_leader or self._backing_off("rebalance"):
+        if not self.leader.acting() or self._backing_off("rebalance"):
             return None
+        started = time.monotonic()
         try:
             counts = self.environments.counts()
         except TransientError as exc:
             self._back_off("rebalance", exc)
             return None
         self._backoff.succeeded("rebalance")
+        self._succeeded("rebalance", started)
         queued = {t: counts[t].ready if t in counts else 0 for t in DOCUMENT_TYPES}
         return self.apply_queue(queued, force=force)
+
+    def fleet_budget(self) -> tuple[float, float, str]:
+        """(vCPU, GB, hosts) the allocation is fitted to: the sum of the budgets the live
+        worker hosts registered, or this process's own settings while none is registered."""
+        s = self.settings
+        hosts = live_hosts(self.client, self.keys)
+        cpu, ram = pool_budget(hosts, (s.cpu_budget, s.ram_budget))
+        names = ", ".join(h.host for h in hosts)
+        return cpu, ram, (f"{len(hosts)} host(s): {names}" if hosts else "")
 
     def apply_queue(self, queued: dict[str, int], *, force: bool = False) -> dict[str, int]:
         """Publish the allocation for these ready counts; log when it changes."""
@@ -156,27 +240,39 @@ class Scheduler:
         )
         options = allocation_options(s, weights, self._planned)
         planned = compute_allocation(queued, s.ocr_worker_pool_size, s.minimums, **options)
+        cpu_budget, ram_budget, hosts = self.fleet_budget()  # issue 10: every live host's budget
         fitted, capacity_bound = fit_allocation(
-            planned, s.slot_costs, s.cpu_budget, s.ram_budget, s.minimums
+            planned, s.slot_costs, cpu_budget, ram_budget, s.minimums
         )
         reason = explain_allocation(queued, s.ocr_worker_pool_size, s.minimums, planned, **options)
         if capacity_bound:
-            reason += f"; capacity-bound (CPU {s.cpu_budget:g}, RAM {s.ram_budget:g} GB)"
+            reason += (
+                f"; capacity-bound (CPU {cpu_budget:g}, RAM {ram_budget:g} GB"
+                f" on {hosts or 'this host'})"
+            )
         with self._lock:
             self._sequence += 1
-            version = self.leader.epoch * VERSION_STRIDE + self._sequence
+            epoch = self.leader.epoch
+            version = epoch * VERSION_STRIDE + self._sequence
         previous = self.pool.read_allocation() or {}
         changed = any(previous.get(t) != fitted.get(t) for t in DOCUMENT_TYPES)
-        published = self.pool.publish_allocation(
+        published = self.leader.acting() and self.pool.publish_allocation(
             fitted,
             version=version,
             reason=reason,
+            fence=(self.owner, epoch),
             queue=queued,
             planned=planned,
             capacity_bound=capacity_bound,
-            leader=self.owner,
         )
-        if not published:
+        if not published and not self.leader.acting():
+            log_event(
+                "rebalance.fenced",
+                "not the current leader (lease lapsed or fenced); allocation not published",
+                level="WARNING",
+                version=version,
+            )
+        elif not published:
             log_event(
                 "rebalance.stale",
                 "a newer allocation exists; not overwritten",
@@ -193,7 +289,6 @@ class Scheduler:
                 previous_index=previous.get("index"),
                 previous_acte=previous.get("acte"),
             )
-        self._last_queue = queued
         if published:
             self._allocation = dict(fitted)
             self._planned = dict(planned)
@@ -203,11 +298,19 @@ class Scheduler:
     # --- feed ---
 
     def feed(self) -> FeedResult | None:
-        """Claim as many documents per type as there are uncovered free slots; enqueue them."""
-        if not self.leader.is_leader or self._stopping.is_set() or self._backing_off("feed"):
+        """Claim as many documents per type as there are uncovered free slots; enqueue them.
+
+        Every step is fenced: the leader lease is checked before each claim and each
+        enqueue, the claim carries the epoch (refused by a database a newer leader has
+        fenced), and each enqueue is one script that checks the lock owner and epoch and
+        writes the message and its enqueued-set entry together. Whatever fails between
+        claim and enqueue, every claimed document not on a queue goes back to ready.
+        """
+        if not self.leader.acting() or self._stopping.is_set() or self._backing_off("feed"):
             return None
         if self._gemini_paused():
             return None
+        started = time.monotonic()
         self._reclaim_lent()
         free = self.pool.free_slots()
         ahead = lookahead_for(self._allocation, self.settings.ocr_feed_lookahead)
@@ -216,44 +319,52 @@ class Scheduler:
         for source, want in wants.items():
             if want <= 0:
                 continue
+            if not self.leader.acting():
+                break
+            epoch = self.leader.epoch
             try:
                 docs = self.environments.claim_fair(
-                    source, want, self.owner, self.settings.ocr_lease_ms
+                    source, want, self.owner, self.settings.ocr_lease_ms, epoch=epoch
                 )
             except TransientError as exc:
                 self._back_off("feed", exc)
                 break
+            except LeaderFencedError as exc:
+                self._step_down(f"claim refused: {exc}", epoch, epoch + 1)
+                break
             self._backoff.succeeded("feed")
             if not docs:
                 continue
-            now_ms = self._redis_now_ms()
-            messages = [
-                DocumentMessage(
-                    d.environment,
-                    d.id,
-                    d.document_source,
-                    d.storage_path,
-                    d.lease_token,
-                    d.attempts,
+            try:
+                messages = [
+                    DocumentMessage(
+                        d.environment,
+                        d.id,
+                        d.document_source,
+                        d.storage_path,
+                        d.lease_token,
+                        d.attempts,
+                    )
+                    for d in docs
+                ]
+            except BaseException:
+                self.environments.give_back(docs)
+                raise
+            enqueued = self._enqueue_batch(messages, epoch)
+            claimed[source] = enqueued
+            if enqueued:
+                self.metrics.fed(source, enqueued)
+                log_event(
+                    "feed.enqueued",
+                    f"{enqueued} {source} document(s) enqueued",
+                    document_source=source,
+                    free_slots=free.get(source, 0),
+                    count=enqueued,
+                    epoch=epoch,
                 )
-                for d in docs
-            ]
-            self.enqueued.add(source, [m.ref for m in messages], now_ms)
-            for message in messages:
-                try:
-                    enqueue_document(self.broker, message)
-                except redis.RedisError:
-                    self._give_back(message)
-                    raise
-            claimed[source] = len(messages)
-            self.metrics.fed(source, len(messages))
-            log_event(
-                "feed.enqueued",
-                f"{len(messages)} {source} document(s) enqueued",
-                document_source=source,
-                free_slots=free.get(source, 0),
-                count=len(messages),
-            )
+            if not self.leader.acting():
+                break  # fenced out: nothing more this pass
+        self._succeeded("feed", started)
         return FeedResult(claimed=claimed, wanted=wants)
 
     def _gemini_paused(self) -> bool:
@@ -298,26 +409,84 @@ class Scheduler:
             )
             self.apply_queue(queued)
 
-    def _give_back(self, message: DocumentMessage) -> None:
-        """A claimed document we could not enqueue goes straight back to ready."""
-        self.enqueued.remove(message.document_source, message.ref)
+    def _enqueue_batch(self, messages: list[DocumentMessage], epoch: int) -> int:
+        """Enqueue a claimed batch; every message not enqueued goes back to ready.
+
+        Returns how many were enqueued: fewer than the batch when the leader was fenced
+        out midway or Redis failed (logged; the feed goes on with the next type). Any
+        other error gives back the rest of the batch and is raised.
+        """
+        done = 0
         try:
-            self.environments.store(message.environment).release(message.id, message.lease_token)
-        except OcrPoolError:
-            pass  # the lease will lapse and the reaper will put it back
+            while done < len(messages):
+                if not self.leader.acting():
+                    self._give_back_all(messages[done:], "leader lease lapsed before enqueue")
+                    break
+                if not self.enqueuer.enqueue(messages[done], self.owner, epoch):
+                    self._give_back_all(messages[done:], "not the leader any more (fenced)")
+                    self._step_down("enqueue refused: the lock or epoch moved on", epoch)
+                    break
+                done += 1
+        except redis.RedisError as exc:
+            self._give_back_all(messages[done:], f"enqueue failed: {type(exc).__name__}")
+            log_event(
+                "feed.enqueue_failed",
+                f"{messages[0].document_source} batch enqueued {done} of {len(messages)}",
+                level="WARNING",
+                error=str(exc)[:200],
+            )
+        except BaseException:
+            self._give_back_all(messages[done:], "enqueue failed")
+            raise
+        return done
+
+    def _give_back_all(self, messages: list[DocumentMessage], why: str) -> None:
+        """Claimed documents not on a queue go straight back to ready (never started)."""
+        if not messages:
+            return
+        released = 0
+        for message in messages:
+            try:
+                store = self.environments.store(message.environment)
+                released += bool(store.release(message.id, message.lease_token))
+            except (OcrPoolError, KeyError):
+                pass  # the lease will lapse and the reaper will put it back (no attempt)
+        log_event(
+            "feed.given_back",
+            f"{len(messages)} claimed document(s) not enqueued went back to ready: {why}",
+            level="WARNING",
+            count=len(messages),
+            released=released,
+            documents=",".join(m.ref for m in messages[:20]),
+        )
 
     # --- reap ---
 
     def reap(self) -> None:
-        """Expired leases back to ready; dead workers and lapsed slots out."""
-        if not self.leader.is_leader or self._backing_off("reap"):
+        """Expired leases back to ready; dead workers and lapsed slots out.
+
+        Database reaps carry the epoch (refused once a newer leader fenced the database);
+        every step first checks the leader lease. The Redis steps are convergent (they
+        free what lapsed by Redis time, as any worker taking a slot does), so a step that
+        slipped past the check changes nothing a live leader would not. Per-environment
+        failures are Environments.reap's.
+        """
+        if not self.leader.acting():
             return
+        epoch = self.leader.epoch
         # Leases lapse during an outage because nobody can renew them, not because their
         # holders died: an environment is reaped only once its database has answered again
         # for a whole lease, so the workers holding results can write them first.
-        results = self.environments.reap(
-            self.settings.ocr_max_attempts, settle_s=self.settings.ocr_lease_ms / 1000
-        )
+        try:
+            results = self.environments.reap(
+                self.settings.ocr_max_attempts,
+                settle_s=self.settings.ocr_lease_ms / 1000,
+                epoch=epoch,
+            )
+        except LeaderFencedError as exc:
+            self._step_down(f"reap refused: {exc}", epoch, epoch + 1)
+            return
+        self.metrics.succeeded("reap", sorted(results), time.time())
         for env, result in results.items():
             if result.requeued or result.errored:
                 log_event(
@@ -328,14 +497,20 @@ class Scheduler:
                     errored=result.errored,
                 )
                 self.metrics.reaped(env, result.requeued + result.errored)
+        if not self.leader.acting():
+            return
         dead = self.registry.reap_stale(WORKER_STALE_MS)
         if dead:
             log_event(
                 "reap.workers", f"{len(dead)} silent worker(s) removed", workers=",".join(dead)
             )
+        if not self.leader.acting():
+            return
         slots = self.pool.reap_expired()
         if slots:
             log_event("reap.slots", f"{len(slots)} lapsed slot(s) freed", slots=",".join(slots))
+        if not self.leader.acting():
+            return
         self.enqueued.prune(self._redis_now_ms() - self.settings.ocr_lease_ms)
 
     # --- status ---
@@ -350,6 +525,7 @@ class Scheduler:
             if mode:
                 by_mode[mode] = by_mode.get(mode, 0) + 1
         rpm, tpm = self.limiter.usage()
+        fleet_cpu, fleet_ram, _ = self.fleet_budget()  # issue 10: the live hosts' budgets
         cpu, ram = self.capacity.usage()
         snap = StatusSnapshot(
             taken_at=now_utc(),
@@ -367,11 +543,16 @@ class Scheduler:
             cooldown_ms=self.limiter.cooldown_remaining_ms(),
             cpu_used=cpu,
             ram_used=ram,
-            cpu_budget=s.cpu_budget,
-            ram_budget=s.ram_budget,
+            cpu_budget=fleet_cpu,
+            ram_budget=fleet_ram,
             leader=self.leader.holder(),
             enqueued=self.enqueued.counts(),
         )
+        epoch = self.client.get(self.keys.leader_epoch)
+        snap.leader_epoch = int(epoch) if epoch is not None and snap.leader else None
+        if snap.cooldown_ms > 0:
+            reason = self.client.get(self.keys.cooldown_reason)
+            snap.cooldown_reason = str(reason) if reason else None
         try:
             by_env = self.environments.counts_by_environment()
         except TransientError as exc:
@@ -383,23 +564,44 @@ class Scheduler:
                 t: {"ready": c.ready, "in_flight": c.in_flight} for t, c in counts.items()
             }
             for t, c in counts.items():
-                total = totals.setdefault(t, {"ready": 0, "in_flight": 0})
+                total = totals.setdefault(t, {"ready": 0, "in_flight": 0, "waiting_retry": 0})
                 total["ready"] += c.ready
                 total["in_flight"] += c.in_flight
+                total["waiting_retry"] += c.waiting_retry
         snap.queue = totals
+        snap.environments = [e.describe() for e in self.environments.states()]  # issue 12
         raw = self.client.hgetall(self.keys.pool_stats)
         snap.documents = {str(k): int(v) for k, v in raw.items()}
+        # issue 10: each live host against its own budget
+        usage = self.pool.usage_by_host()
+        snap.hosts = {
+            h.host: {
+                "cpu_used": usage.get(h.host, (0.0, 0.0))[0],
+                "cpu_budget": h.cpu,
+                "ram_used": usage.get(h.host, (0.0, 0.0))[1],
+                "ram_budget": h.ram,
+            }
+            for h in live_hosts(self.client, self.keys)
+        } or None
+        # issue 11: open circuit breakers (Gemini model, configuration, document hosts)
+        snap.circuit_breakers = {
+            name: {"state": "open", "why": " ".join(why.split())[:120]}
+            for name, why in Breakers(self.client, self.keys).open_breakers().items()
+        }
         return snap
 
-    def status_text(self) -> str:
+    def status_text(self, *, emoji: bool = False) -> str:
         snap = self.snapshot()
         self.metrics.observe(snap, self.limiter)
-        return render_status(snap)
+        return render_status(snap, emoji=emoji)
 
     def print_status(self) -> None:
-        if not self.leader.is_leader:
+        if not self.leader.acting():
+            # A standby prints nothing but keeps its gauges live (issue 14).
+            self.metrics.observe(self.snapshot(), self.limiter)
             return
-        print(self.status_text(), file=self._out, flush=True)
+        out = self._out or sys.stdout
+        print(self.status_text(emoji=wants_emoji(out)), file=out, flush=True)
 
     # --- error handling ---
 
@@ -444,7 +646,7 @@ class Scheduler:
         sched = BlockingScheduler(executors={"default": ThreadPoolExecutor(8)}, timezone="UTC")
         now = now_utc()
         every = [
-            ("leadership", self.tick_leadership, 2000),
+            ("leadership", lambda: self.tick_leadership(background=True), 2000),
             ("rebalance", self.rebalance, s.ocr_rebalance_interval_ms),
             ("feed", self.feed, s.ocr_feed_interval_ms),
             ("reap", self.reap, max(1000, min(s.ocr_lease_ms // 4, 15_000))),
@@ -476,15 +678,36 @@ class Scheduler:
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
         sched.start()
-        self.shutdown()
+        self.shutdown(announce=True)
 
-    def shutdown(self) -> None:
-        """Stop feeding, hand over leadership, close connections."""
+    def shutdown(self, *, announce: bool = False) -> None:
+        """Stop feeding, hand over leadership, close connections.
+
+        With `announce`, print the seed's shutdown block step by step: "workers" is
+        the feed (the dramatiq workers finish their jobs and stop on their own
+        signal), "pool manager" the leadership, "rate limiter" and "capacity
+        manager" their connections and the metrics endpoint (their state lives in
+        Redis and outlives us).
+        """
+        out = self._out or sys.stdout
+        emoji = wants_emoji(out)
+
+        def say(lines: list[str] | tuple[str, ...]) -> None:
+            if announce:
+                print("\n".join(lines), file=out, flush=True)
+
+        say(shutdown_header(emoji))
+        say(SHUTDOWN_STEPS[:1])
         self._stopping.set()
+        say(SHUTDOWN_STEPS[1:2])
         try:
-            self.leader.release()
+            with self._leadership:
+                self.leader.release()
         except redis.RedisError:
             pass
+        say(SHUTDOWN_STEPS[2:3])
         self.environments.close()
+        say(SHUTDOWN_STEPS[3:4])
         self.metrics.stop()
         log_event("scheduler.stopped", "scheduler stopped cleanly", owner=self.owner)
+        say(shutdown_footer(emoji))

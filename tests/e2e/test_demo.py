@@ -48,10 +48,11 @@ def test_demo_runs_end_to_end_and_cleans_up(
     out = result.stdout
     assert result.returncode == 0, out[-4000:] + result.stderr[-2000:]
     for needle in (
-        "OCR pool scheduler",
-        "Slots started",
+        "UNIFIED OCR WORKER POOL STARTING",
+        "Started ocr-worker-1 (mode: ",
+        "WORKER POOL STARTED SUCCESSFULLY",
         "done  24/24",
-        "OCR pool status",
+        "WORKER POOL STATUS",
         "Demo summary",
         "stopped workers",
         "stopped scheduler",
@@ -77,18 +78,31 @@ def test_demo_runs_end_to_end_and_cleans_up(
         "ocr_gemini_rpm_limit",
         "ocr_capacity_cpu_budget",
         "ocr_documents_fed_total",
+        "ocr_scheduler_leader",
+        "ocr_scheduler_leader_epoch",
+        "ocr_last_success_timestamp_seconds",
     ):
         assert series in scheduler_series, f"{series} not served: {sorted(scheduler_series)}"
     worker_series = set(summary["metrics"]["workers"])
-    for series in ("dramatiq_messages_total", "dramatiq_message_duration_milliseconds_bucket"):
+    for series in (
+        "dramatiq_messages_total",
+        "dramatiq_message_duration_milliseconds_bucket",
+        "ocr_gemini_call_seconds_bucket",
+        "ocr_limiter_wait_seconds_bucket",
+        "ocr_gemini_responses_total",
+    ):
         assert series in worker_series, f"{series} not served: {sorted(worker_series)}"
 
-    # Everything the demo started or created is gone.
+    # Everything the demo started or created is gone (its own: other demos may be running
+    # on the same servers).
+    assert summary["database"].startswith("ocr_demo_")
+    assert summary["redis_prefix"].startswith("demo:")
     with psycopg.connect(pg_admin_dsn) as conn:
         left = conn.execute(
-            "SELECT count(*) FROM pg_database WHERE datname LIKE 'ocr_demo_%'"
+            "SELECT count(*) FROM pg_database WHERE datname = %s", (summary["database"],)
         ).fetchone()
     assert left is not None and left[0] == 0, "the demo database was not dropped"
     client = redis.Redis.from_url(redis_url)
-    assert not list(client.scan_iter(match="demo:*", count=1000)), "demo keys left in Redis"
+    own = list(client.scan_iter(match=f"{summary['redis_prefix']}*", count=1000))
+    assert not own, "demo keys left in Redis"
     client.close()

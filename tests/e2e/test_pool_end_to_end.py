@@ -77,21 +77,43 @@ def test_mixed_queue_is_processed_end_to_end_inside_the_quota(pool: PoolHarness,
     status = pool.run("status")
     assert status.returncode == 0, status.stderr
     for needle in (
-        "Worker allocation",
-        "Active workers",
-        "Gemini",
-        "RPM",
-        "TPM",
-        "Server capacity",
-        "Workers by type",
-        "registre",
+        "WORKER POOL STATUS",
+        "Worker Allocation:",
+        "   Index workers: ",
+        "   Active workers: 4",
+        "Gemini API Usage:",
+        "   RPM: ",
+        "   TPM: ",
+        "Server Capacity:",
+        "   Workers by type:",
+        "     - Registre: 0",
     ):
         assert needle in status.stdout, status.stdout
-    assert "Worker allocation" in scheduler.log()  # the status block was printed live too
+    assert "WORKER POOL STATUS" in scheduler.log()  # the status block was printed live too
+
+    # The doctor passes on this live, healthy pool (real scheduler, workers, emulator);
+    # Gemini headroom recovers once the run's requests leave the limiter's window.
+    doctor: list[str] = []
+
+    def doctor_passes() -> bool:
+        run = pool.run("doctor")
+        doctor[:] = [run.stdout + run.stderr]
+        return run.returncode == 0
+
+    wait_until(doctor_passes, 60, message=lambda: f"doctor on a healthy pool:\n{doctor[0]}")
+    assert "✔ worker threads: 6 registered for a pool of 4" in doctor[0], doctor[0]
+    assert "✔ host clocks vs Redis TIME: 2 host(s)" in doctor[0], doctor[0]  # workers + doctor
 
     assert workers.stop() == 0
     assert scheduler.stop() == 0
     assert "scheduler stopped cleanly" in scheduler.log()
+    log = scheduler.log()
+    shutdown = log[log.index("SHUTTING DOWN WORKER POOL") :]
+    assert (
+        shutdown.index("Stopping workers...")
+        < shutdown.index("Stopping capacity manager...")
+        < shutdown.index("WORKER POOL STOPPED SUCCESSFULLY")
+    ), shutdown
 
 
 def test_seed_rebalancing_examples_live(pool: PoolHarness) -> None:
@@ -187,7 +209,13 @@ def test_a_job_past_the_time_limit_fails_with_a_clear_message(pool: PoolHarness,
     emulator.configure(latency_ms=3000, latency_jitter_ms=0)
     pool.seed(index=1, acte=0)
     pool.scheduler()
-    workers = pool.workers(processes=1, threads=1, OCR_JOB_TIME_LIMIT_MS=1000, OCR_MAX_ATTEMPTS=1)
+    workers = pool.workers(
+        processes=1,
+        threads=1,
+        OCR_JOB_TIME_LIMIT_MS=1000,
+        OCR_MAX_ATTEMPTS=1,
+        GEMINI_TIMEOUT_MS=1000,  # a job time limit below one Gemini timeout is refused
+    )
     wait_until(
         lambda: pool.status_counts().get(4, 0) == 1,
         60,

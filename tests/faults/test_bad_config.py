@@ -26,6 +26,7 @@ import redis
 from control_plane.queue.migrate import apply_schema
 from control_plane.samples import sample_document
 from tests.faults.checks import install_audit
+from tests.support import services
 from tests.support.emulator import start_emulator
 from tests.support.pool import ROOT, PoolHarness, pool_harness, wait_until
 from tests.support.redis_server import free_port, private_redis
@@ -84,7 +85,28 @@ BAD_SETTINGS: list[tuple[str, str | None, tuple[str, ...], tuple[str, ...]]] = [
     ),
     ("DEV_DATABASE_URL", None, ("no environment configured", "DEV_DATABASE_URL"), ALL),
     ("GEMINI_API_KEY", None, ("GEMINI_API_KEY: not set",), ("dramatiq",)),
+    # issue 11: relations between settings and URL schemes
+    (
+        "OCR_HEARTBEAT_INTERVAL_MS",
+        "60000",
+        ("OCR_HEARTBEAT_INTERVAL_MS=60000 must be below OCR_SLOT_TTL_MS=30000",),
+        ALL,
+    ),
+    ("OCR_LEASE_MS", "20000", ("OCR_SLOT_TTL_MS=30000 must be below OCR_LEASE_MS=20000",), ALL),
+    (
+        "OCR_JOB_TIME_LIMIT_MS",
+        "1000",
+        ("OCR_JOB_TIME_LIMIT_MS=1000 is below GEMINI_TIMEOUT_MS=300000",),
+        ALL,
+    ),
+    ("OCR_ACTE_CPU", "9", ("OCR_ACTE_CPU=9 is above this host's CPU budget",), ALL),
+    ("SERVER_MAX_RAM", "2", ("SERVER_MAX_RAM: the minimum slots",), ALL),
+    ("GEMINI_BASE_URL", "127.0.0.1:8090", ("GEMINI_BASE_URL has no scheme",), ALL),
+    ("DEV_DATABASE_URL", f"mysql://{REJECTED}@db/x", ("DEV_DATABASE_URL must start with",), ALL),
 ]
+# DEV_SUPABASE_URL without a scheme (round 1: a traceback in the scheduler, a worker that
+# booted without its runtime and failed every message).
+SUPABASE_NO_SCHEME = {"DEV_SUPABASE_URL": "abc.supabase.co", "DEV_SUPABASE_SERVICE_KEY": "k" * 40}
 
 
 def base_env(redis_url: str) -> dict[str, str]:
@@ -98,7 +120,7 @@ def base_env(redis_url: str) -> dict[str, str]:
     }
     env.update(
         {
-            "DEV_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/postgres",
+            "DEV_DATABASE_URL": services.pg_admin_dsn(),
             "REDIS_URL": redis_url,
             "GEMINI_API_KEY": "test-key-not-used",
             "OCR_REDIS_PREFIX": f"cfg:{uuid.uuid4().hex[:8]}:",
@@ -140,10 +162,18 @@ def test_each_invalid_variable_is_refused_with_one_line_naming_it(redis_url: str
         jobs += [(variable, said, name, env) for name in commands]
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda job: run(COMMANDS[job[2]], job[3]), jobs))
-    refused = {}
-    for (variable, said, name, _), result in zip(jobs, results, strict=True):
-        refused[(variable, name)] = assert_refused(result, *said)
+    refused = []
+    for (_variable, said, _name, _), result in zip(jobs, results, strict=True):
+        refused.append(assert_refused(result, *said))
     assert len(refused) == len(jobs)
+
+
+def test_a_supabase_url_without_scheme_is_refused_by_every_command(redis_url: str) -> None:
+    env = {**base_env(redis_url), **SUPABASE_NO_SCHEME}
+    env.pop("DEV_DATABASE_URL")
+    for name, argv in COMMANDS.items():
+        line = assert_refused(run(argv, env), "DEV_SUPABASE_URL has no scheme")
+        assert "https://abc.supabase.co" in line, (name, line)
 
 
 def test_unreachable_redis_is_refused_with_one_clear_line(redis_url: str) -> None:
@@ -295,3 +325,134 @@ def run_pool_with_secrets(pool: PoolHarness) -> dict[str, str]:
         "workers log": workers.log(),
         "status output": status.stdout + status.stderr,
     }
+
+
+# --- secrets in every URL form (issue 11) ----------------------------------------------------
+
+
+def test_secrets_in_every_url_form_never_appear_and_library_lines_use_our_format(
+    pg_admin_dsn: str,
+    pg_database_factory: Callable[[str], str],
+    tmp_path: Path,
+    report: Any,
+) -> None:
+    """A Redis password holding `@` written as is in the URL (`redis://:pa@ss@host`), a
+    database password given as `?password=` (percent-encoded `@` inside), and every
+    library's log lines (DEBUG: APScheduler, psycopg_pool, dramatiq, redis, httpx...)."""
+    dsn = pg_database_factory("secretforms")
+    apply_schema(dsn)
+    role = f"ocr_forms_{uuid.uuid4().hex[:8]}"
+    pg_password = f"PG@FORM-{uuid.uuid4().hex}"
+    redis_password = f"RE@DIS-{uuid.uuid4().hex}"
+    gemini_key = f"GEMKEY-{uuid.uuid4().hex}"
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{pg_password}'")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for what in ("TABLES", "SEQUENCES", "FUNCTIONS"):
+            conn.execute(f"GRANT ALL ON ALL {what} IN SCHEMA public TO {role}")
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    encoded = pg_password.replace("@", "%40")
+    db_url = (
+        f"postgresql://{role}@{params.get('host', '127.0.0.1')}:{params.get('port', 5432)}/"
+        f"{params['dbname']}?password={encoded}"
+    )
+    try:
+        with private_redis() as server, start_emulator(api_key=gemini_key, latency_ms=20) as emu:
+            admin = redis.Redis(host="127.0.0.1", port=server.port)
+            admin.config_set("requirepass", redis_password)
+            admin.close()
+            redis_url = f"redis://:{redis_password}@127.0.0.1:{server.port}/0"
+            with pool_harness(dsn, redis_url, emu.url, tmp_path / "pool") as pool:
+                # The pool's processes connect with the password-in-query URL; the test
+                # seeds and counts through the owner's DSN (pool.dsn).
+                pool.settings_env.update(
+                    {
+                        "DEV_DATABASE_URL": db_url,
+                        "GEMINI_API_KEY": gemini_key,
+                        "OCR_LOG_LEVEL": "DEBUG",
+                    }
+                )
+                outputs = run_pool_with_forms(pool)
+                wrong = pool.run(
+                    "status", REDIS_URL=f"redis://127.0.0.1:{server.port}/0?password={REJECTED}"
+                )
+                assert wrong.returncode != 0
+                outputs["status, wrong ?password="] = wrong.stdout + wrong.stderr
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+        with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
+    secrets = [pg_password, encoded, redis_password, gemini_key, REJECTED]
+    for secret in (pg_password, redis_password):  # and the parts around an "@"
+        secrets.extend(part for part in secret.split("@") if len(part) > 8)
+    for where, text in outputs.items():
+        assert text, f"{where}: nothing captured"
+        for secret in secrets:
+            assert secret not in text, f"a secret ({secret[:6]}...) appears in {where}"
+    # One stream: library lines carry their logger as action, in our format; only the
+    # dramatiq master (which never imports our code) keeps its own few lines.
+    scheduler_log, workers_log = outputs["scheduler log"], outputs["workers log"]
+    assert " DEBUG " in scheduler_log and "apscheduler." in scheduler_log
+    assert " DEBUG " in workers_log and " dramatiq.worker.Worker " in workers_log
+    foreign = [
+        ln
+        for ln in (scheduler_log + workers_log).splitlines()
+        if ln.startswith("[") and "[PID" in ln and "dramatiq.MainProcess" not in ln
+    ]
+    assert not foreign, foreign[:5]
+    assert "dramatiq.WorkerProcess(0) Worker process is ready" in workers_log
+    report(
+        fault="secrets in every URL form (user:pass@ with @, ?password=)",
+        documents_in=6,
+        completed=6,
+        notes="scheduler/workers DEBUG logs, status; library lines in our format",
+    )
+
+
+def run_pool_with_forms(pool: PoolHarness) -> dict[str, str]:
+    """Queue documents, run the pool to the end, return all output."""
+    pool.seed(index=4, acte=2)
+    scheduler = pool.scheduler()
+    workers = pool.workers(processes=1, threads=2)
+    wait_until(
+        lambda: pool.status_counts() == {5: 6},
+        90,
+        message=lambda: f"all 6 done: {pool.status_counts()}\n{workers.log()[-2000:]}",
+    )
+    status = pool.run("status")
+    assert status.returncode == 0, status.stderr
+    assert workers.stop() == 0 and scheduler.stop() == 0
+    return {
+        "scheduler log": scheduler.log(),
+        "workers log": workers.log(),
+        "status output": status.stdout + status.stderr,
+    }
+
+
+def test_a_redis_user_without_scripting_is_refused_at_start_by_every_process(
+    redis_url: str,
+) -> None:
+    """PING works (so round 1 started), the Lua scripts do not: the scheduler refused with
+    a traceback and the workers booted on and failed every message. Now: one line naming
+    REDIS_URL, non-zero exit, no worker left taking messages."""
+    with private_redis() as server:
+        admin = redis.Redis(host="127.0.0.1", port=server.port)
+        admin.execute_command(
+            "ACL", "SETUSER", "ocr", "on", ">Zr9-acl-pass", "~*", "&*", "+@all", "-@scripting"
+        )
+        admin.close()
+        env = base_env(redis_url)
+        env["REDIS_URL"] = f"redis://ocr:Zr9-acl-pass@127.0.0.1:{server.port}/0"
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            results = dict(
+                zip(
+                    COMMANDS,
+                    pool.map(lambda argv: run(argv, env, timeout=60), COMMANDS.values()),
+                    strict=True,
+                )
+            )
+    for name, result in results.items():
+        line = assert_refused(result, "REDIS_URL: the Redis user is not allowed")
+        assert "Zr9-acl-pass" not in result.stdout + result.stderr, name
+        assert line.startswith("configuration error: "), (name, line)

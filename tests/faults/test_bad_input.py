@@ -2,9 +2,9 @@
 
 Every unusable document ends in status 4 with its own precise `error_message`
 (no attempt wasted on retries); the good ones, including a 1,000-page document at
-OCR_MAX_PAGES=1000, all complete; the workers carry on. An unknown
-`document_source` is refused by the table's CHECK; a legacy row that predates the
-constraint is moved to 4 by the reaper.
+OCR_MAX_PAGES=1000, all complete; the workers carry on. A row of another
+component's `document_source` is accepted by the table and never touched by the pool
+(issue 12). An http document on a refused address fails with "address not allowed".
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import errors as pg_errors
 from pypdf import PdfReader, PdfWriter
 
-from control_plane.queue.migrate import apply_schema
 from control_plane.samples import make_pdf, sample_document
 from tests.support import fault_fixtures
 from tests.support.emulator import EmulatorProcess
@@ -86,21 +84,6 @@ def insert(conn: psycopg.Connection[Any], source: str, path: str) -> int:
     return int(row[0])
 
 
-def insert_legacy_unknown_source(
-    conn: psycopg.Connection[Any],
-    dsn: str,
-    source: str,
-    path: str,
-) -> int:
-    """A row from before the CHECK existed: drop it, insert, then migrate (adds it NOT VALID)."""
-    conn.execute(
-        "ALTER TABLE extraction_queue DROP CONSTRAINT extraction_queue_document_source_check"
-    )
-    doc_id = insert(conn, source, path)
-    apply_schema(dsn)
-    return doc_id
-
-
 def test_bad_documents_each_fail_with_their_own_message_and_the_pool_carries_on(
     fx_pool: PoolHarness, fx_emulator: EmulatorProcess, report: Any, tmp_path: Path
 ) -> None:
@@ -143,7 +126,7 @@ def test_bad_documents_each_fail_with_their_own_message_and_the_pool_carries_on(
             "not a PDF": (
                 "index",
                 (docs / "notapdf.pdf").as_uri(),
-                r"^not a PDF \(starts with b'<html><body>logi'\)$",
+                r"^not a PDF \(an HTML page\)$",
             ),
             "1,000 pages (allowed)": ("acte", (docs / "thousand.pdf").as_uri(), None),
             "1,001 pages": (
@@ -162,6 +145,17 @@ def test_bad_documents_each_fail_with_their_own_message_and_the_pool_carries_on(
                 rf"^HTTP 404 fetching {re.escape(base)}/missing\.pdf$",
             ),
             "http good": ("index", f"{base}/good.pdf?token=SIGNEDTOKEN123", None),
+            "address not allowed": (
+                "index",
+                base.replace("127.0.0.1", "127.0.0.2") + "/good.pdf",
+                r"^address not allowed: http://127\.0\.0\.2:\d+/good\.pdf: 127\.0\.0\.2 is "
+                r"loopback \(not in OCR_DOCUMENT_ALLOWED_HOSTS\)$",
+            ),
+            "NUL byte in the path": (
+                "acte",
+                f"{docs.as_uri()}/a%00b.pdf",
+                r"^invalid storage_path: embedded null byte$",
+            ),
             "outside the directory": (
                 "index",
                 "file:///etc/hostname",
@@ -200,16 +194,8 @@ def test_bad_documents_each_fail_with_their_own_message_and_the_pool_carries_on(
             ),
         }
         ids = {name: insert(conn, source, path) for name, (source, path, _) in cases.items()}
-        with pytest.raises(pg_errors.CheckViolation):
-            insert(conn, "registre", (docs / "zero.pdf").as_uri())
-        cases["unknown document_source (legacy row)"] = (
-            "registre",
-            "",
-            r"^unknown document_source 'registre' \(expected index or acte\)$",
-        )
-        ids["unknown document_source (legacy row)"] = insert_legacy_unknown_source(
-            conn, fx_pool.dsn, "registre", (docs / "thousand.pdf").as_uri()
-        )
+        # Another component's type: accepted by the table, never touched by the pool.
+        registre = insert(conn, "registre", (docs / "thousand.pdf").as_uri())
         expected_good = fx_pool.seed(index=6, acte=4, start=1)
 
         env = {
@@ -221,7 +207,7 @@ def test_bad_documents_each_fail_with_their_own_message_and_the_pool_carries_on(
         fx_emulator.configure(tpm_limit=320_000)
         fx_pool.scheduler(**env)
         workers = fx_pool.workers(processes=1, threads=THREADS, **env)
-        total = len(ids) + len(expected_good)
+        total = len(ids) + len(expected_good)  # the registre row stays at 3
         wait_until(
             lambda: sum(fx_pool.status_counts().get(s, 0) for s in (DONE, ERROR)) == total,
             60,
@@ -246,6 +232,7 @@ def test_bad_documents_each_fail_with_their_own_message_and_the_pool_carries_on(
     assert good.text.split()[0] in rows[ids["http good"]]["file_content"]
     for doc_id in expected_good:
         assert rows[doc_id]["status_id"] == DONE, rows[doc_id]
+    assert (rows[registre]["status_id"], rows[registre]["attempts"]) == (3, 0), "not ours"
     assert threads_heartbeating(fx_pool, THREADS) and workers.alive()
     assert "Traceback" not in workers.log(), workers.log()[-3000:]
     assert "SIGNEDTOKEN123" not in workers.log(), (
@@ -254,7 +241,7 @@ def test_bad_documents_each_fail_with_their_own_message_and_the_pool_carries_on(
     bad = sum(1 for c in cases.values() if c[2] is not None)
     row = report(
         **figures(
-            "bad input corpus (15 kinds) + good documents",
+            "bad input corpus (16 kinds) + good documents",
             fx_pool,
             fx_emulator,
             faulty=set(),

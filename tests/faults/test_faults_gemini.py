@@ -110,7 +110,12 @@ def test_per_day_quota_pauses_until_the_reset_without_burning_attempts(
     expected = fx_pool.seed(index=4, acte=2)
     # Short job time limit and lease: a pool that held documents through the pause, or
     # let their leases lapse, would burn attempts (and end in 4) within seconds here.
-    env = {"OCR_JOB_TIME_LIMIT_MS": 2000, "OCR_LEASE_MS": 3000}
+    env = {
+        "OCR_JOB_TIME_LIMIT_MS": 2000,
+        "OCR_LEASE_MS": 3000,
+        "OCR_SLOT_TTL_MS": 2000,  # below the lease (refused otherwise)
+        "GEMINI_TIMEOUT_MS": 1000,  # at most the job time limit (refused otherwise)
+    }
     scheduler = fx_pool.scheduler(**env)
     workers = fx_pool.workers(processes=1, threads=THREADS, **env)
 

@@ -91,8 +91,10 @@ def fetcher(docs_dir: Path) -> Iterator[DocumentFetcher]:
         _env_file=None,
         ocr_local_documents_dir=str(docs_dir),  # type: ignore[call-arg]
         ocr_max_document_mb=0.25,
+        ocr_document_allowed_hosts="127.0.0.1",  # the test server (issue 12)
+        ocr_document_fetch_timeout_ms=5000,
     )
-    fetcher = DocumentFetcher(settings, timeout_s=5)
+    fetcher = DocumentFetcher(settings)
     yield fetcher
     fetcher.close()
 
@@ -155,7 +157,7 @@ def test_server_errors_and_network_failures_are_transient(
         fetcher.fetch(doc(f"{http_base}/boom.pdf"))
     with pytest.raises(
         TransientError, match=re.escape("network error fetching http://127.0.0.1:1/a.pdf")
-    ):
+    ):  # allowed (OCR_DOCUMENT_ALLOWED_HOSTS), nothing listening
         fetcher.fetch(doc("http://127.0.0.1:1/a.pdf"))
 
 
@@ -171,8 +173,9 @@ def test_supabase_storage_download_and_missing_object(
         fetcher = DocumentFetcher(Settings(_env_file=None), envs)  # type: ignore[call-arg]
         try:
             assert fetcher.fetch(doc("actes/2024/a.pdf", "prod")) == PDF
-            with pytest.raises(PermanentError, match=re.escape("HTTP 404 fetching actes/nope.pdf")):
+            with pytest.raises(PermanentError, match=r"^HTTP 404 fetching .*/actes/nope\.pdf") as e:
                 fetcher.fetch(doc("actes/nope.pdf", "prod"))
+            assert str(e.value).endswith("(actes/nope.pdf from prod storage)")
             with pytest.raises(DocumentError, match="not a PDF"):
                 inspect_pdf(fetcher.fetch(doc("actes/bad.pdf", "prod")), max_pages=10)
             endpoint.inject(503, "503")

@@ -128,7 +128,7 @@ def test_missing_or_wrong_key_is_refused_like_google_and_never_echoed(emu: Emula
     client = _client(emu, wrong_key)
     with pytest.raises(genai_errors.ClientError) as caught:
         client.models.generate_content(model=MODEL, contents=["hi"])
-    assert classify_exception(caught.value, attempt=1).action is Action.FATAL
+    assert classify_exception(caught.value, attempt=1).action is Action.CONFIGURATION
 
 
 @pytest.mark.parametrize(

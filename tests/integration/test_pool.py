@@ -194,21 +194,19 @@ def test_take_refuses_when_the_budget_is_full(redis_client, keys):
 def test_a_retried_take_with_the_same_token_returns_the_same_slot(redis_client, keys):
     pool = make_pool(redis_client, keys)
     pool.publish_allocation({"index": 2, "acte": 2}, version=1, reason="x")
-    k = keys
-    script_keys = [
-        k.assignments,
-        k.slot_holders,
-        k.slot_leases,
-        k.pending_modes,
-        k.cpu_allocated,
-        k.ram_allocated,
-        k.external_usage,
-        k.external_leases,
-    ]
+    script_keys = pool._slot_keys
     holder = json.dumps(
-        {"holder": "w", "token": "tok-1", "mode": "index", "document": "", "cpu": 1.5, "ram": 0.75}
+        {
+            "holder": "w",
+            "token": "tok-1",
+            "mode": "index",
+            "document": "",
+            "host": "h1",
+            "cpu": 1.5,
+            "ram": 0.75,
+        }
     )
-    args = ["index", "tok-1", holder, 30_000, "1.5", "0.75", repr(CPU), repr(RAM)]
+    args = ["index", "tok-1", holder, 30_000, "1.5", "0.75", repr(CPU), repr(RAM), "h1"]
     scripts = ScriptSet(redis_client)
     first = scripts.run("pool_take", script_keys, args)
     again = scripts.run("pool_take", script_keys, args)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-import psycopg
 import pytest
 
 from control_plane.errors import PermanentError, TransientError
@@ -44,7 +43,7 @@ def test_rows_inserted_with_only_type_path_and_status_are_claimed(store_case: St
     assert [d.id for d in docs] == [1, 2, 3]
     first = docs[0]
     assert first.environment == "dev" and first.document_source == "index"
-    assert first.storage_path == "doc/1.pdf" and first.attempts == 1
+    assert first.storage_path == "doc/1.pdf" and first.attempts == 0  # counted at start
     assert first.lease_expires_at > datetime.now(UTC)
     uuid.UUID(first.lease_token)  # a real uuid
     assert row(store_case.dsn, 1)["status_id"] == 2
@@ -67,40 +66,48 @@ def test_lifecycle_start_renew_complete_writes_once(store_case: StoreCase) -> No
     add_ready(store_case.dsn, 1)
     store = store_case.store
     (doc,) = store.claim("index", 1, "w1", LEASE)
-    assert store.start(doc.id, doc.lease_token, "w1/thread-2", LEASE)
-    assert store.renew(doc.id, doc.lease_token, LEASE)
-    assert store.complete(doc.id, doc.lease_token, "texte OCR\x00 é", 258, 40)
-    assert not store.complete(doc.id, doc.lease_token, "second write", 1, 1)
+    delivery = store.start(doc.id, doc.lease_token, "w1/thread-2", LEASE, 3)
+    assert delivery is not None and delivery.attempt == 1
+    assert delivery.lease_token != doc.lease_token, "each delivery gets its own token"
+    assert not store.complete(doc.id, doc.lease_token, "claim token", 1, 1)
+    assert store.renew(doc.id, delivery.lease_token, LEASE)
+    assert store.complete(doc.id, delivery.lease_token, "texte OCR\x00 é", 258, 40)
+    assert not store.complete(doc.id, delivery.lease_token, "second write", 1, 1)
     written = row(store_case.dsn, doc.id)
     assert written["status_id"] == 5 and written["file_content"] == "texte OCR é"
     assert (written["prompt_tokens"], written["output_tokens"]) == (258, 40)
     assert written["lease_token"] is None and written["worker_id"] == "w1/thread-2"
-    assert not store.renew(doc.id, doc.lease_token, LEASE)
+    assert written["attempts"] == 1
+    assert not store.renew(doc.id, delivery.lease_token, LEASE)
 
 
 def test_stale_token_after_reap_and_reclaim_changes_nothing(store_case: StoreCase) -> None:
     add_ready(store_case.dsn, 1)
     store = store_case.store
     (old,) = store.claim("index", 1, "w-old", LEASE)
-    assert store.start(old.id, old.lease_token, "w-old", LEASE)
+    late = store.start(old.id, old.lease_token, "w-old", LEASE, 3)
+    assert late is not None
     expire_leases(store_case.dsn)
     assert store.reap(3) == ReapResult(requeued=1, errored=0)
     (new,) = store.claim("index", 1, "w-new", LEASE)
-    assert new.id == old.id and new.lease_token != old.lease_token and new.attempts == 2
+    assert new.id == old.id and new.lease_token != old.lease_token and new.attempts == 1
+    current = store.start(new.id, new.lease_token, "w-new", LEASE, 3)
+    assert current is not None and current.attempt == 2
 
     before = row(store_case.dsn, old.id)
-    assert not store.complete(old.id, old.lease_token, "old text", 1, 1)
-    assert (
-        store.fail(old.id, old.lease_token, "old failure", permanent=True, max_attempts=3)
-        is FailOutcome.STALE
-    )
-    assert not store.start(old.id, old.lease_token, "w-old", LEASE)
-    assert not store.renew(old.id, old.lease_token, LEASE)
-    assert not store.release(old.id, old.lease_token)
+    for token in (old.lease_token, late.lease_token):  # the claim's and the late delivery's
+        assert not store.complete(old.id, token, "old text", 1, 1)
+        assert (
+            store.fail(old.id, token, "old failure", permanent=True, max_attempts=3)
+            is FailOutcome.STALE
+        )
+        assert store.start(old.id, token, "w-old", LEASE, 3) is None
+        assert not store.renew(old.id, token, LEASE)
+        assert not store.release(old.id, token)
     assert row(store_case.dsn, old.id) == before, "a stale token must change nothing"
 
-    assert store.complete(new.id, new.lease_token, "new text", 5, 6)
-    assert not store.complete(new.id, new.lease_token, "again", 7, 8)
+    assert store.complete(new.id, current.lease_token, "new text", 5, 6)
+    assert not store.complete(new.id, current.lease_token, "again", 7, 8)
     assert row(store_case.dsn, new.id)["file_content"] == "new text"
 
 
@@ -110,11 +117,13 @@ def test_fail_retries_then_errors_after_max_attempts(store_case: StoreCase) -> N
     outcomes = []
     for _ in range(3):
         (doc,) = store.claim("index", 1, "w1", LEASE)
+        delivery = store.start(doc.id, doc.lease_token, "w1", LEASE, 3)
+        assert delivery is not None
         outcomes.append(
             store.fail(
                 doc.id,
-                doc.lease_token,
-                f"Gemini 503 on attempt {doc.attempts}",
+                delivery.lease_token,
+                f"Gemini 503 on attempt {delivery.attempt}",
                 permanent=False,
                 max_attempts=3,
             )
@@ -140,9 +149,14 @@ def test_permanent_failure_goes_to_error_at_once(store_case: StoreCase) -> None:
 def test_release_returns_to_ready_without_counting_the_attempt(store_case: StoreCase) -> None:
     add_ready(store_case.dsn, 1)
     store = store_case.store
-    for _ in range(5):  # e.g. repeated 429s: never runs out of attempts
+    for n in range(6):  # e.g. repeated 429s: never runs out of attempts
         (doc,) = store.claim("index", 1, "w1", LEASE)
-        assert store.release(doc.id, doc.lease_token)
+        token = doc.lease_token
+        if n % 2:  # given back after its start: the attempt the start counted is returned
+            delivery = store.start(doc.id, doc.lease_token, "w1", LEASE, 3)
+            assert delivery is not None and delivery.attempt == 1
+            token = delivery.lease_token
+        assert store.release(doc.id, token)
     assert row(store_case.dsn, doc.id)["attempts"] == 0
     assert row(store_case.dsn, doc.id)["status_id"] == 3
     assert store.counts()["index"] == QueueCounts(ready=1, in_flight=0)
@@ -156,14 +170,15 @@ def test_reap_requeues_expired_leases_then_errors_after_max_attempts(
     results = []
     for _ in range(3):
         docs = store.claim("index", 1, "w-crashed", LEASE)  # only the first document
-        assert store.start(docs[0].id, docs[0].lease_token, "w-crashed", LEASE)
+        assert store.start(docs[0].id, docs[0].lease_token, "w-crashed", LEASE, 3)
         expire_leases(store_case.dsn)
         results.append(store.reap(3))
     assert results == [ReapResult(1, 0), ReapResult(1, 0), ReapResult(0, 1)]
     dead = row(store_case.dsn, docs[0].id)
     assert dead["status_id"] == 4 and dead["attempts"] == 3
     assert dead["error_message"] == (
-        "lease expired on attempt 3 of 3 (last worker w-crashed): giving up"
+        "worker process died during processing 3 time(s) (last worker w-crashed): "
+        "its lease expired on attempt 3 of 3, giving up"
     )
     assert row(store_case.dsn, 2)["status_id"] == 3, "the other document is untouched"
 
@@ -255,36 +270,27 @@ def test_postgres_unreachable_is_transient_and_never_shows_the_password() -> Non
         store.close()
 
 
-def test_unknown_document_source_is_refused_or_moved_to_error(pg_database_factory) -> None:  # type: ignore[no-untyped-def]
+def test_rows_of_other_types_are_left_alone(pg_database_factory) -> None:  # type: ignore[no-untyped-def]
+    """Issue 12: other writers may use any document_source; the pool never touches them."""
     from control_plane.queue.migrate import apply_schema
 
     dsn = pg_database_factory("unknown")
     apply_schema(dsn)
-    with pytest.raises(psycopg.errors.CheckViolation):
-        sql(
-            dsn,
-            "INSERT INTO extraction_queue (document_source, storage_path, status_id)"
-            " VALUES ('facture', 'x.pdf', 3)",
-        )
-    # A legacy table without the constraint: the reaper moves such rows to error.
-    sql(dsn, "ALTER TABLE extraction_queue DROP CONSTRAINT extraction_queue_document_source_check")
     sql(
         dsn,
         "INSERT INTO extraction_queue (document_source, storage_path, status_id)"
-        " VALUES ('facture', 'x.pdf', 3)",
+        " VALUES ('facture', 'x.pdf', 3), ('plan', 'p.pdf', 2)",
     )
+    add_ready(dsn, 1)
     store = PostgresStore("dev", dsn)
     try:
-        assert store.reap(3) == ReapResult(requeued=0, errored=1)
+        assert store.reap(3) == ReapResult()
+        assert set(store.counts()) == {"index", "acte"}
+        assert [d.document_source for d in store.claim("index", 5, "w", 60_000)] == ["index"]
     finally:
         store.close()
-    assert sql(dsn, "SELECT status_id, error_message FROM extraction_queue") == [
-        (4, "unknown document_source 'facture' (expected index or acte)")
-    ]
-    apply_schema(dsn)  # the constraint comes back NOT VALID despite the legacy row
-    with pytest.raises(psycopg.errors.CheckViolation):
-        sql(
-            dsn,
-            "INSERT INTO extraction_queue (document_source, storage_path, status_id)"
-            " VALUES ('autre', 'y.pdf', 3)",
-        )
+    assert sql(
+        dsn,
+        "SELECT document_source, status_id, error_message FROM extraction_queue"
+        " WHERE document_source <> 'index' ORDER BY id",
+    ) == [("facture", 3, None), ("plan", 2, None)]

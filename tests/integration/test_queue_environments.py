@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
@@ -21,7 +20,16 @@ from tests.support.supabase_endpoint import supabase_endpoint
 
 pytestmark = pytest.mark.integration
 LEASE = 60_000
-ROOT = Path(__file__).resolve().parents[2]
+
+# Every shipped file, in the order a first migrate applies them (versioned, then functions).
+ALL_FILES = [
+    "001_schema.sql",
+    "010_delivery_fencing.sql",
+    "011_retry_not_before.sql",
+    "012_good_neighbour.sql",
+    "014_error_history.sql",
+    "002_functions.sql",
+]
 
 
 @pytest.fixture
@@ -136,9 +144,12 @@ def test_migrate_is_idempotent_and_keeps_rows(pg_database_factory) -> None:  # t
         staging_supabase_url="http://127.0.0.1:9",
         staging_supabase_service_key=SecretStr("k"),
     )
-    assert migrate(settings) == ["dev", "prod"]
+    first = migrate(settings)
+    assert [r.environment for r in first] == ["dev", "prod"]
+    assert first[0].applied == ALL_FILES
     add_ready(dev, 3)
-    assert migrate(settings) == ["dev", "prod"]
+    again = migrate(settings)
+    assert [(r.environment, r.applied) for r in again] == [("dev", []), ("prod", [])]
     assert sql(dev, "SELECT count(*) FROM extraction_queue WHERE status_id = 3") == [(3,)]
     assert sql(prod, "SELECT name FROM ocr_status ORDER BY id") == [
         ("EN_ATTENTE",),
@@ -152,21 +163,59 @@ def test_migrate_is_idempotent_and_keeps_rows(pg_database_factory) -> None:  # t
         "ocr_claim",
         "ocr_complete",
         "ocr_counts",
+        "ocr_doctor",
+        "ocr_errors",
         "ocr_fail",
+        "ocr_fence_check",
+        "ocr_leader_fence",
         "ocr_reap",
         "ocr_release",
         "ocr_renew",
+        "ocr_requeue",
         "ocr_start",
     ]
 
 
-def test_supabase_migrations_match_the_shipped_sql() -> None:
-    shipped = sorted((ROOT / "control_plane" / "sql").glob("*.sql"))
-    migrations = sorted((ROOT / "supabase" / "migrations").glob("*.sql"))
-    # 001_schema.sql <-> <timestamp>_ocr_queue_schema.sql, same order, same text
-    assert [p.stem.split("_", 1)[1] for p in shipped] == [
-        p.stem.removeprefix(p.stem.split("_", 1)[0] + "_ocr_queue_") for p in migrations
-    ]
-    assert [p.read_text() for p in shipped] == [p.read_text() for p in migrations], (
-        "supabase/migrations must carry the same SQL as control_plane/sql"
-    )
+def test_claims_are_fair_per_environment_and_type(pg_database_factory) -> None:  # type: ignore[no-untyped-def]
+    """Issue 12: one rotation per type. With a shared counter, alternating index and acte
+    claims took every index from one environment and every acte from the other."""
+    dsns = {name: pg_database_factory(f"fair_{name}") for name in ("staging", "prod")}
+    for dsn in dsns.values():
+        apply_schema(dsn)
+        add_ready(dsn, 50, "index")
+        add_ready(dsn, 50, "acte")
+    envs = Environments({name: PostgresStore(name, dsn) for name, dsn in dsns.items()})
+    try:
+        taken: dict[str, Counter[str]] = {"index": Counter(), "acte": Counter()}
+        for _ in range(40):
+            for source in ("index", "acte"):
+                (doc,) = envs.claim_fair(source, 1, "w1", LEASE)
+                taken[source][doc.environment] += 1
+    finally:
+        envs.close()
+    assert taken == {
+        "index": Counter({"staging": 20, "prod": 20}),
+        "acte": Counter({"staging": 20, "prod": 20}),
+    }
+
+
+def test_a_broken_environment_never_stops_the_others(pg_database_factory) -> None:  # type: ignore[no-untyped-def]
+    """Issue 12: a permanent error (never migrated) of one environment: the others are fed,
+    counted and reaped in the same pass, and its state says why."""
+    dev = pg_database_factory("iso_dev")
+    apply_schema(dev)
+    add_ready(dev, 3)
+    broken = pg_database_factory("iso_broken")  # no schema
+    envs = Environments({"prod": PostgresStore("prod", broken), "dev": PostgresStore("dev", dev)})
+    try:
+        docs = envs.claim_fair("index", 3, "w1", LEASE)
+        assert [d.environment for d in docs] == ["dev"] * 3
+        assert envs.counts()["index"] == QueueCounts(ready=0, in_flight=3)
+        sql(dev, "UPDATE extraction_queue SET lease_expires_at = now() - interval '1 s'")
+        assert envs.reap(3)["dev"].requeued == 3
+        states = {s.name: s for s in envs.states()}
+        assert states["dev"].describe() == "dev ok"
+        assert states["prod"].state == "broken"
+        assert "run python scheduler.py migrate" in states["prod"].error
+    finally:
+        envs.close()

@@ -143,7 +143,7 @@ def test_grants_limit_the_functions_to_the_service_role(cluster: PrivatePostgres
     def can(role: str) -> bool:
         query = (
             "SELECT has_function_privilege(%s,"
-            " 'ocr_claim(text, integer, text, integer)', 'EXECUTE')"
+            " 'ocr_claim(text, integer, text, integer, bigint)', 'EXECUTE')"
         )
         return bool(sql(dsn, query, (role,))[0][0])
 

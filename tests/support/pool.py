@@ -98,6 +98,8 @@ class PoolHarness:
                 "GEMINI_BASE_URL": self.emulator_url,
                 "GEMINI_API_KEY": TEST_API_KEY,
                 "OCR_LOCAL_DOCUMENTS_DIR": str(self.docs_dir),
+                # Test servers for http documents listen on 127.0.0.1 (refused by default).
+                "OCR_DOCUMENT_ALLOWED_HOSTS": "127.0.0.1",
                 "OCR_SCHEDULER_METRICS_PORT": "0",
                 "OCR_WORKER_METRICS_PORT": "0",
                 "OCR_REBALANCE_INTERVAL_MS": "1000",

@@ -56,6 +56,19 @@ def http_status_for_sqlstate(code: str) -> int:
     return prefixes.get(code[:2], 400)
 
 
+def _arg(value: Any, declared: str) -> str | None:
+    """A JSON argument as PostgREST passes it: a JSON array becomes a SQL array."""
+    if value is None:
+        return None
+    if isinstance(value, list) and declared.endswith("[]"):
+        return "{" + ",".join(json.dumps(v) if isinstance(v, str) else str(v) for v in value) + "}"
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
@@ -233,18 +246,7 @@ class _Server(ThreadingHTTPServer):
                     )
                     for name in args
                 ]
-                values = [
-                    None
-                    if v is None
-                    else (
-                        json.dumps(v)
-                        if isinstance(v, dict | list)
-                        else str(v).lower()
-                        if isinstance(v, bool)
-                        else str(v)
-                    )
-                    for v in args.values()
-                ]
+                values = [_arg(v, declared[name]) for name, v in args.items()]
                 call = sql.SQL("{}({})").format(sql.Identifier(fn), sql.SQL(", ").join(parts))
                 if returns_rows:
                     query = sql.SQL(

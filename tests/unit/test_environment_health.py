@@ -52,3 +52,58 @@ def test_environments_are_independent() -> None:
     health.failed("staging", now=0.0)
     assert health.unsettled("staging", 10.0, now=1.0)
     assert not health.unsettled("dev", 10.0, now=1.0)
+
+
+@pytest.mark.parametrize(
+    ("failures", "backoff"), [(1, 1.0), (2, 2.0), (3, 4.0), (6, 32.0), (7, 60.0), (30, 60.0)]
+)
+def test_backoff_doubles_per_consecutive_failure_up_to_the_cap(
+    failures: int, backoff: float
+) -> None:
+    health = EnvironmentHealth(base_s=1.0, cap_s=60.0)
+    delays = [health.failed("dev", now=100.0, error="x") for _ in range(failures)]
+    assert delays[-1] == backoff
+    assert not health.due("dev", now=100.0 + backoff - 0.01)
+    assert health.due("dev", now=100.0 + backoff)
+    assert health.due("prod", now=0.0), "another environment is not affected"
+
+
+def test_a_success_resets_the_backoff_and_the_state() -> None:
+    health = EnvironmentHealth()
+    for _ in range(5):
+        health.failed("dev", now=0.0, error="boom", permanent=True)
+    health.reached("dev", now=1.0)
+    assert health.due("dev", now=1.0) and not health.failing("dev")
+    assert health.failed("dev", now=2.0) == 1.0
+    assert health.state("dev", now=2.0).state == "unreachable"
+
+
+@pytest.mark.parametrize(
+    ("permanent", "text"),
+    [
+        (False, "staging UNREACHABLE (connection refused; retry in 2s)"),
+        (True, "staging BROKEN (connection refused; retry in 2s)"),
+    ],
+)
+def test_state_says_what_is_wrong(permanent: bool, text: str) -> None:
+    health = EnvironmentHealth()
+    health.failed("staging", now=10.0, error="connection refused", permanent=permanent)
+    health.failed("staging", now=10.0, error="connection refused", permanent=permanent)
+    assert health.state("staging", now=10.0).describe() == text
+    assert health.state("dev", now=10.0).describe() == "dev ok"
+
+
+def test_decide_skips_during_backoff_probes_unreachable_retries_broken_inline() -> None:
+    health = EnvironmentHealth(base_s=2.0)
+    assert health.decide("dev", now=0.0) == "try"
+    health.failed("dev", now=0.0, error="timeout")
+    health.failed("prod", now=0.0, error="42883", permanent=True)
+    assert health.decide("dev", now=1.0) == "skip"
+    assert health.decide("prod", now=1.0) == "skip"
+    assert health.decide("dev", now=2.0) == "probe"  # off the caller's thread
+    assert health.decide("prod", now=2.0) == "try"  # answers fast: inline
+    health.probe_answered("dev")
+    assert health.decide("dev", now=2.1) == "try"
+    assert health.failing("dev"), "still failing until a real call succeeds"
+    health.failed("dev", now=3.0, error="timeout")  # the real call failed: longer back-off
+    assert health.decide("dev", now=6.9) == "skip" and health.decide("dev", now=7.0) == "probe"

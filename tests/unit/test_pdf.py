@@ -40,21 +40,34 @@ def test_inspect_counts_pages() -> None:
         (b"", "empty document (0 bytes)"),
         (
             b"<!DOCTYPE html><html>Access denied</html>",
-            "not a PDF (starts with b'<!DOCTYPE html><')",
+            "not a PDF (an HTML page)",  # nothing of the body itself (issue 12)
         ),
-        (b"PK\x03\x04 a zip file", "not a PDF (starts with b'PK\\x03\\x04 a zip file')"),
+        (b"PK\x03\x04 a zip file", "not a PDF (a ZIP archive (or an Office document))"),
+        (b"\x1f\x8b\x08\x00 gzip", "not a PDF (gzip-compressed data)"),
+        (b"secret-token-1234 plain text", "not a PDF (text, 28 bytes)"),
         (pages(4)[:300], "corrupt PDF: truncated (no %%EOF marker at the end of 300 bytes)"),
         (b"%PDF-1.7\n" + b"\x00garbage" * 50 + b"\n%%EOF\n", "corrupt PDF"),
         (encrypted(pages(2), "user-secret"), "encrypted PDF (a password is required)"),
         (pages(5), "too many pages: 5 > OCR_MAX_PAGES=4"),
     ],
-    ids=["empty", "html", "zip", "truncated", "garbage", "encrypted", "too-many-pages"],
+    ids=[
+        "empty",
+        "html",
+        "zip",
+        "gzip",
+        "text",
+        "truncated",
+        "garbage",
+        "encrypted",
+        "too-many-pages",
+    ],
 )
 def test_bad_documents_give_a_precise_permanent_error(data: bytes, message: str) -> None:
     with pytest.raises(DocumentError) as info:
         inspect_pdf(data, max_pages=4)
     assert str(info.value).startswith(message)
     assert isinstance(info.value, PermanentError)
+    assert b"secret-token" not in str(info.value).encode()
 
 
 def test_split_gives_ordered_page_ranges_with_the_right_pages() -> None:

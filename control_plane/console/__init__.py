@@ -1,0 +1,1 @@
+"""The operator's commands beyond run/status: doctor, errors, requeue."""

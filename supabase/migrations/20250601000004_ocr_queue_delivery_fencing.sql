@@ -1,0 +1,29 @@
+-- GENERATED from control_plane/sql/010_delivery_fencing.sql by `python -m control_plane.queue.supabase_export`; do not edit.
+-- Issue 10: fenced leaders and fenced deliveries (columns and the leader fence).
+-- Idempotent: safe to run again. The functions that use these live in 002_functions.sql
+-- (their bodies are checked when first called, after this file has run).
+
+-- claim_epoch: the scheduler leader epoch that made the current claim (NULL: an
+-- unfenced caller such as a tool). lost_deliveries: starts whose lease lapsed without
+-- an outcome (the worker process died, or lost the database for a whole lease).
+ALTER TABLE extraction_queue
+    ADD COLUMN IF NOT EXISTS claim_epoch     bigint,
+    ADD COLUMN IF NOT EXISTS lost_deliveries integer NOT NULL DEFAULT 0;
+
+-- The highest scheduler leader epoch this database has seen (one row). A claim or reap
+-- that carries a lower epoch comes from a leader that has been replaced: it is refused.
+CREATE TABLE IF NOT EXISTS ocr_leader_fence (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    epoch      bigint      NOT NULL DEFAULT 0,
+    owner      text,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO ocr_leader_fence (singleton, epoch) VALUES (true, 0) ON CONFLICT DO NOTHING;
+
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'service_role') THEN
+        GRANT SELECT, UPDATE ON ocr_leader_fence TO service_role;
+    END IF;
+END
+$$;
