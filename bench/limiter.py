@@ -2,6 +2,19 @@
 
     .venv/bin/python bench/limiter.py [--redis-url redis://127.0.0.1:6379/0] [--seconds 3]
                                       [--repeat 3]
+    .venv/bin/python bench/limiter.py --scale [--processes 4] [--threads 25] [--windows 5]
+                                      [--window-s 6] [--call-ms 200] [--redis-url URL]
+
+--scale (issue 13): 100 workers (threads across a few OS processes, one limiter per process as in
+the pool) share one limiter at the production rates, 10,000 requests and 40 M input tokens per
+minute, on a scaled window (6 s: 1,000 requests and 4 M tokens per window). Each worker acquires
+(tokens 1k-7k, mean 4k, so both limits bind), then "calls Gemini" for --call-ms, and again: the
+demand is about 3x the quota. Reports utilization of the binding limit in every whole window
+after the first, over-admissions (every sliding window on Redis time), Jain's fairness index
+over the workers' grants, p50/p99 of one admission call as the worker sees it (after each
+worker's first call, which opens its connection) and inside Redis (LATENCY HISTOGRAM), of the
+whole wait, and Redis CPU (INFO cpu deltas, as a share of one core). Without --redis-url it
+starts a private redis-server, so nothing else's load is counted.
 
 Phase 1 (throughput, latency): limits far above demand, so every call is a grant; grants/s
 and per-call p50/p99 from 1 process and from 8 processes (spawned OS processes).
@@ -212,12 +225,256 @@ def summarize(runs: list[tuple[float, ...]]) -> tuple[float, ...]:
     return (*perf, client, server)
 
 
+SCALE_RPM_PER_MIN = 10_000
+SCALE_TPM_PER_MIN = 40_000_000
+SCALE_TOKENS = (1_000, 2_000, 4_000, 6_000, 7_000)  # mean 4,000 = 40 M / 10 k: both limits bind
+
+
+@dataclass(frozen=True)
+class ScaleJob:
+    url: str
+    prefix: str
+    threads: int
+    rpm: int
+    tpm: int
+    window_ms: int
+    call_s: float
+    start_at: float
+    end_at: float
+    seed: int
+    ramp_s: float = 0.0
+
+
+@dataclass
+class ScaleOutcome:
+    grants_per_worker: list[int] = field(default_factory=list)
+    events: list[tuple[int, int]] = field(default_factory=list)  # (Redis µs, tokens)
+    call_us: list[float] = field(default_factory=list)  # one admission call, client side
+    wait_us: list[float] = field(default_factory=list)  # one whole acquire
+
+
+def run_scale_job(job: ScaleJob) -> ScaleOutcome:
+    """One OS process: one limiter shared by `threads` workers until `end_at`."""
+    import threading
+
+    from control_plane.errors import AcquireTimeoutError
+
+    client = redis_client(job.url)
+    limiter = GeminiRateLimiter(
+        client,
+        rpm_limit=job.rpm,
+        tpm_limit=job.tpm,
+        window_ms=job.window_ms,
+        keys=Keys(prefix=job.prefix),
+    )
+    out = ScaleOutcome(grants_per_worker=[0] * job.threads)
+    lock = threading.Lock()
+    attempt = limiter._attempt
+    started = threading.local()
+
+    def timed_attempt(*a: object, **kw: object) -> object:
+        before = time.perf_counter()
+        decision = attempt(*a, **kw)  # type: ignore[arg-type]
+        elapsed = (time.perf_counter() - before) * 1e6
+        if getattr(started, "done", False):  # a thread's first call opens its connection
+            with lock:
+                out.call_us.append(elapsed)
+        started.done = True
+        return decision
+
+    limiter._attempt = timed_attempt  # type: ignore[method-assign]
+
+    def worker(index: int) -> None:
+        rng = random.Random(job.seed * 1000 + index)
+        time.sleep(rng.random() * job.ramp_s)  # workers joining over the ramp, as a pool starts
+        while (remaining := job.end_at - time.time()) > 0:
+            tokens = rng.choice(SCALE_TOKENS)
+            before = time.perf_counter()
+            try:
+                grant = limiter.acquire(tokens, timeout=remaining)
+            except AcquireTimeoutError:
+                break
+            waited = (time.perf_counter() - before) * 1e6
+            with lock:
+                out.grants_per_worker[index] += 1
+                out.events.append((grant.granted_at_us, tokens))
+                out.wait_us.append(waited)
+            time.sleep(job.call_s)  # the Gemini call
+
+    time.sleep(max(0.0, job.start_at - time.time()))
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(job.threads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    client.close()
+    return out
+
+
+def _redis_cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+def jain(values: list[int]) -> float:
+    """Jain's fairness index: 1 = perfectly even, 1/n = one worker got everything."""
+    total, squares = sum(values), sum(v * v for v in values)
+    return total * total / (len(values) * squares) if squares else float("nan")
+
+
+def per_window(
+    events: list[tuple[int, int]], start_us: int, window_us: int
+) -> list[tuple[int, int]]:
+    """(requests, tokens) granted in each whole window from start_us."""
+    buckets: dict[int, list[int]] = {}
+    last = max(at for at, _ in events)
+    for at, tokens in events:
+        k = (at - start_us) // window_us
+        if k >= 0 and start_us + (k + 1) * window_us <= last:
+            bucket = buckets.setdefault(k, [0, 0])
+            bucket[0] += 1
+            bucket[1] += tokens
+    return [(b[0], b[1]) for _, b in sorted(buckets.items())]
+
+
+def scale(args: argparse.Namespace) -> None:
+    from contextlib import nullcontext
+
+    from control_plane.local_services import private_redis
+
+    window_ms = int(args.window_s * 1000)
+    rpm = SCALE_RPM_PER_MIN * window_ms // 60_000
+    tpm = SCALE_TPM_PER_MIN * window_ms // 60_000
+    with private_redis() if args.redis_url is None else nullcontext() as server:
+        url = args.redis_url or server.url  # type: ignore[union-attr]
+        admin = redis.Redis.from_url(url)
+        prefix = f"bench:{uuid.uuid4().hex[:8]}:scale:"
+        seconds = args.windows * args.window_s
+        start = time.time() + 2.0 + 0.3 * args.processes
+        jobs = [
+            ScaleJob(
+                url,
+                prefix,
+                args.threads,
+                rpm,
+                tpm,
+                window_ms,
+                args.call_ms / 1000,
+                start,
+                start + seconds,
+                seed,
+                args.ramp_s,
+            )
+            for seed in range(args.processes)
+        ]
+        with ProcessPoolExecutor(
+            args.processes, mp_context=multiprocessing.get_context("spawn")
+        ) as pool:
+            futures = [pool.submit(run_scale_job, job) for job in jobs]
+            time.sleep(max(0.0, start - time.time()))
+            admin.config_resetstat()
+            cpu_before, wall_before = _redis_cpu(admin), time.time()
+            parts = [f.result() for f in futures]
+            cpu_after, wall_after = _redis_cpu(admin), time.time()
+        stats = admin.info("commandstats").get("cmdstat_evalsha", {"calls": 0, "usec": 0})
+        histogram = server_histogram(admin)
+        for key in admin.scan_iter(match=f"{prefix}*", count=1000):
+            admin.delete(key)
+        admin.close()
+    events = sorted(e for p in parts for e in p.events)
+    grants = [g for p in parts for g in p.grants_per_worker]
+    call_us = [v for p in parts for v in p.call_us]
+    wait_us = [v for p in parts for v in p.wait_us]
+    windows = per_window(events, events[0][0], window_ms * 1000)[1:]  # after the first window
+    utilization = [max(r / rpm, t / tpm) for r, t in windows]
+    over = scale_over_admissions(events, window_ms * 1000, rpm, tpm)
+    cpu_share = (cpu_after - cpu_before) / (wall_after - wall_before)
+    print(
+        f"scale: {args.processes} processes x {args.threads} threads = {len(grants)} workers, "
+        f"{rpm} requests and {tpm} tokens per {args.window_s:g} s window "
+        f"({SCALE_RPM_PER_MIN}/min, {SCALE_TPM_PER_MIN}/min), {args.windows} windows, "
+        f"call {args.call_ms} ms, ramp {args.ramp_s:g} s"
+    )
+    print(f"  grants                      {len(events)}")
+    print(
+        "  utilization after start-up  "
+        f"mean {statistics.mean(utilization):.3f}  min {min(utilization):.3f}  (goal >= 0.98)"
+        f"  per window (req, tokens): {windows}"
+    )
+    print(f"  over-admissions             {over}  (goal 0)")
+    print(f"  Jain's fairness (workers)   {jain(grants):.3f}  (goal >= 0.95)")
+    print(
+        f"  admission call latency      p50 {pct(call_us, 50) / 1000:.2f} ms  "
+        f"p99 {pct(call_us, 99) / 1000:.2f} ms  (goal p99 < 5 ms; {len(call_us)} calls)"
+    )
+    print(
+        f"  whole acquire wait          p50 {pct(wait_us, 50) / 1000:.0f} ms  "
+        f"p99 {pct(wait_us, 99) / 1000:.0f} ms"
+    )
+    per_call = stats["usec"] / stats["calls"] if stats["calls"] else float("nan")
+    print(
+        f"  Redis time per EVALSHA      mean {per_call:.0f} µs, "
+        f"p50 <= {bucket(histogram, 0.5)} µs, p99 <= {bucket(histogram, 0.99)} µs "
+        f"({stats['calls']} calls; LATENCY HISTOGRAM)"
+    )
+    print(f"  Redis CPU                   {100 * cpu_share:.1f}% of one core  (goal < 20%)")
+
+
+def server_histogram(admin: redis.Redis) -> list[tuple[int, int]]:
+    """EVALSHA's execution time inside Redis: (bucket upper bound µs, cumulative calls)."""
+    reply = admin.execute_command("LATENCY", "HISTOGRAM", "evalsha")
+    entry = next(iter(reply.values()), {}) if isinstance(reply, dict) else {}
+    raw = entry.get(b"histogram_usec", entry.get("histogram_usec", {}))
+    return sorted((int(bound), int(count)) for bound, count in raw.items())
+
+
+def bucket(histogram: list[tuple[int, int]], q: float) -> int:
+    """The smallest histogram bucket bound holding a fraction q of the calls."""
+    total = histogram[-1][1] if histogram else 0
+    for bound, cumulative in histogram:
+        if cumulative >= q * total:
+            return bound
+    return -1
+
+
+def scale_over_admissions(
+    events: list[tuple[int, int]], window_us: int, limit_req: int, limit_tok: int
+) -> int:
+    """Admissions whose sliding window (t - W, t] exceeded a limit."""
+    count = start = tokens = 0
+    for end, (at, weight) in enumerate(events):
+        tokens += weight
+        while events[start][0] <= at - window_us:
+            tokens -= events[start][1]
+            start += 1
+        if end - start + 1 > limit_req or tokens > limit_tok:
+            count += 1
+    return count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--redis-url",
+        default=None,
+        help="default: 127.0.0.1:6379/0 (a private redis-server with --scale)",
+    )
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each throughput run")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (median reported)")
+    parser.add_argument("--scale", action="store_true", help="the 100-worker scale run")
+    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=25)
+    parser.add_argument("--windows", type=int, default=5)
+    parser.add_argument("--window-s", type=float, default=6.0)
+    parser.add_argument("--call-ms", type=int, default=200)
+    parser.add_argument(
+        "--ramp-s", type=float, default=0.0, help="workers start at random over this many seconds"
+    )
     args = parser.parse_args()
+    if args.scale:
+        scale(args)
+        return
+    args.redis_url = args.redis_url or "redis://127.0.0.1:6379/0"
     base = f"bench:{uuid.uuid4().hex[:8]}:"
     runs: dict[str, list[tuple[float, ...]]] = {name: [] for name in LIMITERS}
     try:

@@ -22,7 +22,9 @@ WORKER_STALE_MS = 60_000
 HOST_TTL_MS = 30_000
 # The scheduler leader lock; a standby takes over once it lapses.
 LEADER_LOCK_TTL_MS = 10_000
-# The limiter epoch outlives idle periods so a quiet night is not mistaken for a lost state.
+# The limiter's grant counter (gemini:limiter:seq) lives this long past the last grant, so a
+# quiet night is not mistaken for a lost state; a limiter instance trusts its own memory of the
+# counter for as long (issue 13).
 LIMITER_EPOCH_TTL_MS = 86_400_000
 # Limiter counters (gemini:stats) survive this long without any activity.
 STATS_TTL_MS = 7 * 86_400_000
@@ -56,14 +58,32 @@ class Keys:
         return self._k("gemini:limiter:log")
 
     @property
+    def limiter_cum(self) -> str:
+        """zset "grant id:admission µs:estimate" -> estimated tokens granted before it: the same
+        grants as the log, indexed by running token total (O(log n) retry hints)."""
+        return self._k("gemini:limiter:cum")
+
+    @property
     def limiter_waiting(self) -> str:
-        """zset "waiter id:tokens:expires_ms" -> first-denial µs: FIFO reservation queue."""
+        """zset "waiter id:tokens" -> first-denial µs: FIFO reservation queue."""
         return self._k("gemini:limiter:waiting")
 
     @property
+    def limiter_waiting_until(self) -> str:
+        """hash waiter id -> Redis-time ms its reservation lapses (unless it asks again)."""
+        return self._k("gemini:limiter:waiting:until")
+
+    @property
     def limiter_epoch(self) -> str:
-        """string: Redis-time ms the restart period ends (0: none); missing = state lost."""
+        """string: Redis-time ms the restart period (restart_fraction) ends; only during it."""
         return self._k("gemini:limiter:epoch")
+
+    @property
+    def limiter_seq(self) -> str:
+        """string "grants tokens": grants ever admitted by this state (only grows) and their
+        estimated tokens (the running total of gemini:limiter:cum). A limiter that saw more
+        grants treats fewer as lost or rolled-back state (one window's pause)."""
+        return self._k("gemini:limiter:seq")
 
     @property
     def cooldown_until(self) -> str:

@@ -1,44 +1,62 @@
 """The shared Gemini rate limiter: requests and input tokens per window, on Redis time.
 
-Every admission is one Lua call (`lua/limiter_acquire.lua`) that checks both windows at once
-against an exact sliding log: a zset of "grant id:tokens" -> admission time in µs from Redis
-`TIME`. The window's running count and token sum are kept incrementally in the two contract keys
-themselves (`gemini:rpm:current`, `gemini:tpm:current`): a grant INCRs them, pruning DECRBYs
-them, so a `redis-cli GET` shows the usage as of the last limiter call at no extra write, and
-every call checks them against the log (ZCARD, existence) and rebuilds them if they were lost.
-A call costs O(log n + expired entries + queued waiters); a grant that prunes nothing is about
-ten Redis commands, four of them writes. Requests in the last window + 1 must stay within RPM
-and tokens in the last window + the estimate within TPM. A denial carries the server's
-`retry_after_ms`: when enough of the log expires for this request to fit.
+Every admission is one Lua call (`lua/limiter_acquire.lua`, with its helpers
+`lua/limiter_lib_*.lua`: the window, the state check, the queue, the retry hint) that checks
+both windows at once against an exact sliding log: a zset of "grant id:tokens" -> admission time
+in µs from Redis `TIME`. The window's running count and token sum are kept incrementally in the
+two contract keys themselves (`gemini:rpm:current`, `gemini:tpm:current`): a grant INCRs them,
+pruning DECRBYs them, so a `redis-cli GET` shows the usage as of the last limiter call at no extra
+write, and every call checks them against the log and rebuilds them if they were lost.
+Requests in the last window + 1 must stay within RPM and tokens in the last window + the estimate
+within TPM. A denial carries the server's `retry_after_ms`: when enough of the log expires for
+this request to fit.
+
+Bounded cost: every call is O(log n + log w) in Redis for a log of n grants and w waiters, plus
+small constants: pruning takes at most 256 expired grants per call (each grant leaves once), the
+queue is read only in its first `reserved_waiters` entries, and the token retry hint is one
+lookup in a second zset (`gemini:limiter:cum`) that indexes the same grants by running token
+total. Only damage (a lost live key) costs a one-off O(n) rebuild.
 
 The acquire command is packed once per limiter (EVALSHA, sha, keys, settings) and sent on a
 pooled connection; any connection error, timeout or NOSCRIPT sends the same call again through
 redis-py's ordinary path (its retry policy, script reload), which the grant id makes idempotent.
 
 No starvation (reservations): an `acquire` that is denied joins a FIFO queue in Redis
-(`gemini:limiter:waiting`, ordered by first denial) with the tokens it needs. A queued waiter
-must leave room only for the waiters ahead of it; a request that is not queued (a newcomer or
-`try_acquire`) must leave room for every queued waiter. A 40%-of-TPM request therefore stops
+(`gemini:limiter:waiting`, ordered by first denial) with the tokens it needs, and keeps that
+place for the whole call, however long it waits (`on_wait` lets a caller do its housekeeping
+every `wait_slice_s` without leaving the queue). The first `reserved_waiters` (default 64) hold
+room: each must leave room only for the waiters ahead of it, anyone else (a newcomer,
+`try_acquire`, a waiter further back) for all of them. A 40%-of-TPM request therefore stops
 small newcomers from eating the headroom it waits for, and is admitted as soon as the tokens
-ahead of it expire: within one window plus the needs of the waiters queued before it. A
-reservation lapses `reserve_grace_ms` after the waiter's next expected retry, so a waiter that
-died blocks others only briefly; a waiter that times out or is stopped withdraws it at once.
+ahead of it expire. A reservation lapses `reserve_grace_ms` after the waiter's next expected
+retry, so a waiter that died blocks others only briefly; one that gives up withdraws it at once.
 
-Crash safety: grant ids are made here, so a script that redis-py re-runs after a lost reply
-finds its grant already in the log and returns it (no double charge). If the state is lost
-(Redis restarted without persistence, or flushed), the epoch key is missing and the log is
-empty, and grants admitted just before the loss may still count at Gemini. When the caller is a
-limiter that has talked to live state before, the loss is certain and the last window may have
-been full: the call sets a shared cooldown of one whole window, the only restart that cannot
-exceed the quota. A caller that never saw live state (a fresh install, or every process
-restarted with Redis) cannot tell a loss from a first start: it opens a new epoch that admits
-`restart_fraction` (default half) of each limit for one window. (After more than a day fully
-idle the same happens once, harmlessly.) Scripts reload
-on NOSCRIPT (redis-py `Script`); connection errors are retried by `redis_conn.redis_client`.
+Lost or rolled-back state: every grant increments `gemini:limiter:seq`, which only grows, and
+each limiter instance remembers the highest value it saw (and the Redis time it saw it). A call
+that finds a lower value (or none) while its memory is younger than half a day (half of
+`LIMITER_EPOCH_TTL_MS`, which the counter always outlives) knows grants are missing: Redis
+restarted without persistence or was flushed, an older RDB/AOF snapshot was restored, or a
+failover promoted a lagging replica. Those grants may still count at Gemini for up to one window,
+so that call sets a shared cooldown of one whole window (the only restart that cannot exceed the
+quota), for every `restart_fraction`, and puts the counter back to what it saw. What holds for a
+fresh process (no memory): it cannot tell restored state from live state, nor a loss from a first
+start. With no counter at all it opens a new one and admits `restart_fraction` (default half) of
+each limit for one window (1 = the whole limit; grants made before a loss may then still count:
+up to 1 + fraction of the quota in the worst case); with a restored older counter it carries on as
+if it were live, until any instance that saw newer state makes its next call (in a busy pool,
+within its next retry) and pauses everyone for a window. The counter lives at least half a day
+past the last call (a grant rewrites it for a day, a denial renews it when less than half is
+left), so an idle night is never taken for a loss; after more than half a day fully idle an
+instance acts as fresh.
 
-All keys expire: the log and the two live keys more than one window after the last grant
-(renewed together when less than window + margin/2 is left, not on every call),
-reservations shortly after their last retry, the epoch after a day idle, counters after a week.
+Key names are unchanged and not hash-tagged: the script must write the two contract keys, whose
+fixed names fall in different Redis Cluster slots, so no tag could put one call's keys in one
+slot; the limiter needs a non-cluster Redis (or a cluster-mode-disabled managed Redis).
+
+All keys expire: the log, cum and the two live keys more than one window after the last grant
+(renewed together when less than window + margin/2 is left, not on every call), reservations
+shortly after their last retry, the epoch with the restart period, the counter a day after the
+last call, counters after a week.
 """
 
 from __future__ import annotations
@@ -47,6 +65,8 @@ import os
 import random
 import threading
 import time
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -92,6 +112,8 @@ class Decision:
     granted_at_us: int = 0
     window_requests: int = 0
     window_tokens: int = 0
+    seq: int = 0  # the shared grant counter after the call
+    server_ms: int = 0  # Redis time of the call
 
     @property
     def grant(self) -> Grant | None:
@@ -102,9 +124,10 @@ class Decision:
 
 
 def parse_decision(raw: str | bytes, grant_id: str, tokens: int) -> Decision:
-    """The acquire script's reply ("granted retry reason at_us requests tokens") as a value."""
+    """The acquire script's reply ("granted retry reason at_us requests tokens [seq now_ms]")."""
     text = raw.decode() if isinstance(raw, bytes) else raw
-    granted, retry, reason, at_us, requests, used = text.split()
+    granted, retry, reason, at_us, requests, used, *rest = text.split()
+    seq, server_ms = (int(rest[0]), int(rest[1])) if len(rest) >= 2 else (0, 0)
     return Decision(
         granted=granted == "1",
         retry_after_ms=int(retry),
@@ -114,6 +137,8 @@ def parse_decision(raw: str | bytes, grant_id: str, tokens: int) -> Decision:
         granted_at_us=int(at_us),
         window_requests=int(requests),
         window_tokens=int(used),
+        seq=seq,
+        server_ms=server_ms,
     )
 
 
@@ -122,25 +147,23 @@ def _bulk(value: str) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
+# ARGV[1..6] of an acquire call: member, register flag, waited ms, seen seq, seen Redis ms, and
+# whether the grant id may already be in the log (a resend after an unknown outcome).
+PER_CALL_ARGS = 6
+
+
 def pack_acquire(sha: str, keys: list[str], config: list[str]) -> tuple[bytes, bytes]:
-    """RESP bytes of an acquire EVALSHA around its three per-call arguments: (head, tail)."""
-    count = 3 + len(keys) + 3 + len(config)
+    """RESP bytes of an acquire EVALSHA around its per-call arguments: (head, tail)."""
+    count = 3 + len(keys) + PER_CALL_ARGS + len(config)
     head = b"*%d\r\n" % count + b"".join(_bulk(v) for v in ("EVALSHA", sha, str(len(keys)), *keys))
     return head, b"".join(_bulk(v) for v in config)
 
 
-def pack_call(head: bytes, tail: bytes, member: str, flag: str, waited: str) -> bytes:
-    """The whole command: head, ARGV[1..3] (member, register flag, waited ms), tail."""
-    m, w = member.encode(), waited.encode()
-    return b"%s$%d\r\n%s\r\n$1\r\n%s\r\n$%d\r\n%s\r\n%s" % (
-        head,
-        len(m),
-        m,
-        flag.encode(),
-        len(w),
-        w,
-        tail,
-    )
+def pack_call(head: bytes, tail: bytes, *args: str) -> bytes:
+    """The whole command: head, the PER_CALL_ARGS per-call arguments, tail."""
+    if len(args) != PER_CALL_ARGS:
+        raise ValueError(f"an acquire call takes {PER_CALL_ARGS} per-call arguments")
+    return head + b"".join(_bulk(v) for v in args) + tail
 
 
 def wait_seconds(retry_after_ms: int, jitter: float, max_jitter_ms: int) -> float:
@@ -173,6 +196,10 @@ def peak_window_load(events: list[tuple[int, int]], window_us: int) -> tuple[int
     return peak_req, peak_tok
 
 
+class _Holder:
+    """Lives as long as a thread's locals: its finalizer gives the thread's connection back."""
+
+
 class GeminiRateLimiter:
     """One RPM + TPM budget shared by every worker through Redis."""
 
@@ -187,12 +214,16 @@ class GeminiRateLimiter:
         restart_fraction: float = 0.5,
         reserve_grace_ms: int = 2_000,
         max_jitter_ms: int = 25,
+        reserved_waiters: int = 64,
+        state_life_ms: int = LIMITER_EPOCH_TTL_MS,
         rng: random.Random | None = None,
     ) -> None:
         if rpm_limit < 1 or tpm_limit < 1 or window_ms < 1:
             raise ValueError("rpm_limit, tpm_limit and window_ms must be positive")
         if not 0 < restart_fraction <= 1:
             raise ValueError("restart_fraction must be in (0, 1]")
+        if not 1 <= reserved_waiters <= 1000:
+            raise ValueError("reserved_waiters must be in [1, 1000]")
         self.rpm_limit = rpm_limit
         self.tpm_limit = tpm_limit
         self.window_ms = window_ms
@@ -204,13 +235,17 @@ class GeminiRateLimiter:
         self._scripts = ScriptSet(client)
         self._rng = rng or random.Random()
         # The acquire call is pre-packed once (EVALSHA, sha, keys, settings as RESP bytes): a call
-        # only packs its three own arguments and skips redis-py's per-command machinery.
+        # only packs its own arguments and skips redis-py's per-command machinery.
         self._acquire_script = self._scripts.get("limiter_acquire")
         self._acquire_keys = [
             keys.limiter_log,
-            keys.limiter_epoch,
+            keys.limiter_cum,
             keys.limiter_waiting,
+            keys.limiter_waiting_until,
+            keys.limiter_seq,
+            keys.limiter_epoch,
             keys.cooldown_until,
+            keys.cooldown_reason,
             keys.rpm_current,
             keys.tpm_current,
             keys.stats,
@@ -224,23 +259,25 @@ class GeminiRateLimiter:
                 WINDOW_TTL_MARGIN_MS,
                 repr(restart_fraction),
                 reserve_grace_ms,
-                LIMITER_EPOCH_TTL_MS,
+                state_life_ms,
                 STATS_TTL_MS,
+                reserved_waiters,
             )
         ]
-        # Once this instance has talked to live state, a missing epoch can only mean the state
-        # was lost under it: it then asks for a full pause (negated fraction) instead of a fraction.
-        self._lost_config = [*self._acquire_config]
-        self._lost_config[4] = repr(-restart_fraction)
-        self._seen_state = False
+        # The highest grant counter this instance saw, and the Redis time of that reply: a lower
+        # counter later means lost or rolled-back state (see the module doc).
+        self._seen_lock = threading.Lock()
+        self._seen_seq = 0
+        self._seen_ms = 0
         self._packed_head, self._packed_tail = pack_acquire(
             self._acquire_script.sha, self._acquire_keys, self._acquire_config
         )
-        self._packed_lost = pack_acquire(
-            self._acquire_script.sha, self._acquire_keys, self._lost_config
-        )
         # A single-connection client serialises its commands itself: use the ordinary path there.
         self._packed_ok = getattr(client, "connection", None) is None
+        # The fast path keeps one pooled connection per thread (taking it from the pool and
+        # giving it back at every call costs more than the script itself); a forked child takes
+        # its own.
+        self._local = threading.local()
 
     @classmethod
     def from_settings(
@@ -272,38 +309,58 @@ class GeminiRateLimiter:
         timeout: float | None = None,
         *,
         stop_event: threading.Event | None = None,
+        on_wait: Callable[[], None] | None = None,
+        wait_slice_s: float = 30.0,
     ) -> Grant:
-        """Wait (server hints + jitter, FIFO reservation) until granted.
+        """Wait (server hints + jitter) until granted, keeping one FIFO place the whole time.
 
-        Raises `RequestTooLargeError` at once if `tokens` exceeds the TPM limit,
-        `AcquireTimeoutError` after `timeout` seconds, `AcquireCancelledError` once `stop_event`
-        is set.
+        `on_wait` is called about every `wait_slice_s` while the call waits (renew a lease, look
+        at a long cooldown); whatever it raises ends the wait. Raises `RequestTooLargeError` at
+        once if `tokens` exceeds the TPM limit, `AcquireTimeoutError` after `timeout` seconds,
+        `AcquireCancelledError` once `stop_event` is set. However the call ends without a grant,
+        its reservation is withdrawn.
         """
         self._check_size(tokens)
         grant_id = os.urandom(12).hex()
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
-        while True:
-            waited_ms = int((time.monotonic() - started) * 1000)
-            decision = self._attempt(tokens, grant_id, register=True, waited_ms=waited_ms)
-            grant = decision.grant
-            if grant is not None:
-                return grant
-            delay = wait_seconds(decision.retry_after_ms, self._rng.random(), self.max_jitter_ms)
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    self._give_up(grant_id, "acquire_timeout")
-                    raise AcquireTimeoutError(
-                        f"no Gemini capacity for {tokens} tokens within {timeout:g}s "
-                        f"(last denial: {decision.reason}, retry in {decision.retry_after_ms} ms)"
-                    )
-                delay = min(delay, remaining)  # one last attempt right at the deadline
-            if stop_event is None:
-                time.sleep(delay)
-            elif stop_event.wait(delay):
-                self._give_up(grant_id, "acquire_cancelled")
-                raise AcquireCancelledError("stopped while waiting for Gemini capacity")
+        next_tick = started + wait_slice_s
+        queued = False
+        try:
+            while True:
+                waited_ms = int((time.monotonic() - started) * 1000)
+                decision = self._attempt(tokens, grant_id, register=True, waited_ms=waited_ms)
+                grant = decision.grant
+                if grant is not None:
+                    return grant
+                queued = True
+                delay = wait_seconds(
+                    decision.retry_after_ms, self._rng.random(), self.max_jitter_ms
+                )
+                now = time.monotonic()
+                if deadline is not None:
+                    if deadline - now <= 0:
+                        self._count("timeouts", "acquire_timeout", grant_id)
+                        raise AcquireTimeoutError(
+                            f"no Gemini capacity for {tokens} tokens within {timeout:g}s "
+                            f"(last denial: {decision.reason}, "
+                            f"retry in {decision.retry_after_ms} ms)"
+                        )
+                    delay = min(delay, deadline - now)  # one last attempt right at the deadline
+                if on_wait is not None:
+                    if now >= next_tick:
+                        on_wait()
+                        next_tick = time.monotonic() + wait_slice_s
+                    delay = min(delay, max(0.001, next_tick - now))
+                if stop_event is None:
+                    time.sleep(delay)
+                elif stop_event.wait(delay):
+                    self._count("cancelleds", "acquire_cancelled", grant_id)
+                    raise AcquireCancelledError("stopped while waiting for Gemini capacity")
+        except BaseException:
+            if queued:
+                self._withdraw(grant_id, tokens)
+            raise
 
     def _check_size(self, tokens: int) -> None:
         if tokens < 0:
@@ -315,44 +372,68 @@ class GeminiRateLimiter:
             )
 
     def _attempt(self, tokens: int, grant_id: str, *, register: bool, waited_ms: int) -> Decision:
-        member, flag, waited = f"{grant_id}:{tokens}", "1" if register else "0", str(waited_ms)
+        member = f"{grant_id}:{tokens}"
+        with self._seen_lock:
+            seen = (str(self._seen_seq), str(self._seen_ms))
+        args = (member, "1" if register else "0", str(waited_ms), *seen)
         raw = None
-        seen = self._seen_state
         if self._packed_ok:
-            head, tail = self._packed_lost if seen else (self._packed_head, self._packed_tail)
-            raw = self._run_packed(pack_call(head, tail, member, flag, waited))
+            # Every earlier send of this id had a definite answer (a denial), or fell back to the
+            # path below, which looks the id up: this one needs no lookup.
+            raw = self._run_packed(pack_call(self._packed_head, self._packed_tail, *args, "0"))
         if raw is None:
             # The ordinary path: NOSCRIPT reload and the client's retry policy. Rerunning after a
-            # failed fast attempt is safe: the grant id makes the script idempotent.
-            config = self._lost_config if seen else self._acquire_config
+            # failed fast attempt is safe: the script looks the grant id up first (idempotent).
             raw = self._acquire_script(
-                keys=self._acquire_keys, args=[member, flag, waited, *config]
+                keys=self._acquire_keys, args=[*args, "1", *self._acquire_config]
             )
-        self._seen_state = True
-        return parse_decision(raw, grant_id, tokens)
+        decision = parse_decision(raw, grant_id, tokens)
+        with self._seen_lock:
+            if decision.seq >= self._seen_seq:
+                self._seen_seq, self._seen_ms = decision.seq, decision.server_ms
+        return decision
 
     def _run_packed(self, packed: bytes) -> str | bytes | None:
-        """Send a pre-packed EVALSHA on a pooled connection; None when the caller must fall back."""
-        pool = self._client.connection_pool
+        """Send a pre-packed EVALSHA on this thread's connection; None when the caller must fall
+        back to the ordinary path."""
+        local = self._local
+        conn = getattr(local, "conn", None)
         try:
-            conn = pool.get_connection()  # connects if needed: may fail while Redis restarts
-        except (redis.ConnectionError, redis.TimeoutError):
-            return None
-        try:
-            conn.send_packed_command([packed])  # type: ignore[no-untyped-call]
+            if conn is None or local.pid != os.getpid():
+                pool = self._client.connection_pool
+                conn = pool.get_connection()  # may fail while Redis restarts
+                local.conn, local.pid, local.holder = conn, os.getpid(), _Holder()
+                # Back to the pool when the thread ends (its locals are dropped).
+                weakref.finalize(local.holder, pool.release, conn)
+            conn.send_packed_command([packed])  # reconnects if needed
             return conn.read_response()  # type: ignore[no-any-return]
         except redis.exceptions.NoScriptError:
             return None  # script cache flushed: redis-py's Script reloads it
         except (redis.ConnectionError, redis.TimeoutError):
-            conn.disconnect()  # type: ignore[no-untyped-call]  # a reply may be in flight
+            if conn is not None:
+                conn.disconnect()  # a reply may be in flight
             return None
-        finally:
-            pool.release(conn)
 
-    def _give_up(self, grant_id: str, event: str) -> None:
-        """Withdraw a reservation so nobody keeps leaving room for us; count it."""
-        self._scripts.run("limiter_cancel", [self.keys.limiter_waiting], [grant_id])
-        self._client.hincrby(self.keys.stats, event.removeprefix("acquire_") + "s", 1)
+    def _withdraw(self, grant_id: str, tokens: int) -> None:
+        """Withdraw a reservation so nobody keeps leaving room for us (best effort: it lapses
+        `reserve_grace_ms` after our last retry anyway, e.g. when Redis is unreachable)."""
+        try:
+            self._scripts.run(
+                "limiter_cancel",
+                [self.keys.limiter_waiting, self.keys.limiter_waiting_until],
+                [f"{grant_id}:{tokens}", grant_id],
+            )
+        except (redis.RedisError, OSError) as exc:
+            log_event(
+                "acquire_withdraw_failed", "reservation left to lapse", error=type(exc).__name__
+            )
+
+    def _count(self, field: str, event: str, grant_id: str) -> None:
+        """Count a wait that ended without a grant, and log it."""
+        try:
+            self._client.hincrby(self.keys.stats, field, 1)
+        except (redis.RedisError, OSError):
+            pass  # a counter is not worth hiding why the wait ended
         log_event(event, "gave up waiting for Gemini capacity", grant_id=grant_id)
 
     # --- accounting ---
@@ -382,6 +463,7 @@ class GeminiRateLimiter:
             "limiter_status",
             [
                 self.keys.limiter_log,
+                self.keys.limiter_cum,
                 self.keys.rpm_current,
                 self.keys.tpm_current,
                 self.keys.cooldown_until,

@@ -7,6 +7,7 @@ Redis restart or `SCRIPT FLUSH` is invisible to callers.
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -14,11 +15,16 @@ from typing import Any
 import redis
 from redis.commands.core import Script
 
+# A line `--! include <name>` is replaced by the text of lua/<name>.lua (shared Lua helpers:
+# Redis runs one self-contained script, so helpers are pasted in at load time).
+_INCLUDE = re.compile(r"^--! include (\S+)$", re.MULTILINE)
+
 
 @cache
 def lua_source(name: str) -> str:
-    """The text of `lua/<name>.lua` (works from a checkout and from a wheel)."""
-    return resources.files("lua").joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    """The text of `lua/<name>.lua` with its includes expanded (from a checkout or a wheel)."""
+    text = resources.files("lua").joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    return _INCLUDE.sub(lambda match: lua_source(match.group(1)), text)
 
 
 def available_scripts() -> list[str]:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+import redis
 from google import genai
 from google.genai import types
 
@@ -54,8 +55,6 @@ from control_plane.gemini.prompts import prompt_for
 from control_plane.logs import log_event
 
 if TYPE_CHECKING:
-    import redis
-
     from control_plane.config import Settings
     from control_plane.keys import Keys
 
@@ -182,6 +181,8 @@ class GeminiOcrEngine:
         self._wait_slice_s = wait_slice_s
         # The shared limiter can stop waiting on our stop event; a test double may not.
         self._acquire_takes_stop = "stop_event" in inspect.signature(limiter.acquire).parameters
+        # ... and keep its FIFO place across our housekeeping (one acquire call per chunk call).
+        self._acquire_keeps_place = "on_wait" in inspect.signature(limiter.acquire).parameters
         self._backoff_base_s = backoff_base_s
         self._rng = rng if rng is not None else random.Random()
         # None (a test double without Redis): no breakers, errors as in round 1.
@@ -292,10 +293,19 @@ class GeminiOcrEngine:
                 usage = response.usage_metadata
                 actual = (usage.prompt_token_count if usage else None) or 0
                 if actual > 0:
-                    self._limiter.settle(grant, actual)
-                    self._tpp.observe(
-                        document_type, pages, prompt_tokens, actual, _document_tokens(usage)
-                    )
+                    try:  # bookkeeping: a Redis error here must not fail an answered chunk
+                        self._limiter.settle(grant, actual)
+                        self._tpp.observe(
+                            document_type, pages, prompt_tokens, actual, _document_tokens(usage)
+                        )
+                    except (redis.RedisError, OSError) as exc:
+                        log_event(
+                            "gemini.settle_failed",
+                            "grant keeps its estimate",
+                            level="WARNING",
+                            where=where,
+                            error=type(exc).__name__,
+                        )
                 decision = classify_response(
                     response, attempt=attempt, backoff_base=self._backoff_base_s
                 )
@@ -443,6 +453,8 @@ class GeminiOcrEngine:
         where: str,
         stop_event: threading.Event | None,
     ) -> Any:
+        if self._acquire_keeps_place:
+            return self._acquire_in_place(estimate, where, stop_event)
         while True:
             self._check_stop(stop_event)
             # Checked before waiting: the limiter would wait out even an hours-long cooldown.
@@ -461,6 +473,42 @@ class GeminiOcrEngine:
                     f"{where}: needs ~{estimate} input tokens, more than the whole "
                     f"GEMINI_TPM_LIMIT; lower OCR_PAGES_PER_CHUNK ({exc})"
                 ) from exc
+
+    def _acquire_in_place(
+        self,
+        estimate: int,
+        where: str,
+        stop_event: threading.Event | None,
+    ) -> Any:
+        """One limiter wait for the whole chunk call: the FIFO place is never given up while we
+        look at the cooldown every wait slice (the heartbeat keeps the lease alive)."""
+
+        def check_cooldown() -> None:
+            # The limiter would wait out even an hours-long cooldown: give the document back.
+            remaining_ms = self._limiter.cooldown_remaining_ms()
+            if remaining_ms > MAX_HELD_COOLDOWN_S * 1000:
+                raise paused_error(remaining_ms, "shared cooldown")
+
+        self._check_stop(stop_event)
+        check_cooldown()
+        acquire: Any = self._limiter.acquire
+        try:
+            return acquire(
+                estimate,
+                stop_event=stop_event,
+                on_wait=check_cooldown,
+                wait_slice_s=self._wait_slice_s,
+            )
+        except QuotaPausedError:
+            raise
+        except AcquireTimeoutError:  # the limiter's AcquireCancelledError: we are stopping
+            self._check_stop(stop_event)
+            raise
+        except RequestTooLargeError as exc:
+            raise RequestTooLargeError(
+                f"{where}: needs ~{estimate} input tokens, more than the whole "
+                f"GEMINI_TPM_LIMIT; lower OCR_PAGES_PER_CHUNK ({exc})"
+            ) from exc
 
     def _pause(self, seconds: float, stop_event: threading.Event | None) -> None:
         deadline = time.monotonic() + seconds

@@ -10,7 +10,7 @@ import redis
 
 from control_plane.errors import AcquireTimeoutError, RequestTooLargeError
 from control_plane.keys import Keys
-from control_plane.rate_limiter import AcquireCancelledError, GeminiRateLimiter
+from control_plane.rate_limiter import AcquireCancelledError, GeminiRateLimiter, parse_decision
 
 pytestmark = pytest.mark.integration
 
@@ -133,7 +133,11 @@ def test_queued_waiter_holds_headroom_against_newcomers(redis_client, keys: Keys
 def test_a_retried_script_call_does_not_charge_twice(redis_client, keys: Keys) -> None:
     limiter = make(redis_client, keys)
     first = limiter._attempt(300, "fixed-grant-id", register=True, waited_ms=0)
-    again = limiter._attempt(300, "fixed-grant-id", register=True, waited_ms=0)
+    # What redis-py's retry (or the fallback after a lost fast reply) sends: the same call, with
+    # the lookup flag the ordinary path always sets.
+    args = ["fixed-grant-id:300", "1", "0", "0", "0", "1", *limiter._acquire_config]
+    raw = limiter._acquire_script(keys=limiter._acquire_keys, args=args)
+    again = parse_decision(raw, "fixed-grant-id", 300)
     assert first.granted and again.granted
     assert again.granted_at_us == first.granted_at_us
     assert limiter.usage() == (1, 300)

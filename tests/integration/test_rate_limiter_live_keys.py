@@ -124,8 +124,9 @@ def test_a_killed_idle_connection_is_harmless(redis_url: str, keys: Keys) -> Non
     try:
         limiter = make(client, keys)
         assert limiter.try_acquire(10).granted
-        own_id = client.client_id()  # the pool hands back the connection the limiter used
-        admin.client_kill_filter(_id=own_id)
+        own = limiter._local.conn  # the connection the fast path keeps for this thread
+        own.send_command("CLIENT", "ID")
+        admin.client_kill_filter(_id=own.read_response())  # only ours: the server is shared
         decision = limiter.try_acquire(10)
         assert decision.granted
         assert limiter.usage() == (2, 20), "charged once despite the failed first attempt"
@@ -180,3 +181,33 @@ def test_a_reply_timeout_falls_back_to_the_retrying_path_and_charges_once() -> N
         finally:
             client.close()
             admin.close()
+
+
+def test_token_retry_hint_is_exact_and_survives_the_loss_of_its_index(
+    redis_client, keys: Keys
+) -> None:
+    limiter = make(redis_client, keys, rpm_limit=100, window_ms=2_000)
+    stamps = []
+    for _ in range(3):
+        stamps.append(limiter.acquire(300).granted_at_us)
+        time.sleep(0.3)
+
+    def hints(lim: GeminiRateLimiter) -> list[tuple[int, int]]:
+        out = []
+        for tokens, frees_after in ((400, 0), (500, 1), (700, 1), (1_000, 2)):
+            denied = lim.try_acquire(tokens)
+            assert not denied.granted and denied.reason == "tpm"
+            seconds, micros = redis_client.time()
+            expected_ms = (stamps[frees_after] + 2_000_000 - (seconds * 1_000_000 + micros)) / 1000
+            out.append((denied.retry_after_ms, round(expected_ms)))
+        return out
+
+    def check(found: list[tuple[int, int]]) -> None:
+        for hint, expected in found:  # the grant whose expiry makes room, to a few ms
+            assert abs(hint - expected) <= 30, found
+
+    check(hints(limiter))
+    redis_client.delete(keys.limiter_cum)  # the index lost: rebuilt from the log
+    check(hints(limiter))
+    redis_client.delete(keys.limiter_seq)  # the running total lost too, seen by a fresh process
+    check(hints(make(redis_client, keys, rpm_limit=100, window_ms=2_000)))

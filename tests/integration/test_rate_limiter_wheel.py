@@ -19,6 +19,10 @@ LIMITER_SCRIPTS = [
     "limiter_cooldown",
     "limiter_settle",
     "limiter_status",
+    "limiter_lib_window",
+    "limiter_lib_state",
+    "limiter_lib_queue",
+    "limiter_lib_hint",
 ]
 
 PROBE = """
@@ -28,6 +32,8 @@ import lua, control_plane.scripts as scripts
 assert lua.__file__.startswith(sys.argv[1]), lua.__file__
 for name in sys.argv[2:]:
     assert scripts.lua_source(name).startswith("-- " + name), name
+    lines = scripts.lua_source(name).splitlines()
+    assert not [x for x in lines if x.startswith("--! include")], name  # helpers pasted in
 print(",".join(scripts.available_scripts()))
 """
 

@@ -61,6 +61,8 @@ def test_parse_decision_granted_and_denied() -> None:
         300,
         1_700_000_000_123,
     )
+    with_seq = parse_decision("1 0 ok 1700000000123456 3 900 41 1700000000123", "g1", 300)
+    assert (with_seq.seq, with_seq.server_ms) == (41, 1_700_000_000_123)
     denied = parse_decision(b"0 250 tpm 0 5 1000", "g2", 300)
     assert (denied.granted, denied.grant_id, denied.reason, denied.retry_after_ms) == (
         False,
@@ -85,14 +87,22 @@ def test_limits_are_validated_without_touching_redis() -> None:
 
 
 @pytest.mark.parametrize(
-    ("member", "flag", "waited"),
-    [("ab12:300", "1", "0"), ("x:0", "0", "123456"), ("é-id:7", "1", "5")],
+    ("member", "flag", "waited", "seq", "seen_ms"),
+    [
+        ("ab12:300", "1", "0", "0", "0"),
+        ("x:0", "0", "123456", "98765432101", "1700000000123"),
+        ("é-id:7", "1", "5", "3", "1"),
+    ],
 )
-def test_pre_packed_call_is_what_redis_py_would_send(member: str, flag: str, waited: str) -> None:
+def test_pre_packed_call_is_what_redis_py_would_send(
+    member: str, flag: str, waited: str, seq: str, seen_ms: str
+) -> None:
     keys = ["gemini:limiter:log", "k2", "k3"]
     config = ["10", "1000", "60000", "0.5"]
     head, tail = pack_acquire("f" * 40, keys, config)
-    ours = pack_call(head, tail, member, flag, waited)
-    args = ("EVALSHA", "f" * 40, len(keys), *keys, member, flag, waited, *config)
+    ours = pack_call(head, tail, member, flag, waited, seq, seen_ms, "0")
+    args = ("EVALSHA", "f" * 40, len(keys), *keys, member, flag, waited, seq, seen_ms, "0", *config)
     expected = b"".join(redis.Connection().pack_command(*args))
     assert ours == expected
+    with pytest.raises(ValueError):
+        pack_call(head, tail, member, flag, waited)
