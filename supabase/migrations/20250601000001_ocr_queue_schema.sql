@@ -5,8 +5,9 @@
 -- takes a lock on a table that already has what it needs, and the owner's choices on an
 -- existing table (row-level security, grants, constraints) are left alone.
 --
--- Tables this migration CREATES are locked down for Supabase: row-level security on (no
--- policy: only the owner and BYPASSRLS roles such as service_role see rows), every table
+-- Tables this migration CREATES are locked down for Supabase (where its anon/authenticated
+-- roles exist): row-level security on (no policy: only the owner and BYPASSRLS roles such
+-- as service_role see rows), every table
 -- and sequence privilege revoked from anon and authenticated (Supabase's default privileges
 -- grant them ALL on new tables), and service_role granted what the pool needs. On an
 -- existing table `scheduler.py migrate` prints the statements instead (queue/security.py).
@@ -57,7 +58,12 @@ BEGIN
         created := created || 'extraction_queue'::text;
     END IF;
     FOREACH t IN ARRAY created LOOP
-        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
+        -- Only where Supabase's public roles exist: there the REST API exposes the table.
+        -- On a plain PostgreSQL, RLS without policies would lock out a non-owner role the
+        -- pool connects as (table privileges decide there).
+        IF EXISTS (SELECT FROM pg_roles WHERE rolname IN ('anon', 'authenticated')) THEN
+            EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
+        END IF;
         seq := pg_get_serial_sequence(t, 'id');
         FOREACH r IN ARRAY ARRAY['anon', 'authenticated'] LOOP
             IF EXISTS (SELECT FROM pg_roles WHERE rolname = r) THEN

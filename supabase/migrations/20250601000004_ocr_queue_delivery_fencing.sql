@@ -20,10 +20,20 @@ CREATE TABLE IF NOT EXISTS ocr_leader_fence (
 );
 INSERT INTO ocr_leader_fence (singleton, epoch) VALUES (true, 0) ON CONFLICT DO NOTHING;
 
+-- Supabase: the fence is the scheduler's alone; anyone who could raise it (the anon key
+-- through the REST API, with Supabase's default privileges) could fence every leader out.
 DO $$
+DECLARE
+    r text;
 BEGIN
+    FOREACH r IN ARRAY ARRAY['anon', 'authenticated'] LOOP
+        IF EXISTS (SELECT FROM pg_roles WHERE rolname = r) THEN
+            EXECUTE format('REVOKE ALL ON TABLE ocr_leader_fence FROM %I', r);
+            ALTER TABLE ocr_leader_fence ENABLE ROW LEVEL SECURITY;
+        END IF;
+    END LOOP;
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'service_role') THEN
-        GRANT SELECT, UPDATE ON ocr_leader_fence TO service_role;
+        GRANT SELECT, INSERT, UPDATE ON ocr_leader_fence TO service_role;
     END IF;
 END
 $$;

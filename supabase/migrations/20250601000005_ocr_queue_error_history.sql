@@ -23,10 +23,11 @@ CREATE INDEX IF NOT EXISTS extraction_queue_error_idx
     ON extraction_queue (document_source, id) WHERE status_id = 4;
 
 -- Supabase: nobody but the service role (through ocr_requeue) reads or writes it.
-ALTER TABLE ocr_error_history ENABLE ROW LEVEL SECURITY;
-
 DO $$
 BEGIN
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname IN ('anon', 'authenticated')) THEN
+        ALTER TABLE ocr_error_history ENABLE ROW LEVEL SECURITY;
+    END IF;
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'service_role') THEN
         REVOKE ALL ON ocr_error_history FROM PUBLIC;
         IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'anon') THEN

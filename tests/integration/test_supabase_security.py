@@ -52,6 +52,13 @@ ATTEMPTS = {
     "complete": "SELECT ocr_complete(1, gen_random_uuid(), 'forged', 1, 1)",
     "counts": "SELECT * FROM ocr_counts()",
     "reap": "SELECT * FROM ocr_reap(3)",
+    # Raising the leader fence would lock every scheduler out (issue 10's epochs).
+    "fence": "UPDATE ocr_leader_fence SET epoch = 9223372036854775000",
+    "fence_read": "SELECT * FROM ocr_leader_fence",
+    "fence_call": "SELECT ocr_leader_fence(9223372036854775000, 'anon')",
+    "history": "SELECT * FROM ocr_error_history",
+    "requeue": "SELECT * FROM ocr_requeue(NULL, NULL, NULL, true, 'anon')",
+    "errors": "SELECT * FROM ocr_errors(NULL, 5)",
 }
 
 
