@@ -67,6 +67,10 @@ def locate(storage_path: str) -> DocumentLocation:
     bucket, _, key = path.lstrip("/").partition("/")
     if not bucket or not key:
         raise DocumentError(f"storage_path {path!r} is not a URL nor bucket/path")
+    if any(part in (".", "..") for part in (bucket, *key.split("/"))):
+        # The URL would be normalised to another endpoint of the project (PostgREST,
+        # auth admin...) and the service-role key would go with it (same origin).
+        raise DocumentError("storage_path with '.' or '..' segments refused")
     return DocumentLocation("storage", key, bucket)
 
 

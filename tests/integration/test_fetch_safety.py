@@ -265,3 +265,36 @@ def test_bad_paths_fail_at_once(path: str, tmp_path: Path) -> None:
         assert "\x00" not in str(info.value)
     finally:
         fetcher.close()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "actes/../../../../rest/v1/extraction_queue",
+        "actes/./../../../../auth/v1/admin/users",
+        "../storage/v1/bucket",
+        "actes/x/../../../../../rest/v1/rpc/ocr_counts",
+    ],
+)
+def test_a_storage_path_cannot_climb_out_of_the_object_api_with_the_key(path: str) -> None:
+    """Attack (a2): `bucket/path` with `..` segments made httpx normalise the Storage URL
+    to another endpoint of the project (PostgREST, auth admin), and the service-role key
+    went with it (same origin). Dot segments are refused before any request."""
+    routes = {
+        "/rest/v1/extraction_queue": body(b'[{"ocr_text": "secret"}]', Content_Type="json"),
+        "/auth/v1/admin/users": body(b'{"users": []}', Content_Type="json"),
+        "/rest/v1/rpc/ocr_counts": body(b"[]", Content_Type="json"),
+        "/storage/v1/bucket": body(b"[]", Content_Type="json"),
+    }
+    with server(routes) as (project, project_seen):
+        store = SupabaseStore("prod", f"http://127.0.0.1:{project}", "service-role-KEY-123")
+        envs = Environments({"prod": store}, storage={"prod": store})
+        fetcher = fetcher_for("", envs=envs)
+        try:
+            with pytest.raises(DocumentError) as info:
+                fetcher.fetch(doc(path, "prod"))
+        finally:
+            fetcher.close()
+            envs.close()
+    assert "'.' or '..'" in str(info.value)
+    assert project_seen == [], "no request (and no key) left for another endpoint"
