@@ -39,8 +39,14 @@ def scrub(text: str) -> str:
 def register_secrets(values: Iterable[str]) -> None:
     """Remember secret values so no sink ever writes them."""
     for value in values:
-        if value and len(value) >= 4 and value not in _SECRETS:
-            _SECRETS.append(value)
+        if not value or len(value) < 4:
+            continue
+        # The JSON sink scrubs dumped text, where `"`, `\` and control characters are
+        # escaped: the escaped form is a secret too.
+        escaped = json.dumps(value, ensure_ascii=False)[1:-1]
+        for form in {value, escaped}:
+            if form not in _SECRETS:
+                _SECRETS.append(form)
     _SECRETS.sort(key=len, reverse=True)
 
 
