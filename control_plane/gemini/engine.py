@@ -30,7 +30,14 @@ from google import genai
 from google.genai import types
 
 from control_plane import observe
-from control_plane.breakers import CONFIGURATION, OUTAGE_FAILURES, Breakers, Policy, Step
+from control_plane.breakers import (
+    CONFIGURATION,
+    OUTAGE_FAILURES,
+    OUTPUT_BUDGET,
+    Breakers,
+    Policy,
+    Step,
+)
 from control_plane.errors import (
     MAX_HELD_COOLDOWN_S,
     AcquireTimeoutError,
@@ -46,6 +53,7 @@ from control_plane.gemini.classify import (
     Action,
     CallDecision,
     answer_text,
+    backoff_delay,
     classify_exception,
     classify_response,
 )
@@ -299,11 +307,29 @@ class GeminiOcrEngine:
                 decision = classify_response(
                     response, attempt=attempt, backoff_base=self._backoff_base_s
                 )
-                if decision is None or decision.action is Action.PERMANENT:
-                    self._answered(admitted)  # Gemini works; only this document may not
+                truncated = decision is None and self._note_truncation(response, where)
+                if decision is None and truncated and pages <= 1:
+                    # One page cut: splitting cannot help. The output budget is too small
+                    # (a configuration matter when it happens across documents): retried
+                    # on the output-budget breaker, never stored, never failed at once.
+                    decision = CallDecision(
+                        Action.RETRY,
+                        backoff_delay(attempt, base=self._backoff_base_s, rng=self._rng),
+                        f"{where}: Gemini's answer was cut at GEMINI_MAX_OUTPUT_TOKENS "
+                        "(finishReason=MAX_TOKENS) even for a single page; raise "
+                        "GEMINI_MAX_OUTPUT_TOKENS",
+                        output_budget=True,
+                    )
+                if (
+                    decision is None
+                    or decision.action is Action.PERMANENT
+                    or decision.output_budget
+                ):
+                    # Gemini works; only this document (or the budget) may not. The
+                    # output-budget breaker closes only on a whole answer.
+                    self._answered(admitted, output_fits=decision is None and not truncated)
                 if decision is None:
                     output = (usage.candidates_token_count if usage else None) or 0
-                    truncated = self._note_truncation(response, where)
                     return _ChunkText(
                         answer_text(response), actual or estimate, output, calls, truncated
                     )
@@ -338,7 +364,21 @@ class GeminiOcrEngine:
         if decision.action is Action.COOLDOWN:
             self._cooldown(decision, where, stop_event)
             return attempt  # a quota pause is not the call's fault: same attempt again
-        if self._breakers is not None:
+        if self._breakers is not None and decision.output_budget:
+            seen = self._breakers.failure(OUTPUT_BUDGET, self._outage_policy, decision.message)
+            if seen.transition == "opened":
+                log_event(
+                    "gemini.paused",
+                    f"ALL OCR PAUSED: answers cut across documents ({decision.message}). "
+                    "GEMINI_MAX_OUTPUT_TOKENS is too small for GEMINI_MODEL; probing every "
+                    f"{self._outage_policy.probe_ms / 1000:g} s (OCR_BREAKER_PROBE_MS); "
+                    "documents keep their status and attempts",
+                    level="CRITICAL",
+                    variable="GEMINI_MAX_OUTPUT_TOKENS",
+                )
+            if seen.blocked:
+                return attempt  # the budget, not the document: wait, same attempt
+        elif self._breakers is not None:
             seen = self._breakers.failure(
                 self._model_breaker, self._outage_policy, decision.message
             )
@@ -404,6 +444,7 @@ class GeminiOcrEngine:
             for name, policy in (
                 (CONFIGURATION, self._config_policy),
                 (self._model_breaker, self._outage_policy),
+                (OUTPUT_BUDGET, self._outage_policy),
             ):
                 seen = breakers.admit(name, policy)
                 if seen.blocked:
@@ -422,11 +463,16 @@ class GeminiOcrEngine:
             self._pause(max(seen.wait_ms, 50) / 1000, stop_event)
             self._check_stop(stop_event)
 
-    def _answered(self, admitted: list[tuple[str, Policy, Step]]) -> None:
-        """Gemini answered: close what this call probed (one log line per closing)."""
+    def _answered(
+        self, admitted: list[tuple[str, Policy, Step]], *, output_fits: bool = True
+    ) -> None:
+        """Gemini answered: close what this call probed (one log line per closing); the
+        output-budget breaker only when the answer was whole (`output_fits`)."""
         if self._breakers is None:
             return
         for name, policy, _seen in admitted:
+            if name == OUTPUT_BUDGET and not output_fits:
+                continue
             # Always: failures counted elsewhere since our admit must be reset ("in a row");
             # on a closed breaker with no failure the script returns without writing.
             closed = self._breakers.success(name, policy)
