@@ -26,6 +26,7 @@ ALL_FILES = [
     "001_schema.sql",
     "010_delivery_fencing.sql",
     "011_retry_not_before.sql",
+    "012_fence_security.sql",
     "012_good_neighbour.sql",
     "014_error_history.sql",
     "002_functions.sql",

@@ -52,6 +52,12 @@ ATTEMPTS = {
     "complete": "SELECT ocr_complete(1, gen_random_uuid(), 'forged', 1, 1)",
     "counts": "SELECT * FROM ocr_counts()",
     "reap": "SELECT * FROM ocr_reap(3)",
+    # Attack (a2): the leader fence is a table in `public` too. Open, one PATCH through
+    # the REST API with the public anon key fenced every scheduler out for good.
+    "fence_read": "SELECT * FROM ocr_leader_fence",
+    "fence_forge": "UPDATE ocr_leader_fence SET epoch = 9223372036854775807",
+    "fence_call": "SELECT ocr_leader_fence(9223372036854775807, 'anon')",
+    "error_history": "SELECT * FROM ocr_error_history",
 }
 
 
