@@ -139,7 +139,7 @@ def _redis_url_problem(url: str) -> str | None:
     if not url.startswith(("redis://", "rediss://", "unix://")):
         return None  # Settings says which schemes are accepted
     try:
-        redis_parse_url(url)
+        redis_parse_url(url)  # type: ignore[no-untyped-call]
     except ValueError as exc:
         said = " ".join(redact_text(str(exc)).split())[:200]
         return f"REDIS_URL is not a valid Redis URL: {said}"
