@@ -11,6 +11,7 @@ HTTP goes through `http_fetch.GuardedFetcher` (issue 12: address policy
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -153,6 +154,11 @@ class DocumentFetcher:
             with path.open("rb") as handle:
                 data = handle.read(self._max_bytes + 1)
         except FileNotFoundError:
+            if self._root_is_gone():  # the share is out, not the document missing
+                raise TransientError(
+                    f"OCR_LOCAL_DOCUMENTS_DIR {self._root} is missing or empty (a share not "
+                    f"mounted?): cannot read {path}"
+                ) from None
             raise DocumentError(f"file not found: {path}") from None
         except IsADirectoryError:
             raise DocumentError(f"not a file: {path}") from None
@@ -161,6 +167,19 @@ class DocumentFetcher:
         except OSError as exc:  # EIO, stale NFS handle...: maybe better later
             raise TransientError(f"cannot read {path}: {exc.strerror}") from exc
         return data
+
+    def _root_is_gone(self) -> bool:
+        """OCR_LOCAL_DOCUMENTS_DIR missing or empty: an unmounted share (its mount point
+        left empty) or a vanished volume, an outage of every file:// document at once."""
+        if self._root is None:
+            return False
+        try:
+            with os.scandir(self._root) as entries:
+                return next(entries, None) is None
+        except FileNotFoundError:
+            return True
+        except OSError:  # unreadable, stale handle...: not a missing document either
+            return True
 
     def _fetch_storage(self, environment: str, bucket: str, key: str) -> bytes:
         client = self._environments.storage(environment) if self._environments else None
