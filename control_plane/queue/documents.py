@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 from control_plane.errors import TransientError
 from control_plane.queue.fetch_policy import AllowedHosts
-from control_plane.queue.http_fetch import GuardedFetcher, safe_url
+from control_plane.queue.http_fetch import CredentialsRefused, GuardedFetcher, safe_url
 from control_plane.queue.models import ClaimedDocument
 from control_plane.queue.pdf import DocumentError, PdfChunk, inspect_pdf, split_pdf
 
@@ -191,6 +191,11 @@ class DocumentFetcher:
         url, credentials = client.storage_request(bucket, key)
         try:
             return self._http.get(url, credentials)
+        except CredentialsRefused as exc:  # our key, not the document: an outage of ours
+            raise TransientError(
+                f"{exc} ({bucket}/{key} from {environment} storage): Supabase Storage "
+                f"refused the service key; check {environment.upper()}_SUPABASE_SERVICE_KEY"
+            ) from None
         except DocumentError as exc:
             raise DocumentError(f"{exc} ({bucket}/{key} from {environment} storage)") from None
         except TransientError as exc:
