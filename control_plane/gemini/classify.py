@@ -329,6 +329,10 @@ def configuration_cause(
         else:
             cause = "the key's Google Cloud project cannot use this API"
         return cause, "GEMINI_API_KEY (its Google Cloud project and region)"
+    if code == 400 and "mime" in lowered and "application/pdf" in lowered:
+        # The pool sends every chunk as application/pdf, checked locally first: refused,
+        # it is the model that takes no PDF input (attack a2: every document failed).
+        return "the model does not accept PDF input", "GEMINI_MODEL"
     if code == 400 and any(word in lowered for word in _SETTING_WORDS):
         if "token" in lowered and "output" in lowered:
             return "invalid generation settings", "GEMINI_MAX_OUTPUT_TOKENS"

@@ -122,6 +122,30 @@ def test_failed_precondition_pauses_all_ocr_with_one_line_and_resumes_by_itself(
     assert resumed_after < PROBE_MS / 1000 + 2.0, "resumes within one probe interval (+slack)"
 
 
+def test_a_model_without_pdf_input_pauses_all_ocr_instead_of_failing_every_document(
+    emu: EmulatorProcess, engine: GeminiOcrEngine, log_lines: list[str], redis_client, keys
+) -> None:
+    """Attack (a2): GEMINI_MODEL set to a model that takes no PDF answers every call with
+    400 "Unsupported MIME type: application/pdf"; that was read as the document's format,
+    and every document failed at once (status 4) at the Gemini call rate."""
+    work = [lambda n=n: engine.ocr_chunks("index", _doc(n)) for n in range(3)]
+    emu.configure(fault_rates={"pdf_unsupported": 1.0})
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(fn) for fn in work]
+        deadline = time.monotonic() + 10
+        while CONFIGURATION not in Breakers(redis_client, keys).open_breakers():
+            assert time.monotonic() < deadline, "the configuration breaker should open"
+            assert not any(f.done() for f in futures), [f.exception() for f in futures]
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert not any(f.done() for f in futures), "held, not failed"
+        emu.configure(fault_rates={})
+        results = [f.result(timeout=30) for f in futures]
+    assert all(r.text for r in results)
+    paused = [line for line in log_lines if line.startswith("gemini.paused")]
+    assert len(paused) == 1 and "GEMINI_MODEL" in paused[0], paused
+
+
 def test_a_bad_key_pauses_instead_of_failing_and_resumes_when_the_key_works(
     emu: EmulatorProcess, engine: GeminiOcrEngine, log_lines: list[str]
 ) -> None:
