@@ -17,7 +17,8 @@ Whose fault it is (`CallDecision.fault`), the question of issue 11:
   documents they open the model's breaker (pause, probe, no attempt counted).
 - 401/403, 400 API_KEY_INVALID -> configuration (GEMINI_API_KEY); 400 FAILED_PRECONDITION
   (location, billing) -> configuration (the key's project); 404 -> configuration
-  (GEMINI_MODEL, GEMINI_BASE_URL); 400 about generation settings -> configuration
+  (GEMINI_MODEL, GEMINI_BASE_URL); 400 "Unsupported MIME type: application/pdf" ->
+  configuration (GEMINI_MODEL takes no PDF); 400 about generation settings -> configuration
   (GEMINI_MAX_OUTPUT_TOKENS, GEMINI_TEMPERATURE): pause all OCR, probe, resume by itself.
 - finishReason MAX_TOKENS with no text, or a single page cut at MAX_TOKENS -> output
   budget (GEMINI_MAX_OUTPUT_TOKENS): retried; across documents the output-budget breaker
