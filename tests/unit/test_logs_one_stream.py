@@ -104,3 +104,30 @@ def test_a_registered_secret_that_json_escapes_is_still_scrubbed(json_logs, secr
     for line in lines:
         assert secret not in json.dumps(line), line
         assert "ss-word-9" not in json.dumps(line), line
+
+
+def test_warnings_and_uncaught_thread_errors_go_through_the_one_stream(json_logs) -> None:
+    """Attack (a2): Python warnings (a library's DeprecationWarning, urllib3's...) and an
+    exception that escapes a thread were printed by Python itself: plain text in a JSON
+    stream, and never scrubbed."""
+    import threading
+    import warnings
+
+    start()
+    url = FORMS["user:pass@"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn(f"connecting to {url} without TLS", UserWarning, stacklevel=1)
+
+    def crash() -> None:
+        raise ConnectionError(f"lost {url} ({REGISTERED})")
+
+    thread = threading.Thread(target=crash, name="probe-x")
+    thread.start()
+    thread.join()
+    err = json_logs.readouterr().err
+    lines = [json.loads(ln) for ln in err.splitlines() if ln.strip()]  # every line is JSON
+    assert any("without TLS" in ln["message"] for ln in lines), err
+    assert any("ConnectionError" in (ln.get("exception") or "") for ln in lines), err
+    for secret in [REGISTERED, *UNREGISTERED]:
+        assert secret not in err, (secret, err)
