@@ -19,7 +19,12 @@ from urllib.parse import unquote, urlsplit
 
 from control_plane.errors import TransientError
 from control_plane.queue.fetch_policy import AllowedHosts
-from control_plane.queue.http_fetch import CredentialsRefused, GuardedFetcher, safe_url
+from control_plane.queue.http_fetch import (
+    CredentialsRefused,
+    GuardedFetcher,
+    HttpStatusError,
+    safe_url,
+)
 from control_plane.queue.models import ClaimedDocument
 from control_plane.queue.pdf import DocumentError, PdfChunk, inspect_pdf, split_pdf
 
@@ -195,6 +200,10 @@ class DocumentFetcher:
             raise TransientError(
                 f"{exc} ({bucket}/{key} from {environment} storage): Supabase Storage "
                 f"refused the service key; check {environment.upper()}_SUPABASE_SERVICE_KEY"
+            ) from None
+        except HttpStatusError as exc:  # keeps its type: the host answered (breakers)
+            raise HttpStatusError(
+                f"{exc} ({bucket}/{key} from {environment} storage)", exc.status
             ) from None
         except DocumentError as exc:
             raise DocumentError(f"{exc} ({bucket}/{key} from {environment} storage)") from None
