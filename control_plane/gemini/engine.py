@@ -194,6 +194,7 @@ class GeminiOcrEngine:
         self._rng = rng if rng is not None else random.Random()
         # None (a test double without Redis): no breakers, errors as in round 1.
         self._breakers = breakers
+        self._local = threading.local()  # this thread's document: its hold_until
         self._model_breaker = f"gemini:{settings.gemini_model}"
         self._outage_policy = Policy(OUTAGE_FAILURES, settings.ocr_breaker_probe_ms)
         self._config_policy = Policy(1, settings.gemini_config_probe_ms)
@@ -224,13 +225,37 @@ class GeminiOcrEngine:
         *,
         stop_event: threading.Event | None = None,
         before_call: Callable[[], None] | None = None,
+        hold_until: float | None = None,
     ) -> OcrResult:
         """OCR every chunk in page order and join the texts; raises on failure (see module doc).
 
         `before_call` runs right before each Gemini call, once the limiter granted it: the
-        caller's "should I go on" check (it raises to stop, e.g. lease lost, worker stopping)."""
+        caller's "should I go on" check (it raises to stop, e.g. lease lost, worker stopping).
+        `hold_until` (time.monotonic()): past it, a breaker pause (configuration, outage,
+        output budget) gives the document back instead of holding it; the job sets it
+        before its OCR_JOB_TIME_LIMIT_MS, whose interruption would count an attempt
+        (attack a2). Quota waits are not bounded by it: they come back often, and a long
+        document given back at each one would be redone forever without an attempt."""
         if not chunks:
             raise PermanentError("the document has no pages to OCR")
+        self._local.hold_until = hold_until
+        try:
+            return self._ocr_all(document_type, chunks, stop_event, before_call)
+        finally:
+            self._local.hold_until = None
+
+    def _held_too_long(self, wait_s: float) -> bool:
+        """Would waiting `wait_s` more hold the document past the caller's `hold_until`?"""
+        hold_until: float | None = getattr(self._local, "hold_until", None)
+        return hold_until is not None and time.monotonic() + wait_s > hold_until
+
+    def _ocr_all(
+        self,
+        document_type: str,
+        chunks: Sequence[Chunk],
+        stop_event: threading.Event | None,
+        before_call: Callable[[], None] | None,
+    ) -> OcrResult:
         texts: list[str] = []
         prompt_tokens = output_tokens = calls = pages = 0
         pending = sorted(chunks, key=lambda c: c.first_page)
@@ -454,7 +479,10 @@ class GeminiOcrEngine:
             if blocked is None:
                 return admitted
             name, seen = blocked
-            if time.monotonic() - held_since + seen.wait_ms / 1000 > MAX_HELD_COOLDOWN_S:
+            wait_s = seen.wait_ms / 1000
+            if time.monotonic() - held_since + wait_s > MAX_HELD_COOLDOWN_S or self._held_too_long(
+                wait_s
+            ):
                 raise DependencyPausedError(
                     f"{where}: Gemini paused ({name} breaker open); document given back "
                     "to ready without counting an attempt",
