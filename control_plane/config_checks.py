@@ -142,5 +142,7 @@ def _redis_url_problem(url: str) -> str | None:
         redis_parse_url(url)  # type: ignore[no-untyped-call]
     except ValueError as exc:
         said = " ".join(redact_text(str(exc)).split())[:200]
+        if " as '" in said:  # urllib quotes the text it could not read as a port
+            said = "its port is not a number"
         return f"REDIS_URL is not a valid Redis URL: {said}"
     return None

@@ -63,6 +63,7 @@ REFUSED = [
     ({"redis_url": "redis://:pw@127.0.0.1:99999/0"}, "REDIS_URL is not a valid", "Port"),
     ({"redis_url": "redis://127.0.0.1/0?password=pw&db=x"}, "REDIS_URL is not a valid", "db"),
     ({"redis_url": "redis://:pw@[::1/0"}, "REDIS_URL is not a valid", "IPv6"),
+    ({"redis_url": "redis://cache:pw-as-port/0"}, "REDIS_URL is not a valid", "port is not"),
 ]
 
 
