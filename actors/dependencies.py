@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from control_plane.breakers import OUTAGE_FAILURES, Policy, document_host
 from control_plane.errors import DependencyPausedError, TransientError
 from control_plane.logs import log_event
+from control_plane.queue.http_fetch import HttpStatusError
 from control_plane.queue.models import ClaimedDocument
 
 if TYPE_CHECKING:
@@ -39,6 +40,11 @@ def fetch_through_breaker(rt: WorkerRuntime, doc: ClaimedDocument) -> bytes:
     for tried in range(1, FETCH_TRIES + 1):
         try:
             data = rt.fetcher.fetch(doc)
+        except HttpStatusError:
+            # The host answered (a 404 of this document...): it is up. Its probe must
+            # resume it for the other documents, not leave it paused another interval.
+            _host_answered(rt, name, policy, host)
+            raise
         except TransientError as exc:
             seen = rt.breakers.failure(name, policy, str(exc)[:200])
             if seen.transition == "opened":
@@ -59,16 +65,20 @@ def fetch_through_breaker(rt: WorkerRuntime, doc: ClaimedDocument) -> bytes:
                 raise
             delay *= 2
             continue
-        closed = rt.breakers.success(name, policy)  # resets failures "in a row"
-        if closed.transition == "closed":
-            log_event(
-                "document_host.resumed",
-                f"document host {host} answers again; its documents resume",
-                level="WARNING",
-                host=host,
-            )
+        _host_answered(rt, name, policy, host)  # resets failures "in a row"
         return data
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _host_answered(rt: WorkerRuntime, name: str, policy: Policy, host: str) -> None:
+    closed = rt.breakers.success(name, policy)
+    if closed.transition == "closed":
+        log_event(
+            "document_host.resumed",
+            f"document host {host} answers again; its documents resume",
+            level="WARNING",
+            host=host,
+        )
 
 
 __all__ = ["fetch_through_breaker"]

@@ -95,6 +95,12 @@ HOST_FULL_HAND_OFF_S = 0.5
 def process_document(rt: WorkerRuntime, message: DocumentMessage) -> str:
     """Run one job; returns what happened (for logs and tests)."""
     worker_id = rt.worker_id()
+    # Dramatiq's time limit counts from here; a pause must not hold the document past it
+    # (its interruption counts an attempt): leave room for one Gemini call (attack a2).
+    hold_until = (
+        time.monotonic()
+        + (rt.settings.ocr_job_time_limit_ms - rt.settings.gemini_timeout_ms - 1000) / 1000
+    )
     why, delay_ms = "no slot of its type became free", 0
     try:
         waited = _wait_for_slot(rt, message, worker_id)
@@ -117,7 +123,7 @@ def process_document(rt: WorkerRuntime, message: DocumentMessage) -> str:
     )
     taken_at = time.monotonic()
     try:
-        outcome = _run(rt, message, job, worker_id)
+        outcome = _run(rt, message, job, worker_id, hold_until)
         if outcome == "completed":  # slot time per type, for OCR_ALLOCATION_WEIGHTING=time
             _quietly(
                 lambda: record_job_seconds(
@@ -162,7 +168,13 @@ def _quietly(fn: Callable[[], None]) -> None:
         )
 
 
-def _run(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob, worker_id: str) -> str:
+def _run(
+    rt: WorkerRuntime,
+    message: DocumentMessage,
+    job: ActiveJob,
+    worker_id: str,
+    hold_until: float | None = None,
+) -> str:
     store = rt.environments.store(message.environment)
     lease_ms = rt.settings.ocr_lease_ms
     if rt.stop_event.is_set():  # draining: a job not started yet gives its document back
@@ -216,7 +228,7 @@ def _run(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob, worker_id:
         slot=job.slot.slot_id if job.slot else None,
     )
     try:
-        result = _ocr(rt, message, job)
+        result = _ocr(rt, message, job, hold_until)
     except TimeLimitExceeded:
         limit_s = rt.settings.ocr_job_time_limit_ms / 1000
         return _handle_error(
@@ -231,7 +243,9 @@ def _run(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob, worker_id:
     return _complete(rt, message, job, result, time.monotonic() - started)
 
 
-def _ocr(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob) -> OcrResult:
+def _ocr(
+    rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob, hold_until: float | None = None
+) -> OcrResult:
     doc = ClaimedDocument(
         environment=message.environment,
         id=message.id,
@@ -251,6 +265,7 @@ def _ocr(rt: WorkerRuntime, message: DocumentMessage, job: ActiveJob) -> OcrResu
         chunks,
         stop_event=job.abort,
         before_call=lambda: rt.before_call(job),
+        hold_until=hold_until,
     )
 
 

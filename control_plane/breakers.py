@@ -36,6 +36,9 @@ OUTAGE_FAILURES = 3
 # A breaker's Redis state outlives its last change by this much.
 BREAKER_TTL_MS = 86_400_000
 CONFIGURATION = "gemini:configuration"
+# Answers cut at GEMINI_MAX_OUTPUT_TOKENS where splitting cannot help (one page, or no
+# text at all), across documents: the output budget is too small, a configuration matter.
+OUTPUT_BUDGET = "gemini:output_budget"
 
 
 class Verdict(StrEnum):

@@ -88,6 +88,9 @@ def url_problem(s: Settings) -> str | None:
             raw = getattr(s, f"{env}_{suffix}")
             value = raw if isinstance(raw, str) or raw is None else raw.get_secret_value()
             checks.append((f"{env.upper()}_{suffix.upper()}", value, schemes))
+    redis_problem = _redis_url_problem(s.redis_url.get_secret_value())
+    if redis_problem:
+        return redis_problem
     for variable, value, schemes in checks:
         if not value:
             continue
@@ -123,3 +126,23 @@ def _is_libpq_keywords(value: str) -> bool:
         return bool(psycopg.conninfo.conninfo_to_dict(value))
     except psycopg.ProgrammingError:
         return False
+
+
+def _redis_url_problem(url: str) -> str | None:
+    """A REDIS_URL redis-py cannot parse (a port out of range, `db` not a number, an
+    unclosed IPv6 bracket...), as one line: it raised a traceback at start (attack a2).
+    redis-py's message never holds the URL; it is scrubbed all the same."""
+    from redis.connection import parse_url as redis_parse_url
+
+    from control_plane.urls import redact_text
+
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return None  # Settings says which schemes are accepted
+    try:
+        redis_parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        said = " ".join(redact_text(str(exc)).split())[:200]
+        if " as '" in said:  # urllib quotes the text it could not read as a port
+            said = "its port is not a number"
+        return f"REDIS_URL is not a valid Redis URL: {said}"
+    return None

@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import traceback
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -39,8 +41,14 @@ def scrub(text: str) -> str:
 def register_secrets(values: Iterable[str]) -> None:
     """Remember secret values so no sink ever writes them."""
     for value in values:
-        if value and len(value) >= 4 and value not in _SECRETS:
-            _SECRETS.append(value)
+        if not value or len(value) < 4:
+            continue
+        # The JSON sink scrubs dumped text, where `"`, `\` and control characters are
+        # escaped: the escaped form is a secret too.
+        escaped = json.dumps(value, ensure_ascii=False)[1:-1]
+        for form in {value, escaped}:
+            if form not in _SECRETS:
+                _SECRETS.append(form)
     _SECRETS.sort(key=len, reverse=True)
 
 
@@ -147,6 +155,41 @@ def route_stdlib_logging(level: str = "INFO") -> None:
     if level.upper() != "DEBUG":
         for name in _CHATTY:
             logging.getLogger(name).setLevel(logging.WARNING)
+    # Python's own printing bypassed the sink (plain text in a JSON stream, unscrubbed):
+    # warnings, and exceptions that escape a thread or the main program.
+    warnings.showwarning = _showwarning
+    threading.excepthook = _thread_excepthook
+    sys.excepthook = _excepthook
+
+
+def _showwarning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    text = warnings.formatwarning(message, category, filename, lineno, line).strip()
+    logger.bind(action="py.warnings").warning(text)
+
+
+def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logger.bind(action="thread.crashed").opt(
+        exception=(args.exc_type, args.exc_value, args.exc_traceback)
+    ).error(f"uncaught exception in thread {name}")
+
+
+def _excepthook(exc_type: Any, exc_value: Any, exc_traceback: Any) -> None:
+    if issubclass(exc_type, KeyboardInterrupt):
+        sys.__excepthook__(exc_type, exc_value, exc_traceback)
+        return
+    logger.bind(action="process.crashed").opt(
+        exception=(exc_type, exc_value, exc_traceback)
+    ).critical("uncaught exception")
 
 
 def log_event(action: str, message: str = "", *, level: str = "INFO", **fields: Any) -> None:

@@ -138,6 +138,8 @@ UNAVAILABLE = error_body(503, "UNAVAILABLE", "The model is overloaded. Please tr
 FAILED_PRECONDITION = error_body(
     400, "FAILED_PRECONDITION", "User location is not supported for the API use."
 )
+# What a model that takes no PDF input answers (GEMINI_MODEL set to such a model).
+PDF_UNSUPPORTED = error_body(400, "INVALID_ARGUMENT", "Unsupported MIME type: application/pdf")
 DEADLINE = error_body(504, "DEADLINE_EXCEEDED", "The request timed out. Please try again.")
 
 

@@ -19,6 +19,7 @@ FAULTS: tuple[str, ...] = (
     "max_tokens",  # candidate with finishReason MAX_TOKENS, output spent on thinking
     "max_tokens_cut",  # candidate with the first half of the text, finishReason MAX_TOKENS
     "failed_precondition",  # 400 FAILED_PRECONDITION "User location is not supported ..."
+    "pdf_unsupported",  # 400 INVALID_ARGUMENT "Unsupported MIME type: application/pdf"
 )
 # Only scriptable: forced 429s, and "ok" to let one request through untouched.
 SCRIPT_ONLY: tuple[str, ...] = ("429", "429_per_day", "ok")

@@ -309,6 +309,8 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             return self._count(503, bodies.UNAVAILABLE, entry, fault=fault)
         if fault == "failed_precondition":
             return self._count(400, bodies.FAILED_PRECONDITION, entry, fault=fault)
+        if fault == "pdf_unsupported":
+            return self._count(400, bodies.PDF_UNSUPPORTED, entry, fault=fault)
         if not pages:
             if request.mime_type not in (None, "application/pdf"):
                 return self._count(

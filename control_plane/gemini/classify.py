@@ -17,8 +17,12 @@ Whose fault it is (`CallDecision.fault`), the question of issue 11:
   documents they open the model's breaker (pause, probe, no attempt counted).
 - 401/403, 400 API_KEY_INVALID -> configuration (GEMINI_API_KEY); 400 FAILED_PRECONDITION
   (location, billing) -> configuration (the key's project); 404 -> configuration
-  (GEMINI_MODEL, GEMINI_BASE_URL); 400 about generation settings -> configuration
+  (GEMINI_MODEL, GEMINI_BASE_URL); 400 "Unsupported MIME type: application/pdf" ->
+  configuration (GEMINI_MODEL takes no PDF); 400 about generation settings -> configuration
   (GEMINI_MAX_OUTPUT_TOKENS, GEMINI_TEMPERATURE): pause all OCR, probe, resume by itself.
+- finishReason MAX_TOKENS with no text, or a single page cut at MAX_TOKENS -> output
+  budget (GEMINI_MAX_OUTPUT_TOKENS): retried; across documents the output-budget breaker
+  opens and all OCR pauses, nothing charged (a longer chunk is split instead).
 - 400 no pages / corrupt / encrypted / too many pages / unsupported MIME, 400 input token
   count too large, 413 payload too large, blocked prompt, finishReason SAFETY/RECITATION/...
   -> document: status 4 with a precise message.
@@ -102,6 +106,9 @@ class CallDecision:
     message: str
     per_day: bool = False
     variable: str = ""
+    # RETRY because the answer was cut at GEMINI_MAX_OUTPUT_TOKENS where splitting cannot
+    # help: counted on the output-budget breaker (breakers.OUTPUT_BUDGET), not the model's.
+    output_budget: bool = False
 
     @property
     def fault(self) -> Fault:
@@ -323,6 +330,10 @@ def configuration_cause(
         else:
             cause = "the key's Google Cloud project cannot use this API"
         return cause, "GEMINI_API_KEY (its Google Cloud project and region)"
+    if code == 400 and "mime" in lowered and "application/pdf" in lowered:
+        # The pool sends every chunk as application/pdf, checked locally first: refused,
+        # it is the model that takes no PDF input (attack a2: every document failed).
+        return "the model does not accept PDF input", "GEMINI_MODEL"
     if code == 400 and any(word in lowered for word in _SETTING_WORDS):
         if "token" in lowered and "output" in lowered:
             return "invalid generation settings", "GEMINI_MAX_OUTPUT_TOKENS"
@@ -398,12 +409,15 @@ def classify_response(
         )
     if not text.strip():
         if finish == "MAX_TOKENS":
+            # Not the document's fault: the budget is too small for the model (issue 11
+            # attack: failing it failed every document). Retried; across documents it
+            # opens the output-budget breaker and all OCR pauses.
             return CallDecision(
-                Action.PERMANENT,
-                0.0,
+                Action.RETRY,
+                backoff,
                 "Gemini spent the whole output budget without text (finishReason=MAX_TOKENS, "
-                "thinking may have used it); raise GEMINI_MAX_OUTPUT_TOKENS or lower "
-                "OCR_PAGES_PER_CHUNK",
+                "thinking may have used it); raise GEMINI_MAX_OUTPUT_TOKENS",
+                output_budget=True,
             )
         return CallDecision(
             Action.RETRY,

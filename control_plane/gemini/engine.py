@@ -31,7 +31,14 @@ from google import genai
 from google.genai import types
 
 from control_plane import observe
-from control_plane.breakers import CONFIGURATION, OUTAGE_FAILURES, Breakers, Policy, Step
+from control_plane.breakers import (
+    CONFIGURATION,
+    OUTAGE_FAILURES,
+    OUTPUT_BUDGET,
+    Breakers,
+    Policy,
+    Step,
+)
 from control_plane.errors import (
     MAX_HELD_COOLDOWN_S,
     AcquireTimeoutError,
@@ -47,6 +54,7 @@ from control_plane.gemini.classify import (
     Action,
     CallDecision,
     answer_text,
+    backoff_delay,
     classify_exception,
     classify_response,
 )
@@ -187,6 +195,7 @@ class GeminiOcrEngine:
         self._rng = rng if rng is not None else random.Random()
         # None (a test double without Redis): no breakers, errors as in round 1.
         self._breakers = breakers
+        self._local = threading.local()  # this thread's document: its hold_until
         self._model_breaker = f"gemini:{settings.gemini_model}"
         self._outage_policy = Policy(OUTAGE_FAILURES, settings.ocr_breaker_probe_ms)
         self._config_policy = Policy(1, settings.gemini_config_probe_ms)
@@ -217,13 +226,37 @@ class GeminiOcrEngine:
         *,
         stop_event: threading.Event | None = None,
         before_call: Callable[[], None] | None = None,
+        hold_until: float | None = None,
     ) -> OcrResult:
         """OCR every chunk in page order and join the texts; raises on failure (see module doc).
 
         `before_call` runs right before each Gemini call, once the limiter granted it: the
-        caller's "should I go on" check (it raises to stop, e.g. lease lost, worker stopping)."""
+        caller's "should I go on" check (it raises to stop, e.g. lease lost, worker stopping).
+        `hold_until` (time.monotonic()): past it, a breaker pause (configuration, outage,
+        output budget) gives the document back instead of holding it; the job sets it
+        before its OCR_JOB_TIME_LIMIT_MS, whose interruption would count an attempt
+        (attack a2). Quota waits are not bounded by it: they come back often, and a long
+        document given back at each one would be redone forever without an attempt."""
         if not chunks:
             raise PermanentError("the document has no pages to OCR")
+        self._local.hold_until = hold_until
+        try:
+            return self._ocr_all(document_type, chunks, stop_event, before_call)
+        finally:
+            self._local.hold_until = None
+
+    def _held_too_long(self, wait_s: float) -> bool:
+        """Would waiting `wait_s` more hold the document past the caller's `hold_until`?"""
+        hold_until: float | None = getattr(self._local, "hold_until", None)
+        return hold_until is not None and time.monotonic() + wait_s > hold_until
+
+    def _ocr_all(
+        self,
+        document_type: str,
+        chunks: Sequence[Chunk],
+        stop_event: threading.Event | None,
+        before_call: Callable[[], None] | None,
+    ) -> OcrResult:
         texts: list[str] = []
         prompt_tokens = output_tokens = calls = pages = 0
         pending = sorted(chunks, key=lambda c: c.first_page)
@@ -309,11 +342,29 @@ class GeminiOcrEngine:
                 decision = classify_response(
                     response, attempt=attempt, backoff_base=self._backoff_base_s
                 )
-                if decision is None or decision.action is Action.PERMANENT:
-                    self._answered(admitted)  # Gemini works; only this document may not
+                truncated = decision is None and self._note_truncation(response, where)
+                if decision is None and truncated and pages <= 1:
+                    # One page cut: splitting cannot help. The output budget is too small
+                    # (a configuration matter when it happens across documents): retried
+                    # on the output-budget breaker, never stored, never failed at once.
+                    decision = CallDecision(
+                        Action.RETRY,
+                        backoff_delay(attempt, base=self._backoff_base_s, rng=self._rng),
+                        f"{where}: Gemini's answer was cut at GEMINI_MAX_OUTPUT_TOKENS "
+                        "(finishReason=MAX_TOKENS) even for a single page; raise "
+                        "GEMINI_MAX_OUTPUT_TOKENS",
+                        output_budget=True,
+                    )
+                if (
+                    decision is None
+                    or decision.action is Action.PERMANENT
+                    or decision.output_budget
+                ):
+                    # Gemini works; only this document (or the budget) may not. The
+                    # output-budget breaker closes only on a whole answer.
+                    self._answered(admitted, output_fits=decision is None and not truncated)
                 if decision is None:
                     output = (usage.candidates_token_count if usage else None) or 0
-                    truncated = self._note_truncation(response, where)
                     return _ChunkText(
                         answer_text(response), actual or estimate, output, calls, truncated
                     )
@@ -348,7 +399,21 @@ class GeminiOcrEngine:
         if decision.action is Action.COOLDOWN:
             self._cooldown(decision, where, stop_event)
             return attempt  # a quota pause is not the call's fault: same attempt again
-        if self._breakers is not None:
+        if self._breakers is not None and decision.output_budget:
+            seen = self._breakers.failure(OUTPUT_BUDGET, self._outage_policy, decision.message)
+            if seen.transition == "opened":
+                log_event(
+                    "gemini.paused",
+                    f"ALL OCR PAUSED: answers cut across documents ({decision.message}). "
+                    "GEMINI_MAX_OUTPUT_TOKENS is too small for GEMINI_MODEL; probing every "
+                    f"{self._outage_policy.probe_ms / 1000:g} s (OCR_BREAKER_PROBE_MS); "
+                    "documents keep their status and attempts",
+                    level="CRITICAL",
+                    variable="GEMINI_MAX_OUTPUT_TOKENS",
+                )
+            if seen.blocked:
+                return attempt  # the budget, not the document: wait, same attempt
+        elif self._breakers is not None:
             seen = self._breakers.failure(
                 self._model_breaker, self._outage_policy, decision.message
             )
@@ -414,6 +479,7 @@ class GeminiOcrEngine:
             for name, policy in (
                 (CONFIGURATION, self._config_policy),
                 (self._model_breaker, self._outage_policy),
+                (OUTPUT_BUDGET, self._outage_policy),
             ):
                 seen = breakers.admit(name, policy)
                 if seen.blocked:
@@ -423,7 +489,10 @@ class GeminiOcrEngine:
             if blocked is None:
                 return admitted
             name, seen = blocked
-            if time.monotonic() - held_since + seen.wait_ms / 1000 > MAX_HELD_COOLDOWN_S:
+            wait_s = seen.wait_ms / 1000
+            if time.monotonic() - held_since + wait_s > MAX_HELD_COOLDOWN_S or self._held_too_long(
+                wait_s
+            ):
                 raise DependencyPausedError(
                     f"{where}: Gemini paused ({name} breaker open); document given back "
                     "to ready without counting an attempt",
@@ -432,11 +501,16 @@ class GeminiOcrEngine:
             self._pause(max(seen.wait_ms, 50) / 1000, stop_event)
             self._check_stop(stop_event)
 
-    def _answered(self, admitted: list[tuple[str, Policy, Step]]) -> None:
-        """Gemini answered: close what this call probed (one log line per closing)."""
+    def _answered(
+        self, admitted: list[tuple[str, Policy, Step]], *, output_fits: bool = True
+    ) -> None:
+        """Gemini answered: close what this call probed (one log line per closing); the
+        output-budget breaker only when the answer was whole (`output_fits`)."""
         if self._breakers is None:
             return
         for name, policy, _seen in admitted:
+            if name == OUTPUT_BUDGET and not output_fits:
+                continue
             # Always: failures counted elsewhere since our admit must be reset ("in a row");
             # on a closed breaker with no failure the script returns without writing.
             closed = self._breakers.success(name, policy)

@@ -11,6 +11,7 @@ HTTP goes through `http_fetch.GuardedFetcher` (issue 12: address policy
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +19,12 @@ from urllib.parse import unquote, urlsplit
 
 from control_plane.errors import TransientError
 from control_plane.queue.fetch_policy import AllowedHosts
-from control_plane.queue.http_fetch import GuardedFetcher, safe_url
+from control_plane.queue.http_fetch import (
+    CredentialsRefused,
+    GuardedFetcher,
+    HttpStatusError,
+    safe_url,
+)
 from control_plane.queue.models import ClaimedDocument
 from control_plane.queue.pdf import DocumentError, PdfChunk, inspect_pdf, split_pdf
 
@@ -67,6 +73,10 @@ def locate(storage_path: str) -> DocumentLocation:
     bucket, _, key = path.lstrip("/").partition("/")
     if not bucket or not key:
         raise DocumentError(f"storage_path {path!r} is not a URL nor bucket/path")
+    if any(part in (".", "..") for part in (bucket, *key.split("/"))):
+        # The URL would be normalised to another endpoint of the project (PostgREST,
+        # auth admin...) and the service-role key would go with it (same origin).
+        raise DocumentError("storage_path with '.' or '..' segments refused")
     return DocumentLocation("storage", key, bucket)
 
 
@@ -149,6 +159,11 @@ class DocumentFetcher:
             with path.open("rb") as handle:
                 data = handle.read(self._max_bytes + 1)
         except FileNotFoundError:
+            if self._root_is_gone():  # the share is out, not the document missing
+                raise TransientError(
+                    f"OCR_LOCAL_DOCUMENTS_DIR {self._root} is missing or empty (a share not "
+                    f"mounted?): cannot read {path}"
+                ) from None
             raise DocumentError(f"file not found: {path}") from None
         except IsADirectoryError:
             raise DocumentError(f"not a file: {path}") from None
@@ -157,6 +172,19 @@ class DocumentFetcher:
         except OSError as exc:  # EIO, stale NFS handle...: maybe better later
             raise TransientError(f"cannot read {path}: {exc.strerror}") from exc
         return data
+
+    def _root_is_gone(self) -> bool:
+        """OCR_LOCAL_DOCUMENTS_DIR missing or empty: an unmounted share (its mount point
+        left empty) or a vanished volume, an outage of every file:// document at once."""
+        if self._root is None:
+            return False
+        try:
+            with os.scandir(self._root) as entries:
+                return next(entries, None) is None
+        except FileNotFoundError:
+            return True
+        except OSError:  # unreadable, stale handle...: not a missing document either
+            return True
 
     def _fetch_storage(self, environment: str, bucket: str, key: str) -> bytes:
         client = self._environments.storage(environment) if self._environments else None
@@ -168,6 +196,15 @@ class DocumentFetcher:
         url, credentials = client.storage_request(bucket, key)
         try:
             return self._http.get(url, credentials)
+        except CredentialsRefused as exc:  # our key, not the document: an outage of ours
+            raise TransientError(
+                f"{exc} ({bucket}/{key} from {environment} storage): Supabase Storage "
+                f"refused the service key; check {environment.upper()}_SUPABASE_SERVICE_KEY"
+            ) from None
+        except HttpStatusError as exc:  # keeps its type: the host answered (breakers)
+            raise HttpStatusError(
+                f"{exc} ({bucket}/{key} from {environment} storage)", exc.status
+            ) from None
         except DocumentError as exc:
             raise DocumentError(f"{exc} ({bucket}/{key} from {environment} storage)") from None
         except TransientError as exc:

@@ -49,6 +49,19 @@ class AddressNotAllowed(DocumentError):
     """A connection would reach a non-public address that is not allowed."""
 
 
+class HttpStatusError(DocumentError):
+    """The server answered with a status that ends the document (`status` says which)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class CredentialsRefused(DocumentError):
+    """401/403 to a request that carried our credentials (Supabase Storage's service
+    key): about the key, not the document; the caller decides (documents.py: transient)."""
+
+
 def _resolve(host: str, port: int) -> list[IpAddress]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -173,7 +186,12 @@ class GuardedFetcher:
             headers = {"Accept-Encoding": "identity"}
             if credentials and same_origin(origin, url):
                 headers.update(credentials)
-            status, location, body = self._one(url, headers, deadline, shown)
+            try:
+                status, location, body = self._one(url, headers, deadline, shown)
+            except HttpStatusError as exc:
+                if exc.status in (401, 403) and credentials and same_origin(origin, url):
+                    raise CredentialsRefused(str(exc)) from None
+                raise
             if status in REDIRECT_STATUSES:
                 try:
                     url = next_hop(url, location)
@@ -210,7 +228,7 @@ class GuardedFetcher:
                     raise TransientError(f"HTTP {status} fetching {shown}")
                 if status >= 300:
                     kind = "" if status in _PERMANENT_HTTP else " (unexpected status)"
-                    raise DocumentError(f"HTTP {status} fetching {shown}{kind}")
+                    raise HttpStatusError(f"HTTP {status} fetching {shown}{kind}", status)
                 encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
                 if encoding not in ("", "identity"):
                     raise DocumentError(

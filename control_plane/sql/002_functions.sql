@@ -507,3 +507,30 @@ BEGIN
     END IF;
 END
 $$;
+
+-- A lock another writer of the shared table holds (its own ALTER TABLE during a deploy,
+-- a LOCK TABLE, a long transaction on a row) must not hold the pool: without a limit a
+-- claim, count or reap waited there for the whole statement timeout, and the feed served
+-- the other environments only after it (attack a2 on issue 12). The pool's functions give
+-- up a lock wait after 2 s with lock_not_available (55P03, transient: that environment
+-- backs off on its own). Set after every CREATE OR REPLACE above, which resets it.
+DO $$
+DECLARE
+    fn text;
+BEGIN
+    FOREACH fn IN ARRAY ARRAY[
+        'ocr_fence_check(bigint)',
+        'ocr_leader_fence(bigint, text)',
+        'ocr_claim(text, integer, text, integer, bigint)',
+        'ocr_start(bigint, uuid, text, integer, integer)',
+        'ocr_renew(bigint, uuid, integer)',
+        'ocr_complete(bigint, uuid, text, integer, integer)',
+        'ocr_fail(bigint, uuid, text, boolean, integer, integer)',
+        'ocr_release(bigint, uuid, integer)',
+        'ocr_reap(integer, integer, bigint)',
+        'ocr_counts()'
+    ] LOOP
+        EXECUTE format('ALTER FUNCTION %s SET lock_timeout = %L', fn, '2s');
+    END LOOP;
+END
+$$;

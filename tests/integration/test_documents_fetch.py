@@ -206,3 +206,30 @@ def test_settings_storage_client_is_built_next_to_a_postgres_queue(
         finally:
             fetcher.close()
             envs.close()
+
+
+@pytest.mark.parametrize("how", ["removed", "emptied"])
+def test_a_vanished_documents_dir_is_an_outage_not_missing_documents(
+    docs_dir: Path, fetcher: DocumentFetcher, how: str
+) -> None:
+    """Attack (a2): when the share behind OCR_LOCAL_DOCUMENTS_DIR goes away (unmounted: the
+    mount point is left empty, or the directory is gone), every file:// document said
+    "file not found" (a DocumentError: status 4 at once, at the claim rate). With the
+    directory itself missing or empty it is the document store that is out: transient,
+    so the `file` breaker pauses those documents with no attempt counted."""
+    import shutil
+
+    from control_plane.errors import TransientError
+
+    moved = docs_dir.with_name(docs_dir.name + "-away")
+    shutil.move(docs_dir, moved)
+    if how == "emptied":
+        docs_dir.mkdir()  # what an unmounted mount point looks like
+    with pytest.raises(TransientError, match="OCR_LOCAL_DOCUMENTS_DIR"):
+        fetcher.fetch(doc(f"file://{docs_dir}/sub/ok.pdf"))
+    if docs_dir.exists():
+        docs_dir.rmdir()
+    shutil.move(moved, docs_dir)
+    assert fetcher.fetch(doc(f"file://{docs_dir}/sub/ok.pdf")) == PDF
+    with pytest.raises(DocumentError, match="file not found"):  # a real missing document
+        fetcher.fetch(doc(f"file://{docs_dir}/nope.pdf"))

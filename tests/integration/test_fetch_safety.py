@@ -265,3 +265,69 @@ def test_bad_paths_fail_at_once(path: str, tmp_path: Path) -> None:
         assert "\x00" not in str(info.value)
     finally:
         fetcher.close()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "actes/../../../../rest/v1/extraction_queue",
+        "actes/./../../../../auth/v1/admin/users",
+        "../storage/v1/bucket",
+        "actes/x/../../../../../rest/v1/rpc/ocr_counts",
+    ],
+)
+def test_a_storage_path_cannot_climb_out_of_the_object_api_with_the_key(path: str) -> None:
+    """Attack (a2): `bucket/path` with `..` segments made httpx normalise the Storage URL
+    to another endpoint of the project (PostgREST, auth admin), and the service-role key
+    went with it (same origin). Dot segments are refused before any request."""
+    routes = {
+        "/rest/v1/extraction_queue": body(b'[{"ocr_text": "secret"}]', Content_Type="json"),
+        "/auth/v1/admin/users": body(b'{"users": []}', Content_Type="json"),
+        "/rest/v1/rpc/ocr_counts": body(b"[]", Content_Type="json"),
+        "/storage/v1/bucket": body(b"[]", Content_Type="json"),
+    }
+    with server(routes) as (project, project_seen):
+        store = SupabaseStore("prod", f"http://127.0.0.1:{project}", "service-role-KEY-123")
+        envs = Environments({"prod": store}, storage={"prod": store})
+        fetcher = fetcher_for("", envs=envs)
+        try:
+            with pytest.raises(DocumentError) as info:
+                fetcher.fetch(doc(path, "prod"))
+        finally:
+            fetcher.close()
+            envs.close()
+    assert "'.' or '..'" in str(info.value)
+    assert project_seen == [], "no request (and no key) left for another endpoint"
+
+
+@pytest.mark.parametrize(
+    "route",
+    [
+        body(
+            b'{"statusCode":"403","error":"Unauthorized","message":"invalid signature"}',
+            400,
+            Content_Type="application/json",
+        ),
+        body(b'{"message":"Invalid JWT"}', 401, Content_Type="application/json"),
+        body(b"", 403),
+    ],
+    ids=["storage-400-403", "http-401", "http-403"],
+)
+def test_a_refused_service_key_is_a_storage_outage_not_a_document_fault(route: Route) -> None:
+    """Attack (a2): a rotated or wrong service key made Supabase Storage refuse every
+    object (401/403, or 400 {"statusCode": "403"}), and each storage document went to
+    status 4 as if it were its fault, at the claim rate. With the service key, a refusal
+    is about our credentials: transient (the `storage:<env>` breaker pauses the documents
+    with no attempt counted), naming the variable to check."""
+    with server({"/storage/v1/object/actes/a.pdf": route}) as (project, _):
+        store = SupabaseStore("prod", f"http://127.0.0.1:{project}", "service-role-KEY-123")
+        envs = Environments({"prod": store}, storage={"prod": store})
+        fetcher = fetcher_for("", envs=envs)
+        try:
+            with pytest.raises(TransientError) as info:
+                fetcher.fetch(doc("actes/a.pdf", "prod"))
+        finally:
+            fetcher.close()
+            envs.close()
+    assert "PROD_SUPABASE_SERVICE_KEY" in str(info.value)
+    assert "service-role-KEY-123" not in str(info.value)

@@ -13,9 +13,8 @@ import pytest
 import redis
 from loguru import logger
 
-from control_plane.breakers import CONFIGURATION, Breakers
+from control_plane.breakers import CONFIGURATION, OUTPUT_BUDGET, Breakers
 from control_plane.config import Settings
-from control_plane.errors import PermanentError
 from control_plane.gemini.engine import GeminiOcrEngine
 from control_plane.gemini.estimate import TokensPerPage
 from control_plane.gemini.prompts import split_pages
@@ -123,6 +122,30 @@ def test_failed_precondition_pauses_all_ocr_with_one_line_and_resumes_by_itself(
     assert resumed_after < PROBE_MS / 1000 + 2.0, "resumes within one probe interval (+slack)"
 
 
+def test_a_model_without_pdf_input_pauses_all_ocr_instead_of_failing_every_document(
+    emu: EmulatorProcess, engine: GeminiOcrEngine, log_lines: list[str], redis_client, keys
+) -> None:
+    """Attack (a2): GEMINI_MODEL set to a model that takes no PDF answers every call with
+    400 "Unsupported MIME type: application/pdf"; that was read as the document's format,
+    and every document failed at once (status 4) at the Gemini call rate."""
+    work = [lambda n=n: engine.ocr_chunks("index", _doc(n)) for n in range(3)]
+    emu.configure(fault_rates={"pdf_unsupported": 1.0})
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(fn) for fn in work]
+        deadline = time.monotonic() + 10
+        while CONFIGURATION not in Breakers(redis_client, keys).open_breakers():
+            assert time.monotonic() < deadline, "the configuration breaker should open"
+            assert not any(f.done() for f in futures), [f.exception() for f in futures]
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert not any(f.done() for f in futures), "held, not failed"
+        emu.configure(fault_rates={})
+        results = [f.result(timeout=30) for f in futures]
+    assert all(r.text for r in results)
+    paused = [line for line in log_lines if line.startswith("gemini.paused")]
+    assert len(paused) == 1 and "GEMINI_MODEL" in paused[0], paused
+
+
 def test_a_bad_key_pauses_instead_of_failing_and_resumes_when_the_key_works(
     emu: EmulatorProcess, engine: GeminiOcrEngine, log_lines: list[str]
 ) -> None:
@@ -151,9 +174,42 @@ def test_an_answer_cut_at_max_tokens_is_split_and_redone(
     assert result.calls == 5  # 1-4 (cut), 1-2 (cut), 1, 2, 3-4
 
 
-def test_a_single_page_cut_at_max_tokens_fails_saying_so(
+def test_a_single_page_cut_once_at_max_tokens_is_redone_not_stored(
     emu: EmulatorProcess, engine: GeminiOcrEngine
 ) -> None:
     emu.configure(script=["max_tokens_cut"])
-    with pytest.raises(PermanentError, match=r"MAX_TOKENS.*GEMINI_MAX_OUTPUT_TOKENS"):
-        engine.ocr_chunks("acte", [PdfChunk(1, 1, 1, make_pdf(["Acte de vente"]))])
+    result = engine.ocr_chunks("acte", [PdfChunk(1, 1, 1, make_pdf(["Acte de vente"]))])
+    assert "Acte de vente" in result.text and result.calls == 2
+
+
+@pytest.mark.parametrize("fault", ["max_tokens", "max_tokens_cut"])
+def test_an_output_budget_too_small_for_every_document_pauses_instead_of_failing_them(
+    emu: EmulatorProcess,
+    engine: GeminiOcrEngine,
+    log_lines: list[str],
+    redis_client: redis.Redis,
+    keys: Keys,
+    fault: str,
+) -> None:
+    """Attack (a2): GEMINI_MAX_OUTPUT_TOKENS too small for the model (thinking spends it,
+    or a page's text does not fit) is a configuration problem: every document's answer is
+    cut. It failed each document at once (status 4) at the Gemini call rate. Now answers
+    cut across documents open the output-budget breaker: all OCR pauses with one line
+    naming the variable, nothing is charged, and the documents finish once answers fit."""
+    work = [lambda n=n: engine.ocr_chunks("index", _doc(n)) for n in range(4)]
+    emu.configure(fault_rates={fault: 1.0})
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(fn) for fn in work]
+        deadline = time.monotonic() + 15
+        while OUTPUT_BUDGET not in Breakers(redis_client, keys).open_breakers():
+            assert time.monotonic() < deadline, "the output-budget breaker should open"
+            assert not any(f.done() for f in futures), [f.exception() for f in futures]
+            time.sleep(0.05)
+        time.sleep(1.0)
+        assert not any(f.done() for f in futures), "held, not failed"
+        emu.configure(fault_rates={})
+        results = [f.result(timeout=30) for f in futures]
+    assert all(r.text and r.pages == 1 for r in results)
+    paused = [line for line in log_lines if line.startswith("gemini.paused")]
+    assert len(paused) == 1 and "GEMINI_MAX_OUTPUT_TOKENS" in paused[0], paused
+    assert OUTPUT_BUDGET not in Breakers(redis_client, keys).open_breakers()

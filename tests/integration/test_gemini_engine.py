@@ -158,8 +158,17 @@ PERMANENT = [
     ("blocked_prompt", "blockReason=PROHIBITED_CONTENT"),
     ("safety", "finishReason=SAFETY"),
     ("recitation", "finishReason=RECITATION"),
-    ("max_tokens", "MAX_TOKENS"),
 ]
+
+
+def test_no_text_at_max_tokens_is_retried_not_failed(
+    emu: EmulatorProcess, engines: Engines
+) -> None:
+    # The output budget, not the document (attack a2): across documents it pauses all OCR
+    # (tests/integration/test_gemini_blame.py); once, it is simply asked again.
+    emu.configure(script=["max_tokens"])
+    result = engines(_settings(emu)).ocr_chunks("acte", _whole(make_pdf(["Registre"]), 1))
+    assert "Registre" in result.text and result.calls == 2
 
 
 @pytest.mark.parametrize(("fault", "fragment"), PERMANENT, ids=[p[0] for p in PERMANENT])

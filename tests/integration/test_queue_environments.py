@@ -219,3 +219,36 @@ def test_a_broken_environment_never_stops_the_others(pg_database_factory) -> Non
         assert "run python scheduler.py migrate" in states["prod"].error
     finally:
         envs.close()
+
+
+def test_a_locked_table_in_one_environment_does_not_hold_the_others(three_envs) -> None:  # type: ignore[no-untyped-def]
+    """Attack (a2): another component holding a table lock in dev (a long ALTER TABLE of
+    its own deploy, a LOCK TABLE) made every claim, count and reap wait there for the
+    whole 30 s statement timeout, in series, before staging and prod were served. The
+    pool's functions now give up a lock wait after a short lock_timeout (transient: dev
+    backs off on its own)."""
+    import threading
+
+    import psycopg
+
+    envs, dsns = three_envs
+    envs.counts()  # every environment answered once (first contact done)
+    done = threading.Event()
+    got: list = []
+
+    def claim() -> None:
+        got.extend(envs.claim_fair("index", 6, "w1", LEASE))
+        done.set()
+
+    with psycopg.connect(dsns["dev"]) as locker:
+        locker.execute("LOCK TABLE extraction_queue IN ACCESS EXCLUSIVE MODE")
+        worker = threading.Thread(target=claim, daemon=True)
+        worker.start()
+        # 20 s is far above a lock_timeout and below the 30 s statement timeout.
+        returned_while_locked = done.wait(20)
+        locker.rollback()
+    worker.join(40)
+    assert returned_while_locked, "the claim waited on dev's lock"
+    assert {d.environment for d in got} == {"staging", "prod"}
+    assert [s.state for s in envs.states() if s.name == "dev"] != ["ok"]
+    assert "55P03" in next(s.describe() for s in envs.states() if s.name == "dev")

@@ -269,7 +269,7 @@ RESPONSE_CASES = [
     ("finish SAFETY", _cand("SAFETY", None), Action.PERMANENT),
     ("finish RECITATION", _cand("RECITATION", None), Action.PERMANENT),
     ("finish PROHIBITED_CONTENT", _cand("PROHIBITED_CONTENT", None), Action.PERMANENT),
-    ("MAX_TOKENS spent on thinking", _cand("MAX_TOKENS", None), Action.PERMANENT),
+    ("MAX_TOKENS spent on thinking", _cand("MAX_TOKENS", None), Action.RETRY),
     ("empty STOP", _cand("STOP", ""), Action.RETRY),
     ("whitespace STOP", _cand("STOP", "  \n"), Action.RETRY),
     ("no candidates, no block", {}, Action.RETRY),

@@ -253,6 +253,17 @@ TABLE = [
         Action.PERMANENT,
         "unsupported document format",
     ),
+    # Attack (a2): every chunk is sent as application/pdf; refusing that is the model's
+    # doing (a GEMINI_MODEL without PDF input), not the document's.
+    (
+        400,
+        "INVALID_ARGUMENT",
+        "Unsupported MIME type: application/pdf",
+        None,
+        Fault.CONFIGURATION,
+        Action.CONFIGURATION,
+        "GEMINI_MODEL",
+    ),
 ]
 
 

@@ -59,6 +59,11 @@ REFUSED = [
     ({"prod_database_url": "db.example:5432/ocr"}, "PROD_DATABASE_URL has no scheme", ""),
     ({"dev_database_url": "ocr:pw@db.example/ocr"}, "DEV_DATABASE_URL has no scheme", "user:"),
     ({"gemini_base_url": "127.0.0.1:8090"}, "GEMINI_BASE_URL has no scheme", "https://"),
+    # Attack (a2): REDIS_URLs redis-py cannot parse ended the start with a traceback.
+    ({"redis_url": "redis://:pw@127.0.0.1:99999/0"}, "REDIS_URL is not a valid", "Port"),
+    ({"redis_url": "redis://127.0.0.1/0?password=pw&db=x"}, "REDIS_URL is not a valid", "db"),
+    ({"redis_url": "redis://:pw@[::1/0"}, "REDIS_URL is not a valid", "IPv6"),
+    ({"redis_url": "redis://cache:pw-as-port/0"}, "REDIS_URL is not a valid", "port is not"),
 ]
 
 

@@ -86,3 +86,48 @@ def test_human_format_is_scrubbed_too(capfd: pytest.CaptureFixture[str]) -> None
         logging.getLogger().handlers[:] = []
     assert " ERROR " in err and "httpx GET redis://cache:6379/0?password=***" in err, err
     assert not any(s in err for s in UNREGISTERED), err
+
+
+@pytest.mark.parametrize("secret", ['Pg-pa"ss-word-9', "Pg-pa\\ss-word-9", "Pg-pa\tss-word-9"])
+def test_a_registered_secret_that_json_escapes_is_still_scrubbed(json_logs, secret: str) -> None:
+    """Attack (a2): the JSON sink scrubbed the dumped text, where a secret holding `"`,
+    a backslash or a control character is written escaped and no longer matched."""
+    setup_logging("INFO", json_lines=True, secrets=[secret])
+    logging.getLogger("psycopg.pool").warning("password %s rejected", secret)
+    try:
+        raise RuntimeError(f"boom {secret}")
+    except RuntimeError:
+        logging.getLogger("x").exception("failed")
+    err = json_logs.readouterr().err
+    lines = [json.loads(ln) for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 2
+    for line in lines:
+        assert secret not in json.dumps(line), line
+        assert "ss-word-9" not in json.dumps(line), line
+
+
+def test_warnings_and_uncaught_thread_errors_go_through_the_one_stream(json_logs) -> None:
+    """Attack (a2): Python warnings (a library's DeprecationWarning, urllib3's...) and an
+    exception that escapes a thread were printed by Python itself: plain text in a JSON
+    stream, and never scrubbed."""
+    import threading
+    import warnings
+
+    start()
+    url = FORMS["user:pass@"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn(f"connecting to {url} without TLS", UserWarning, stacklevel=1)
+
+    def crash() -> None:
+        raise ConnectionError(f"lost {url} ({REGISTERED})")
+
+    thread = threading.Thread(target=crash, name="probe-x")
+    thread.start()
+    thread.join()
+    err = json_logs.readouterr().err
+    lines = [json.loads(ln) for ln in err.splitlines() if ln.strip()]  # every line is JSON
+    assert any("without TLS" in ln["message"] for ln in lines), err
+    assert any("ConnectionError" in (ln.get("exception") or "") for ln in lines), err
+    for secret in [REGISTERED, *UNREGISTERED]:
+        assert secret not in err, (secret, err)
