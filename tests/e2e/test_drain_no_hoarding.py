@@ -40,8 +40,9 @@ def test_a_draining_process_leaves_new_messages_to_the_idle_group(
     send(pool, long_msg)
     # The long document is in progress (a paid call made): the drain lets it finish.
     wait_until(
-        lambda: row(pool.dsn, long_id)["started_at"] is not None
-        and emulator.stats()["requests"] >= 1,
+        lambda: (
+            row(pool.dsn, long_id)["started_at"] is not None and emulator.stats()["requests"] >= 1
+        ),
         60,
         message=lambda: f"the long document in progress\n{draining.log()[-2000:]}",
     )
