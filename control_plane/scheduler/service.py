@@ -58,6 +58,13 @@ class FeedResult:
     wanted: dict[str, int]
 
 
+def settle_after_outage_s(heartbeat_interval_ms: int) -> float:
+    """Pure: how long the reaper waits after a database outage beyond its length: live
+    workers retry an overdue lease renewal every heartbeat (three chances) and a held
+    result within 5 s (the capped retry of the completion write)."""
+    return 3 * heartbeat_interval_ms / 1000 + 5.0
+
+
 def feed_wants(
     free: dict[str, int], enqueued: dict[str, int], ahead: dict[str, int] | None = None
 ) -> dict[str, int]:
@@ -476,12 +483,15 @@ class Scheduler:
         epoch = self.leader.epoch
         # Leases lapse during an outage because nobody can renew them, not because their
         # holders died: an environment is reaped only once its database has answered again
-        # for a whole lease, so the workers holding results can write them first.
+        # for as long as the outage lasted plus a few heartbeats (at most a whole lease), so
+        # the workers holding results can renew or write them first, and blips more
+        # frequent than a lease cannot stop reaping for good.
         try:
             results = self.environments.reap(
                 self.settings.ocr_max_attempts,
                 settle_s=self.settings.ocr_lease_ms / 1000,
                 epoch=epoch,
+                after_outage_s=settle_after_outage_s(self.settings.ocr_heartbeat_interval_ms),
             )
         except LeaderFencedError as exc:
             self._step_down(f"reap refused: {exc}", epoch, epoch + 1)
