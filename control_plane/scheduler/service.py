@@ -49,6 +49,10 @@ from control_plane.workers import WorkerRegistry
 # past the stride is harmless.
 VERSION_STRIDE = 1_000
 
+# At shutdown, how long the scheduler waits for a feed in flight to enqueue or give back
+# its claimed batch before it hands over the lead and closes the database pools.
+FEED_STOP_WAIT_S = 30.0
+
 
 @dataclass
 class FeedResult:
@@ -115,6 +119,7 @@ class Scheduler:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._leadership = threading.Lock()  # acquire vs release at shutdown
+        self._feeding = threading.Lock()  # held by a feed in flight; shutdown waits for it
         self._feed_paused = False
         self._out = out
         self._backoff = JobBackoff()
@@ -313,6 +318,10 @@ class Scheduler:
         writes the message and its enqueued-set entry together. Whatever fails between
         claim and enqueue, every claimed document not on a queue goes back to ready.
         """
+        with self._feeding:  # shutdown closes the databases only after a feed in flight
+            return self._feed()
+
+    def _feed(self) -> FeedResult | None:
         if not self.leader.acting() or self._stopping.is_set() or self._backing_off("feed"):
             return None
         if self._gemini_paused():
@@ -709,6 +718,10 @@ class Scheduler:
         say(shutdown_header(emoji))
         say(SHUTDOWN_STEPS[:1])
         self._stopping.set()
+        # A feed in flight enqueues (we still lead) or gives back its claimed batch before
+        # the lead is handed over and the pools closed: nothing waits a lease for the reaper.
+        if self._feeding.acquire(timeout=FEED_STOP_WAIT_S):
+            self._feeding.release()
         say(SHUTDOWN_STEPS[1:2])
         try:
             with self._leadership:
