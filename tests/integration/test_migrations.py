@@ -52,6 +52,7 @@ CREATE INDEX extraction_queue_unknown_source_idx ON extraction_queue (id)
 ALL_FILES = [
     "001_schema.sql",
     "010_delivery_fencing.sql",
+    "010b_leader_fence_closed.sql",
     "011_retry_not_before.sql",
     "012_good_neighbour.sql",
     "014_error_history.sql",
