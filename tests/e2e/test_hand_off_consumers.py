@@ -11,6 +11,7 @@ time. Now only hosts with a thread consuming the type count as "room elsewhere".
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import pytest
@@ -74,3 +75,33 @@ def test_a_full_host_never_hands_a_type_to_a_host_that_does_not_run_it(
     assert hand_offs == 0, f"{hand_offs} hand-off(s) to a host without an index consumer"
     assert full.stop() == 0
     assert actes_only.stop() == 0
+
+
+def test_a_full_host_never_hands_a_message_to_a_draining_host(
+    pool: PoolHarness, emulator: EmulatorProcess
+) -> None:
+    """A draining process fetches nothing: handed to it, a message would bounce back."""
+    emulator.configure(latency_ms=15_000, latency_jitter_ms=0)
+    ids = sorted(pool.seed(index=3, acte=0, pages=1))
+    publish_allocation(pool, {"index": 3, "acte": 1})
+    draining = pool.workers(processes=1, threads=1, OCR_HOST_NAME="host-b")
+    wait_until(lambda: "worker.boot" in draining.log(), 60, message="host-b up")
+    send(pool, *claim_messages(pool, "index", 1))
+    wait_until(
+        lambda: emulator.stats()["in_flight"] >= 1, 60, message="host-b's document in progress"
+    )
+    draining.send(signal.SIGTERM)  # host-b drains its document (15 s), with room to spare
+    wait_until(lambda: "worker.draining" in draining.log(), 30, message="host-b draining")
+    full = pool.workers(processes=1, threads=3, OCR_HOST_NAME="host-a", **SMALL_HOST)
+    wait_until(lambda: "worker.boot" in full.log(), 60, message="host-a up")
+    send(pool, *claim_messages(pool, "index", 2))  # host-a runs one, the other must wait
+    wait_until(
+        lambda: pool.status_counts().get(DONE, 0) == 3,
+        120,
+        message=lambda: f"all done: {pool.status_counts()}\n{full.log()[-3000:]}",
+    )
+    assert draining.popen.wait(60) == 0
+    hand_offs = full.log().count("job.handed_off")
+    assert hand_offs == 0, f"{hand_offs} hand-off(s) to a draining host"
+    assert len(ids) == 3
+    assert full.stop() == 0

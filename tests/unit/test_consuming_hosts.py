@@ -25,6 +25,12 @@ pytestmark = pytest.mark.unit
             {"b"},  # another process on b runs every queue
         ),
         ({"x": {"invalid": True}}, "index", set()),  # a corrupt entry names no host
+        ({"a-1-t1": {"host": "a", "types": None, "draining": True}}, "index", set()),
+        (
+            {"a-1-t1": {"host": "a", "draining": True}, "a-2-t1": {"host": "a"}},
+            "index",
+            {"a"},  # another process on a still runs
+        ),
     ],
 )
 def test_consuming_hosts(workers: dict[str, Any], mode: str, expected: set[str]) -> None:
