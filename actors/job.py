@@ -27,7 +27,7 @@ from dramatiq.middleware import TimeLimitExceeded
 from actors.dependencies import fetch_through_breaker
 from actors.runtime import ActiveJob, WorkerRuntime
 from control_plane import observe
-from control_plane.capacity import live_hosts, room_elsewhere
+from control_plane.capacity import consuming_hosts, live_hosts, room_elsewhere
 from control_plane.dispatch import DocumentMessage, enqueue_document
 from control_plane.drain import JobStopped
 from control_plane.errors import (
@@ -471,7 +471,8 @@ def _wait_for_slot(
 
 def _room_elsewhere(rt: WorkerRuntime, mode: str) -> bool:
     try:
-        hosts = live_hosts(rt.client, rt.keys)
+        consuming = consuming_hosts(rt.registry.all(), mode)  # only hosts that run this type
+        hosts = [h for h in live_hosts(rt.client, rt.keys) if h.host in consuming]
         usage = rt.pool.usage_by_host()
     except Exception:  # Redis trouble: keep waiting here
         return False

@@ -194,6 +194,10 @@ class WorkerRuntime:
             grace_s=grace_s,
         )
         self._start("ocr-drain-timer", lambda: self._drain_timer(grace_s))
+        try:  # say so at once: other hosts stop handing messages to this process
+            self.beat()
+        except Exception as exc:  # the heartbeat says it within an interval anyway
+            log_event("worker.drain_beat_failed", level="WARNING", error=type(exc).__name__)
 
     def _drain_timer(self, grace_s: float) -> None:
         if self._closed.wait(grace_s):
@@ -331,6 +335,8 @@ class WorkerRuntime:
             # that every type with ready documents has a thread consuming its queue
             clock_ms=int(time.time() * 1000),
             types=self.types,
+            # a draining process fetches no message: no host hands it one (consuming_hosts)
+            draining=self.stop_event.is_set(),
         )
 
     def close(self) -> None:

@@ -302,6 +302,21 @@ def pool_budget(hosts: list[HostBudget], fallback: tuple[float, float]) -> tuple
     return sum(h.cpu for h in hosts), sum(h.ram for h in hosts)
 
 
+def consuming_hosts(workers: Mapping[str, Mapping[str, Any]], mode: str) -> set[str]:
+    """Pure: the hosts with a registered worker thread consuming `mode`'s queue (`types`
+    None = every queue) and not draining. A host that does not consume a type (or only
+    drains) must never be handed its messages: they would come straight back, over and
+    over."""
+    hosts = set()
+    for info in workers.values():
+        host, types = info.get("host"), info.get("types")
+        if info.get("draining"):  # stopping: it fetches nothing more
+            continue
+        if isinstance(host, str) and (not types or mode in types):
+            hosts.add(host)
+    return hosts
+
+
 def room_elsewhere(
     hosts: list[HostBudget],
     usage: Mapping[str, tuple[float, float]],

@@ -72,7 +72,8 @@ class InHand:
     process kept messages in its buffer while another process sat idle. Here the
     consumers of both queues share one budget, the process's worker threads: every
     message a process holds has a thread to run it (or is running), and the rest wait on
-    the Redis queue where any idle process takes them.
+    the Redis queue where any idle process takes them. A draining process (SIGTERM)
+    fetches nothing more.
     """
 
     def __init__(self) -> None:
@@ -131,6 +132,12 @@ class OcrRedisBroker(RedisBroker):
     def emit_before(self, signal: str, *args: Any, **kwargs: Any) -> None:
         if signal == "worker_boot" and args:
             self.in_hand.capacity = max(1, int(getattr(args[0], "worker_threads", 1)))
+        elif signal == "worker_shutdown":
+            # Draining: no thread will take a new message (Dramatiq keeps the consumers
+            # running until the threads are joined); fetch nothing, so new messages wait
+            # on the queue for another process instead of in this one's work queue.
+            with self.in_hand.lock:
+                self.in_hand.capacity = 0
         super().emit_before(signal, *args, **kwargs)
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Any:

@@ -320,18 +320,26 @@ class Environments:
         return released
 
     def reap(
-        self, max_attempts: int, *, settle_s: float = 0.0, epoch: int | None = None
+        self,
+        max_attempts: int,
+        *,
+        settle_s: float = 0.0,
+        epoch: int | None = None,
+        after_outage_s: float | None = None,
     ) -> dict[str, ReapResult]:
         """Reap expired leases in every reachable environment, each on its own.
 
         An environment whose database failed is skipped until it has answered again for
-        `settle_s` seconds (see EnvironmentHealth.unsettled).
+        `settle_s` seconds, or as long as its outage lasted plus `after_outage_s` when that
+        is shorter (see EnvironmentHealth.unsettled).
         """
         results: dict[str, ReapResult] = {}
         for name, store in self._stores.items():
             if not self._usable(name):
                 continue
-            if settle_s > 0 and self.health.unsettled(name, settle_s, time.monotonic()):
+            if settle_s > 0 and self.health.unsettled(
+                name, settle_s, time.monotonic(), after_outage_s=after_outage_s
+            ):
                 continue
             try:
                 results[name] = store.reap(max_attempts, epoch=epoch)

@@ -44,6 +44,7 @@ class EnvironmentHealth:
     cap_s: float = 60.0
     _failed_at: dict[str, float] = field(default_factory=dict)
     _recovered_at: dict[str, float] = field(default_factory=dict)
+    _down_since: dict[str, float] = field(default_factory=dict)  # first failure of the streak
     _reached_at: dict[str, float] = field(default_factory=dict)
     _failures: dict[str, int] = field(default_factory=dict)
     _retry_at: dict[str, float] = field(default_factory=dict)
@@ -52,6 +53,8 @@ class EnvironmentHealth:
 
     def failed(self, env: str, now: float, error: str = "", *, permanent: bool = False) -> float:
         """Record a failure; returns the back-off before the next try (seconds)."""
+        if env not in self._failures:
+            self._down_since[env] = now
         self._failed_at[env] = now
         failures = self._failures.get(env, 0) + 1
         self._failures[env] = failures
@@ -117,11 +120,19 @@ class EnvironmentHealth:
         """May `env` be tried now? (healthy, or its back-off has ended)."""
         return now >= self._retry_at.get(env, 0.0)
 
-    def unsettled(self, env: str, seconds: float, now: float) -> bool:
+    def unsettled(
+        self, env: str, seconds: float, now: float, *, after_outage_s: float | None = None
+    ) -> bool:
         """True while `env` fails, and for `seconds` after it answered again.
 
         Counted from the recovery, not from the last error: a caller backing off may not
         have tried (nor failed) for a long time before the database came back.
+
+        `after_outage_s`: settle only as long as the outage lasted (first failure to
+        recovery) plus this, at most `seconds`. A live holder could not renew its lease
+        only while the database was down, and renews (or writes its result) within a
+        heartbeat of its return; a short blip must not hold every reap back for a whole
+        lease, or blips more frequent than a lease would stop reaping for good.
         """
         failed = self._failed_at.get(env)
         if failed is None:
@@ -129,7 +140,11 @@ class EnvironmentHealth:
         recovered = self._recovered_at.get(env)
         if recovered is None or recovered < failed:
             return True
-        return now - recovered < seconds
+        required = seconds
+        if after_outage_s is not None:
+            outage = max(0.0, recovered - self._down_since.get(env, failed))
+            required = min(seconds, outage + after_outage_s)
+        return now - recovered < required
 
     def state(self, env: str, now: float) -> EnvironmentState:
         if env not in self._failures:

@@ -21,7 +21,7 @@ from control_plane.errors import PermanentError, TransientError
 from control_plane.queue.pooler import check_dsn, libpq_dsn, safe_db_error
 
 API_ROLES = ("anon", "authenticated")
-TABLES = ("extraction_queue", "ocr_status", "ocr_schema_migrations")
+TABLES = ("extraction_queue", "ocr_status", "ocr_schema_migrations", "ocr_leader_fence")
 FUNCTIONS = (
     "ocr_claim",
     "ocr_start",

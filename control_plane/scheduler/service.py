@@ -49,6 +49,10 @@ from control_plane.workers import WorkerRegistry
 # past the stride is harmless.
 VERSION_STRIDE = 1_000
 
+# At shutdown, how long the scheduler waits for a feed in flight to enqueue or give back
+# its claimed batch before it hands over the lead and closes the database pools.
+FEED_STOP_WAIT_S = 30.0
+
 
 @dataclass
 class FeedResult:
@@ -56,6 +60,13 @@ class FeedResult:
 
     claimed: dict[str, int]
     wanted: dict[str, int]
+
+
+def settle_after_outage_s(heartbeat_interval_ms: int) -> float:
+    """Pure: how long the reaper waits after a database outage beyond its length: live
+    workers retry an overdue lease renewal every heartbeat (three chances) and a held
+    result within 5 s (the capped retry of the completion write)."""
+    return 3 * heartbeat_interval_ms / 1000 + 5.0
 
 
 def feed_wants(
@@ -108,6 +119,7 @@ class Scheduler:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._leadership = threading.Lock()  # acquire vs release at shutdown
+        self._feeding = threading.Lock()  # held by a feed in flight; shutdown waits for it
         self._feed_paused = False
         self._out = out
         self._backoff = JobBackoff()
@@ -306,6 +318,10 @@ class Scheduler:
         writes the message and its enqueued-set entry together. Whatever fails between
         claim and enqueue, every claimed document not on a queue goes back to ready.
         """
+        with self._feeding:  # shutdown closes the databases only after a feed in flight
+            return self._feed()
+
+    def _feed(self) -> FeedResult | None:
         if not self.leader.acting() or self._stopping.is_set() or self._backing_off("feed"):
             return None
         if self._gemini_paused():
@@ -476,12 +492,15 @@ class Scheduler:
         epoch = self.leader.epoch
         # Leases lapse during an outage because nobody can renew them, not because their
         # holders died: an environment is reaped only once its database has answered again
-        # for a whole lease, so the workers holding results can write them first.
+        # for as long as the outage lasted plus a few heartbeats (at most a whole lease), so
+        # the workers holding results can renew or write them first, and blips more
+        # frequent than a lease cannot stop reaping for good.
         try:
             results = self.environments.reap(
                 self.settings.ocr_max_attempts,
                 settle_s=self.settings.ocr_lease_ms / 1000,
                 epoch=epoch,
+                after_outage_s=settle_after_outage_s(self.settings.ocr_heartbeat_interval_ms),
             )
         except LeaderFencedError as exc:
             self._step_down(f"reap refused: {exc}", epoch, epoch + 1)
@@ -699,6 +718,10 @@ class Scheduler:
         say(shutdown_header(emoji))
         say(SHUTDOWN_STEPS[:1])
         self._stopping.set()
+        # A feed in flight enqueues (we still lead) or gives back its claimed batch before
+        # the lead is handed over and the pools closed: nothing waits a lease for the reaper.
+        if self._feeding.acquire(timeout=FEED_STOP_WAIT_S):
+            self._feeding.release()
         say(SHUTDOWN_STEPS[1:2])
         try:
             with self._leadership:

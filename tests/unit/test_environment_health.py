@@ -107,3 +107,43 @@ def test_decide_skips_during_backoff_probes_unreachable_retries_broken_inline() 
     assert health.failing("dev"), "still failing until a real call succeeds"
     health.failed("dev", now=3.0, error="timeout")  # the real call failed: longer back-off
     assert health.decide("dev", now=6.9) == "skip" and health.decide("dev", now=7.0) == "probe"
+
+
+@pytest.mark.parametrize(
+    ("down", "back", "now", "unsettled"),
+    [
+        (10.0, 11.0, 15.0, True),  # a 1 s blip: settled 1 + 6.5 s after the recovery
+        (10.0, 11.0, 18.4, True),
+        (10.0, 11.0, 18.6, False),  # long before a whole lease (100 s)
+        (10.0, 40.0, 76.0, True),  # a 30 s outage: 30 + 6.5 s
+        (10.0, 40.0, 76.6, False),
+        (10.0, 200.0, 299.0, True),  # an outage longer than a lease: a whole lease
+        (10.0, 200.0, 300.0, False),
+    ],
+)
+def test_after_a_short_outage_reaping_waits_its_length_plus_a_margin(
+    down: float, back: float, now: float, unsettled: bool
+) -> None:
+    """Blips more frequent than a lease must not hold the reaper back for good."""
+    health = EnvironmentHealth()
+    health.failed("dev", now=down)
+    health.failed("dev", now=(down + back) / 2)  # the streak starts at its first failure
+    health.reached("dev", now=back)
+    assert health.unsettled("dev", 100.0, now=now, after_outage_s=6.5) is unsettled
+
+
+def test_each_outage_is_measured_from_its_own_first_failure() -> None:
+    health = EnvironmentHealth()
+    health.failed("dev", now=0.0)
+    health.reached("dev", now=50.0)  # a 50 s outage
+    health.failed("dev", now=60.0)  # then a blip
+    health.reached("dev", now=61.0)
+    assert health.unsettled("dev", 100.0, now=66.9, after_outage_s=5.0)
+    assert not health.unsettled("dev", 100.0, now=67.1, after_outage_s=5.0)
+
+
+@pytest.mark.parametrize(("heartbeat_ms", "expected"), [(5000, 20.0), (500, 6.5), (100, 5.3)])
+def test_settle_after_outage(heartbeat_ms: int, expected: float) -> None:
+    from control_plane.scheduler.service import settle_after_outage_s
+
+    assert settle_after_outage_s(heartbeat_ms) == pytest.approx(expected)

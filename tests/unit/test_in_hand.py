@@ -31,6 +31,7 @@ class Consumer:
         (1, [1, 0], 2, 0),  # one thread, busy: the next message waits in Redis
         (4, [0, 1], 2, 2),  # never beyond the consumer's own prefetch
         (2, [5, 0], 8, 0),  # more held than threads (after a reconnect): none
+        (0, [0, 0], 8, 0),  # draining (worker_shutdown): no thread takes a new one
     ],
 )
 def test_room(capacity: int | None, held: list[int], prefetch: int, expected: int) -> None:
