@@ -33,7 +33,7 @@ demo: $(VENV)/.installed
 ## The whole test suite: unit, integration (real Redis, real PostgreSQL), end to end, faults.
 test: $(VENV)/.installed
 	$(call local_servers,test)
-	@sh docker/fetch-promtool.sh $(VENV)/bin
+	@sh tests/support/install-test-tools.sh $(VENV)/bin
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest
 
 test-fast: $(VENV)/.installed

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from control_plane.local_services import free_port
+from tests.support.tools import tool_missing
 
 CONFIG = """
 [databases]
@@ -46,7 +47,7 @@ def pgbouncer(host: str = "127.0.0.1", port: int = 5432) -> Iterator[int]:
     """Yields the port of a transaction-mode PgBouncer in front of host:port."""
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     if not Path(binary).exists():
-        raise RuntimeError("pgbouncer is not installed (apt-get install pgbouncer)")
+        tool_missing("pgbouncer is not installed (apt-get install pgbouncer)")
     root = Path(tempfile.mkdtemp(prefix="ocr-pgb-"))
     listen = free_port()
     (root / "pgbouncer.ini").write_text(
@@ -54,10 +55,13 @@ def pgbouncer(host: str = "127.0.0.1", port: int = 5432) -> Iterator[int]:
     )
     cmd = [binary, str(root / "pgbouncer.ini")]
     if os.geteuid() == 0:
-        user = pwd.getpwnam("postgres")
+        try:  # pgbouncer refuses to run as root
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            user = pwd.getpwnam("nobody")
         for path in (root, root / "pgbouncer.ini"):
             os.chown(path, user.pw_uid, user.pw_gid)
-        cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        cmd = ["runuser", "-u", user.pw_name, "--", *cmd]
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 15

@@ -23,6 +23,7 @@ from control_plane.scheduler.metrics import (
     breaker_level,
     documents_by_environment,
 )
+from tests.support.tools import tool_missing
 
 pytestmark = pytest.mark.unit
 
@@ -153,7 +154,7 @@ def promtool() -> str | None:
 def test_promtool_checks_and_replays_the_rules() -> None:
     tool = promtool()
     if tool is None:
-        pytest.skip("promtool not installed (see this module's docstring); rules checked above")
+        tool_missing("promtool not installed (see this module's docstring); rules checked above")
     check = subprocess.run(
         [tool, "check", "rules", "alerts.yml"], cwd=DOCKER, capture_output=True, text=True
     )
