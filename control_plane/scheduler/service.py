@@ -18,6 +18,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from control_plane.allocation import compute_allocation, explain_allocation
+from control_plane.autopilot_runtime import Autopilot
 from control_plane.breakers import Breakers
 from control_plane.capacity import Capacity, fit_allocation, live_hosts, pool_budget
 from control_plane.config import DOCUMENT_TYPES, Settings
@@ -111,6 +112,12 @@ class Scheduler:
         self._feed_paused = False
         self._out = out
         self._backoff = JobBackoff()
+        # issue 15: OCR_WORKER_POOL_SIZE=auto sizes the pool at each rebalance
+        self.autopilot = (
+            Autopilot(settings, client, keys, self.pool, self.limiter, self.registry)
+            if settings.autopilot
+            else None
+        )
 
     # --- leadership ---
 
@@ -221,6 +228,9 @@ class Scheduler:
         self._backoff.succeeded("rebalance")
         self._succeeded("rebalance", started)
         queued = {t: counts[t].ready if t in counts else 0 for t in DOCUMENT_TYPES}
+        if self.autopilot is not None:  # issue 15
+            decision = self.autopilot.step(queued)
+            self.metrics.autopilot(decision, self.settings.ocr_autopilot_api_target)
         return self.apply_queue(queued, force=force)
 
     def fleet_budget(self) -> tuple[float, float, str]:
@@ -232,6 +242,13 @@ class Scheduler:
         names = ", ".join(h.host for h in hosts)
         return cpu, ram, (f"{len(hosts)} host(s): {names}" if hosts else "")
 
+    @property
+    def pool_size(self) -> int:
+        """The pool size to plan with: the fixed setting, or the autopilot's choice."""
+        if self.autopilot is not None:
+            return self.autopilot.size
+        return self.settings.ocr_worker_pool_size
+
     def apply_queue(self, queued: dict[str, int], *, force: bool = False) -> dict[str, int]:
         """Publish the allocation for these ready counts; log when it changes."""
         s = self.settings
@@ -239,12 +256,16 @@ class Scheduler:
             read_weights(self.client, self.keys) if s.ocr_allocation_weighting == "time" else None
         )
         options = allocation_options(s, weights, self._planned)
-        planned = compute_allocation(queued, s.ocr_worker_pool_size, s.minimums, **options)
+        size = self.pool_size
+        planned = compute_allocation(queued, size, s.minimums, **options)
         cpu_budget, ram_budget, hosts = self.fleet_budget()  # issue 10: every live host's budget
         fitted, capacity_bound = fit_allocation(
             planned, s.slot_costs, cpu_budget, ram_budget, s.minimums
         )
-        reason = explain_allocation(queued, s.ocr_worker_pool_size, s.minimums, planned, **options)
+        reason = explain_allocation(queued, size, s.minimums, planned, **options)
+        extra: dict[str, Any] = {}
+        if self.autopilot is not None:  # issue 15: the chosen size and why
+            extra["autopilot"] = self.autopilot.published_fields()
         if capacity_bound:
             reason += (
                 f"; capacity-bound (CPU {cpu_budget:g}, RAM {ram_budget:g} GB"
@@ -264,6 +285,7 @@ class Scheduler:
             queue=queued,
             planned=planned,
             capacity_bound=capacity_bound,
+            **extra,
         )
         if not published and not self.leader.acting():
             log_event(
@@ -529,7 +551,7 @@ class Scheduler:
         cpu, ram = self.capacity.usage()
         snap = StatusSnapshot(
             taken_at=now_utc(),
-            pool_size=s.ocr_worker_pool_size,
+            pool_size=self.pool_size,
             allocation=self.pool.read_allocation(),
             assignments=self.pool.assignments(),
             busy=self.pool.busy_slots(),
@@ -584,6 +606,8 @@ class Scheduler:
             for h in live_hosts(self.client, self.keys)
         } or None
         # issue 11: open circuit breakers (Gemini model, configuration, document hosts)
+        if self.autopilot is not None:  # issue 15
+            snap.autopilot = self.autopilot.status()
         snap.circuit_breakers = {
             name: {"state": "open", "why": " ".join(why.split())[:120]}
             for name, why in Breakers(self.client, self.keys).open_breakers().items()

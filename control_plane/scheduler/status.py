@@ -202,8 +202,10 @@ def our_status_lines(s: StatusSnapshot, emoji: bool) -> list[str]:
                 f"{amount(float(h.get('ram_budget', 0)))} GB"
             )
     if s.autopilot:
-        lines += ["", mark("🧭", "Autopilot:", emoji)]
-        for key in sorted(s.autopilot):
+        # issue 15: "Autopilot: pool 12, limited by API usage 78% (target 80%)"
+        head = f"Autopilot: {s.autopilot['line']}" if "line" in s.autopilot else "Autopilot:"
+        lines += ["", mark("🧭", head, emoji)]
+        for key in sorted(k for k in s.autopilot if k != "line"):
             lines.append(f"   {key}: {s.autopilot[key]}")
     warning = warn_thin_pool(s.pool_size, s.registered_threads)
     if warning:
