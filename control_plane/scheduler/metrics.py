@@ -130,6 +130,12 @@ class SchedulerMetrics:
             ["constraint"],
             registry=r,
         )
+        self.slot_cost_learned = Gauge(
+            "ocr_slot_cost_learned",
+            "Learned cost of one busy slot (OCR_CAPACITY_COSTS=learned), per host and type",
+            ["host", "type", "resource"],
+            registry=r,
+        )
         self._server: Any = None
 
     def serve(self, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from other hosts
@@ -199,6 +205,10 @@ class SchedulerMetrics:
             self.documents.labels(environment=env, type=t, outcome=outcome).set(count)
         for name, state in (snap.circuit_breakers or {}).items():
             self.breaker_state.labels(breaker=name).set(breaker_level(state))
+        for host, entry in (snap.hosts or {}).items():  # issue 15: learned slot costs
+            for t, (cpu, ram) in (entry.get("learned") or {}).items():
+                self.slot_cost_learned.labels(host=host, type=t, resource="cpu").set(cpu)
+                self.slot_cost_learned.labels(host=host, type=t, resource="ram").set(ram)
         self.snapshot_time.set(snap.taken_at.timestamp())
 
     def leadership(self, owner: str, leading: bool, epoch: int | None) -> None:

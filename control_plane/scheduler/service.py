@@ -42,6 +42,7 @@ from control_plane.scheduler.leader import LeaderLock, instance_id
 from control_plane.scheduler.metrics import SchedulerMetrics
 from control_plane.scheduler.screens import wants_emoji
 from control_plane.scheduler.status import StatusSnapshot, now_utc, render_status
+from control_plane.slot_costs import fleet_costs, learned_costs
 from control_plane.workers import WorkerRegistry
 
 # Allocation versions: epoch * VERSION_STRIDE + sequence (below 2**53 with epochs in the
@@ -242,6 +243,14 @@ class Scheduler:
         names = ", ".join(h.host for h in hosts)
         return cpu, ram, (f"{len(hosts)} host(s): {names}" if hosts else "")
 
+    def slot_costs(self) -> dict[str, tuple[float, float]]:
+        """Declared costs, or (OCR_CAPACITY_COSTS=learned) the dearest live host's (issue 15)."""
+        s = self.settings
+        if s.ocr_capacity_costs != "learned":
+            return s.slot_costs
+        hosts = [h.host for h in live_hosts(self.client, self.keys)]
+        return fleet_costs(learned_costs(self.client, self.keys), hosts, s.slot_costs)
+
     @property
     def pool_size(self) -> int:
         """The pool size to plan with: the fixed setting, or the autopilot's choice."""
@@ -260,7 +269,7 @@ class Scheduler:
         planned = compute_allocation(queued, size, s.minimums, **options)
         cpu_budget, ram_budget, hosts = self.fleet_budget()  # issue 10: every live host's budget
         fitted, capacity_bound = fit_allocation(
-            planned, s.slot_costs, cpu_budget, ram_budget, s.minimums
+            planned, self.slot_costs(), cpu_budget, ram_budget, s.minimums
         )
         reason = explain_allocation(queued, size, s.minimums, planned, **options)
         extra: dict[str, Any] = {}
@@ -605,6 +614,12 @@ class Scheduler:
             }
             for h in live_hosts(self.client, self.keys)
         } or None
+        if snap.hosts and s.ocr_capacity_costs == "learned":  # issue 15: measured costs
+            learned = learned_costs(self.client, self.keys)
+            for host, entry in snap.hosts.items():
+                entry["learned"] = {
+                    t: learned[(host, t)] for t in DOCUMENT_TYPES if (host, t) in learned
+                }
         # issue 11: open circuit breakers (Gemini model, configuration, document hosts)
         if self.autopilot is not None:  # issue 15
             snap.autopilot = self.autopilot.status()
