@@ -181,7 +181,7 @@ def run_one(
                 elif last_cpu is None:
                     last_cpu = (now, cpu)
                 row = conn.execute(
-                    "SELECT count(*) FROM extraction_queue WHERE status_id NOT IN (3, 4)"
+                    "SELECT count(*) FROM extraction_queue WHERE status_id IN (4, 5)"
                 ).fetchone()
                 done = int(row[0]) if row else 0
                 if shift_at is None and scenario.shift_factor != 1.0 and done >= total_docs / 2:

@@ -17,7 +17,7 @@ The rule, applied to one set of measurements (`Measurements`):
 - more slots than registered worker threads or than the work there is
   (busy + ready) are useless: both cap the size too;
 - below every cap the pool grows gradually: by half (at least one slot) per
-  rebalance, and only while documents wait and no slot is idle.
+  rebalance, and only while documents wait.
 
 The binding constraint (the smallest cap, or the growth step) is named, with
 its measured value, for the status line, the log and the metrics.
@@ -38,7 +38,8 @@ GROWTH = 0.5  # grow by half the pool (at least one slot) per rebalance
 class Measurements:
     """What the scheduler measured at this rebalance."""
 
-    busy: int = 0  # slots held right now
+    busy: float = 0  # slots held: the average over the limiter's window (see autopilot_runtime)
+    busy_now: float | None = None  # slots held right now (host loads are instantaneous)
     ready: int = 0  # documents waiting (all types)
     rpm_used: int = 0
     tpm_used: int = 0
@@ -108,12 +109,14 @@ def decide_pool_size(previous: int | None, m: Measurements, limits: Limits) -> D
         cpu, ram = m.host_load[host]
         loads.append((f"cpu:{host}", f"CPU on {host}", cpu, limits.host_target))
         loads.append((f"ram:{host}", f"RAM on {host}", ram, limits.host_target))
+    now = busy if m.busy_now is None else max(m.busy_now, 0)
     for name, label, load, target in loads:
         if load <= 0:
             continue
         detail = f"{label} {_pct(load)} (target {_pct(target)})"
-        if busy > 0:
-            caps.append((floor(busy * target / load), name, detail))
+        held = busy if name == "api" else now  # API usage spans the window, hosts are now
+        if held > 0:
+            caps.append((floor(held * target / load), name, detail))
         elif load > target:  # loaded with no busy slot (other work): no room to grow
             caps.append((current, name, detail))
     if m.registered_threads > 0:
@@ -124,15 +127,14 @@ def decide_pool_size(previous: int | None, m: Measurements, limits: Limits) -> D
         # over a target (or more slots than threads): shrink at once to the cap
         return Decision(clamp(cap), name, detail, usage)
     work = busy + max(m.ready, 0)
-    if m.ready <= 0 or busy < current:
-        # nothing waits, or slots are idle: no reason to grow (keep; never below the work)
-        why = "no documents waiting" if m.ready <= 0 else f"idle slots ({busy} of {current} busy)"
-        return Decision(current, "demand", why, usage)
-    grown = min(cap, current + max(1, floor(current * GROWTH)), max(work, current))
+    if m.ready <= 0:
+        # nothing waits: no reason to grow (an idle slot costs nothing; keep the size)
+        return Decision(current, "demand", "no documents waiting", usage)
+    grown = min(cap, current + max(1, floor(current * GROWTH)), max(floor(work), current))
     if grown == current:
         return Decision(current, name, detail, usage)
-    if grown == work and work < cap:
-        return Decision(clamp(grown), "demand", f"{work} documents in work", usage)
+    if grown == floor(work) and work < cap:
+        return Decision(clamp(grown), "demand", f"{floor(work)} documents in work", usage)
     if grown == cap:
         return Decision(clamp(grown), name, detail, usage)
     return Decision(clamp(grown), "growth", f"gradual growth (+{grown - current})", usage)

@@ -11,6 +11,8 @@ from it instead of starting small again. Each change is logged once
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +72,10 @@ class Autopilot:
         self._registry = registry
         self.decision: Decision | None = None
         self._seen_429s: int | None = None
+        # busy-slot samples (monotonic s, count) over the limiter's window: API usage spans
+        # the window, so the slots that made it are the window's average, not this instant's
+        self._window_s = settings.gemini_rate_window_ms / 1000
+        self._busy: deque[tuple[float, int]] = deque()
 
     @property
     def size(self) -> int:
@@ -78,7 +84,17 @@ class Autopilot:
             return max(self.limits.minimum, min(self.limits.maximum, self.limits.start))
         return self.decision.size
 
+    def note_busy(self, busy: int, now: float | None = None) -> float:
+        """Record a busy-slot count (the feed does, every pass); the window's average."""
+        now = time.monotonic() if now is None else now
+        self._busy.append((now, busy))
+        while self._busy and self._busy[0][0] < now - self._window_s:
+            self._busy.popleft()
+        return sum(n for _, n in self._busy) / len(self._busy)
+
     def measure(self, queued: Mapping[str, int]) -> Measurements:
+        busy_now = sum(self._pool.busy_slots().values())
+        busy = self.note_busy(busy_now)
         rpm, tpm = self._limiter.usage()
         stats = self._limiter.stats()
         total_429s = int(stats.get("responses_429", 0))
@@ -88,7 +104,8 @@ class Autopilot:
         usage = self._pool.usage_by_host()
         loads = host_loads({h.host: (h.cpu, h.ram) for h in hosts}, usage)
         return Measurements(
-            busy=sum(self._pool.busy_slots().values()),
+            busy=busy,
+            busy_now=busy_now,
             ready=sum(max(0, int(n)) for n in queued.values()),
             rpm_used=rpm,
             tpm_used=tpm,

@@ -53,14 +53,38 @@ CASES = [
         8,
         "cpu:b",
     ),
-    ("idle slots: no growth", 10, m(busy=6, ready=50, rpm_used=10), L, 10, "demand"),
+    (
+        "waiting work grows even with idle slots",
+        10,
+        m(busy=6, ready=50, rpm_used=10),
+        L,
+        15,
+        "growth",
+    ),
     ("empty queue: keep", 10, m(busy=10, ready=0, rpm_used=10), L, 10, "demand"),
     ("growth limited by the work there is", 8, m(busy=8, ready=1, rpm_used=10), L, 9, "demand"),
+    # API usage uses the window's average busy slots, hosts the slots busy now
+    (
+        "api cap on the window average",
+        10,
+        m(busy=5, busy_now=10, ready=9, rpm_used=50),
+        L,
+        8,
+        "api",
+    ),
+    (
+        "host cap on the slots busy now",
+        10,
+        m(busy=5, busy_now=10, ready=50, host_load={"h": (1.0, 0.1)}),
+        L,
+        8,
+        "cpu:h",
+    ),
     ("threads cap", 8, m(busy=8, ready=100, registered_threads=6), L, 6, "threads"),
     ("max binds", 30, m(busy=30, ready=100, rpm_used=1), L, 32, "max"),
     ("at max stays", 32, m(busy=32, ready=100, rpm_used=1), L, 32, "max"),
-    ("previous above max is clamped", 50, m(busy=20, ready=100, rpm_used=1), L, 32, "demand"),
-    ("loaded with nothing busy: hold", 6, m(busy=0, ready=10, rpm_used=90), L, 6, "demand"),
+    ("previous above max is clamped", 50, m(busy=20, ready=100, rpm_used=1), L, 32, "max"),
+    ("loaded with nothing busy: hold", 6, m(busy=0, ready=10, rpm_used=90), L, 6, "api"),
 ]
 
 
