@@ -1,7 +1,7 @@
 """Autopilot benchmark (issue 15): fixed pools against OCR_WORKER_POOL_SIZE=auto.
 
 Usage: python bench/autopilot.py [--pools 2,4,8,16,32] [--scenarios normal,tight,shift]
-                                 [--index 150] [--acte 50]
+                                 [--index 300] [--acte 100]
                                  [--admin-dsn postgresql://postgres@127.0.0.1:5432/postgres]
 
 The real pool (scheduler + dramatiq workers, 2 processes x 17 threads for every run) drains
@@ -11,7 +11,7 @@ Durations are scaled down (a 10 s quota window, 2 s rebalances) so the whole ben
 minutes on 2 cores. Scenarios:
 
 - normal: GEMINI_RPM_LIMIT 400 per 10 s window;
-- tight:  GEMINI_RPM_LIMIT 100 per 10 s window (the quota binds);
+- tight:  GEMINI_RPM_LIMIT 100 per 10 s window (the quota binds), half the backlog;
 - shift:  as normal, the latency triples once half the backlog is done.
 
 For each run: drain time (first start to last completion), API usage per 10 s window of
@@ -54,11 +54,12 @@ class Scenario:
     name: str
     rpm_limit: int
     shift_factor: float = 1.0  # latency multiplied by this at half the backlog
+    docs_factor: float = 1.0  # share of --index / --acte this scenario drains
 
 
 SCENARIOS = {
     "normal": Scenario("normal", 400),
-    "tight": Scenario("tight", 100),
+    "tight": Scenario("tight", 100, docs_factor=0.5),
     "shift": Scenario("shift", 400, shift_factor=3.0),
 }
 
@@ -267,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--admin-dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--pools", default="2,4,8,16,32,auto")
     parser.add_argument("--scenarios", default="normal,tight,shift")
-    parser.add_argument("--index", type=int, default=150)
-    parser.add_argument("--acte", type=int, default=50)
+    parser.add_argument("--index", type=int, default=300)
+    parser.add_argument("--acte", type=int, default=100)
     args = parser.parse_args(argv)
     dbs = Databases(args.admin_dsn)
     results: list[Result] = []
@@ -276,7 +277,10 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="bench-autopilot-") as tmp:
             for name in args.scenarios.split(","):
                 for pool in args.pools.split(","):
-                    r = run_one(dbs, SCENARIOS[name], pool, args.index, args.acte, Path(tmp))
+                    sc = SCENARIOS[name]
+                    index = round(args.index * sc.docs_factor)
+                    acte = round(args.acte * sc.docs_factor)
+                    r = run_one(dbs, sc, pool, index, acte, Path(tmp))
                     results.append(r)
                     report([r])
     finally:
