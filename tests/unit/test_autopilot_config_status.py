@@ -50,7 +50,7 @@ def test_fixed_size_is_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"OCR_WORKER_POOL_MIN": "9", "OCR_WORKER_POOL_MAX": "8"}, "OCR_WORKER_POOL_MIN=9"),
         (
             {"OCR_MIN_INDEX_WORKERS": "9", "OCR_WORKER_POOL_MAX": "8", "OCR_INDEX_CPU": "0.1"},
-            "OCR_MIN_INDEX_WORKERS=9",
+            "is above OCR_WORKER_POOL_MAX=8",
         ),
         ({"OCR_WORKER_POOL_MAX": "1"}, "OCR_WORKER_POOL"),
         ({"OCR_AUTOPILOT_API_TARGET": "1.5"}, "OCR_AUTOPILOT_API_TARGET"),
