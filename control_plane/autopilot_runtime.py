@@ -79,10 +79,12 @@ class Autopilot:
 
     @property
     def size(self) -> int:
-        """The size to plan with (the start size before the first decision)."""
-        if self.decision is None:
-            return max(self.limits.minimum, min(self.limits.maximum, self.limits.start))
-        return self.decision.size
+        """The size to plan with: ours, else the published one, else the start size."""
+        if self.decision is not None:
+            return self.decision.size
+        published = self.previous_size()
+        start = published if published is not None else self.limits.start
+        return max(self.limits.minimum, min(self.limits.maximum, start))
 
     def note_busy(self, busy: int, now: float | None = None) -> float:
         """Record a busy-slot count (the feed does, every pass); the window's average."""
@@ -158,7 +160,14 @@ class Autopilot:
     def status(self) -> dict[str, Any]:
         """For StatusSnapshot.autopilot: the status line and the figures behind it."""
         d = self.decision
-        line = d.line if d else f"pool {self.size}, limited by start"
+        if d is not None:
+            line = d.line
+        else:  # not the leader (`scheduler.py status`, a standby): the published decision
+            published = (self._pool.read_allocation() or {}).get("autopilot")
+            if isinstance(published, dict) and "size" in published:
+                line = f"pool {published['size']}, limited by {published.get('detail', '?')}"
+            else:
+                line = f"pool {self.size}, not decided yet"
         return {
             "line": line,
             "range": f"{self.limits.minimum}..{self.limits.maximum}",
