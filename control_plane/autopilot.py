@@ -10,14 +10,18 @@ The rule, applied to one set of measurements (`Measurements`):
 
 - start small: the first decision is `START_SIZE` (the seed's 2-4), clamped;
 - a 429 since the last decision, or a cooldown in force: shrink at once (halve);
-- each measured load (API usage, every host's CPU and RAM) is linear in the busy
-  slots, so it gives a cap: the size at which it would reach its target
-  (`busy * target / load`); a load above its target shrinks the pool to that cap
-  at once (slots retire after their current job: nothing is interrupted);
+- each measured load gives a cap, the size at which it would reach its target:
+  a host's CPU and RAM are the costs of the slots busy on it now, so its cap is
+  `busy now * target / load`; API usage counts the whole window, so over its
+  target the pool shrinks to `window's average busy * target / usage` (what the
+  slots that made it may use), and under it the pool may grow up to `window's
+  average size * target / usage` (slots left idle by another bottleneck do not
+  hold it back); a load above its target shrinks the pool at once (slots retire
+  after their current job: nothing is interrupted);
 - more slots than registered worker threads or than the work there is
   (busy + ready) are useless: both cap the size too;
-- below every cap the pool grows gradually: by half (at least one slot) per
-  rebalance, and only while documents wait.
+- below every cap the pool grows gradually, only while documents wait: doubling
+  while API usage is under half its target (slow start), by half above that.
 
 The binding constraint (the smallest cap, or the growth step) is named, with
 its measured value, for the status line, the log and the metrics.
@@ -31,7 +35,8 @@ from math import floor
 
 START_SIZE = 4
 HOST_TARGET = 0.8  # CPU and RAM at most 80% of each host's budget (the seed's target)
-GROWTH = 0.5  # grow by half the pool (at least one slot) per rebalance
+GROWTH = 0.5  # grow by half the pool (at least one slot) per rebalance ...
+FAST_GROWTH = 1.0  # ... or double it while API usage is under half its target
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,7 @@ class Measurements:
 
     busy: float = 0  # slots held: the average over the limiter's window (see autopilot_runtime)
     busy_now: float | None = None  # slots held right now (host loads are instantaneous)
+    size_avg: float | None = None  # the pool size, averaged over the limiter's window
     ready: int = 0  # documents waiting (all types)
     rpm_used: int = 0
     tpm_used: int = 0
@@ -110,11 +116,17 @@ def decide_pool_size(previous: int | None, m: Measurements, limits: Limits) -> D
         loads.append((f"cpu:{host}", f"CPU on {host}", cpu, limits.host_target))
         loads.append((f"ram:{host}", f"RAM on {host}", ram, limits.host_target))
     now = busy if m.busy_now is None else max(m.busy_now, 0)
+    size_avg = current if m.size_avg is None else max(m.size_avg, busy)
     for name, label, load, target in loads:
         if load <= 0:
             continue
         detail = f"{label} {_pct(load)} (target {_pct(target)})"
-        held = busy if name == "api" else now  # API usage spans the window, hosts are now
+        if name != "api":
+            held = now  # a host's load is the cost of the slots busy on it now
+        elif load > target:
+            held = busy  # API usage spans the window: what its busy slots made
+        else:
+            held = size_avg  # room left: idle slots (another bottleneck) do not hold it back
         if held > 0:
             caps.append((floor(held * target / load), name, detail))
         elif load > target:  # loaded with no busy slot (other work): no room to grow
@@ -130,7 +142,8 @@ def decide_pool_size(previous: int | None, m: Measurements, limits: Limits) -> D
     if m.ready <= 0:
         # nothing waits: no reason to grow (an idle slot costs nothing; keep the size)
         return Decision(current, "demand", "no documents waiting", usage)
-    grown = min(cap, current + max(1, floor(current * GROWTH)), max(floor(work), current))
+    factor = FAST_GROWTH if usage < limits.api_target / 2 else GROWTH
+    grown = min(cap, current + max(1, floor(current * factor)), max(floor(work), current))
     if grown == current:
         return Decision(current, name, detail, usage)
     if grown == floor(work) and work < cap:

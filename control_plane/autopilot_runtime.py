@@ -75,7 +75,7 @@ class Autopilot:
         # busy-slot samples (monotonic s, count) over the limiter's window: API usage spans
         # the window, so the slots that made it are the window's average, not this instant's
         self._window_s = settings.gemini_rate_window_ms / 1000
-        self._busy: deque[tuple[float, int]] = deque()
+        self._busy: deque[tuple[float, int, int]] = deque()  # (t, busy, size)
 
     @property
     def size(self) -> int:
@@ -86,17 +86,20 @@ class Autopilot:
         start = published if published is not None else self.limits.start
         return max(self.limits.minimum, min(self.limits.maximum, start))
 
-    def note_busy(self, busy: int, now: float | None = None) -> float:
-        """Record a busy-slot count (the feed does, every pass); the window's average."""
+    def note_busy(self, busy: int, now: float | None = None) -> tuple[float, float]:
+        """Record a busy-slot count (the feed does, every pass) with the size in force;
+        returns the window's averages (busy, size)."""
         now = time.monotonic() if now is None else now
-        self._busy.append((now, busy))
+        size = self.decision.size if self.decision is not None else busy
+        self._busy.append((now, busy, size))
         while self._busy and self._busy[0][0] < now - self._window_s:
             self._busy.popleft()
-        return sum(n for _, n in self._busy) / len(self._busy)
+        n = len(self._busy)
+        return sum(b for _, b, _ in self._busy) / n, sum(s for _, _, s in self._busy) / n
 
     def measure(self, queued: Mapping[str, int]) -> Measurements:
         busy_now = sum(self._pool.busy_slots().values())
-        busy = self.note_busy(busy_now)
+        busy, size_avg = self.note_busy(busy_now)
         rpm, tpm = self._limiter.usage()
         stats = self._limiter.stats()
         total_429s = int(stats.get("responses_429", 0))
@@ -108,6 +111,7 @@ class Autopilot:
         return Measurements(
             busy=busy,
             busy_now=busy_now,
+            size_avg=size_avg,
             ready=sum(max(0, int(n)) for n in queued.values()),
             rpm_used=rpm,
             tpm_used=tpm,

@@ -111,7 +111,7 @@ def test_auto_starts_small_grows_while_work_waits_and_shrinks_on_429(
 ) -> None:
     seed(dsn, 60, 40)
     register_threads(redis_client, keys, 40)
-    sched = make_scheduler(ocr_worker_pool_size="auto", ocr_worker_pool_max=12)
+    sched = make_scheduler(ocr_worker_pool_size="auto", ocr_worker_pool_max=24)
     assert total(sched) == 4  # taking the lead rebalanced: the seed's start, small
     sizes = [4]
     held: list[SlotLease] = []
@@ -119,26 +119,27 @@ def test_auto_starts_small_grows_while_work_waits_and_shrinks_on_429(
         held += fill(sched, f"r{round_}")
         sched.rebalance()
         sizes.append(total(sched))
-    assert sizes == [4, 6, 9, 12, 12], sizes  # gradual growth up to the maximum
+    # no API usage yet: slow start (doubling) up to the maximum
+    assert sizes == [4, 8, 16, 24, 24], sizes
     alloc = sched.pool.read_allocation()
-    assert alloc is not None and alloc["autopilot"]["size"] == 12
+    assert alloc is not None and alloc["autopilot"]["size"] == 24
     assert alloc["autopilot"]["constraint"] == "max"
     text = sched.status_text()
-    assert "Autopilot: pool 12, limited by OCR_WORKER_POOL_MAX 12" in text
+    assert "Autopilot: pool 24, limited by OCR_WORKER_POOL_MAX 24" in text
 
     # a 429 answer (counted by the worker in gemini:stats): halve at once
     redis_client.hincrby(keys.stats, "responses_429", 1)
     sched.rebalance()
-    assert total(sched) == 6
+    assert total(sched) == 12
     # busy slots beyond the new size are not interrupted: still held, retired at release
     holders = sched.pool.holders()
-    assert len(holders) == 12
-    assert len(sched.pool.pending_modes()) >= 6  # 6 busy slots retire at release
+    assert len(holders) == 24
+    assert len(sched.pool.pending_modes()) >= 12  # 12 busy slots retire at release
     assert all(not h["expired"] for h in holders.values())
     for lease in held:
         assert sched.pool.release_slot(lease)
-    assert len(sched.pool.assignments()) == 6
-    assert "Autopilot: pool 6, limited by 1 429(s): halved" in sched.status_text()
+    assert len(sched.pool.assignments()) == 12
+    assert "Autopilot: pool 12, limited by 1 429(s): halved" in sched.status_text()
 
 
 def test_auto_shrinks_when_api_usage_is_over_target(
@@ -154,15 +155,15 @@ def test_auto_shrinks_when_api_usage_is_over_target(
     )
     held = fill(sched, "a")
     sched.rebalance()
-    assert total(sched) == 6
+    assert total(sched) == 8
     held += fill(sched, "b")
     # 40 requests of 100 in the window: 40% > 30%. The slots that made them are the
-    # window's average busy (0 at the takeover, then 4, then 6): the cap is
-    # floor(average * 0.3 / 0.4), below 6 whatever the exact samples
+    # window's average busy (0 at the takeover, then 4, then 8): the cap is
+    # floor(average * 0.3 / 0.4), below 8 whatever the exact samples
     for _ in range(40):
         assert sched.limiter.try_acquire(10).granted
     sched.rebalance()
-    assert 1 <= total(sched) < 6
+    assert 1 <= total(sched) < 8
     alloc = sched.pool.read_allocation()
     assert alloc is not None and alloc["autopilot"]["constraint"] == "api"
     assert "limited by API usage 40% (target 30%)" in sched.status_text()
@@ -175,14 +176,14 @@ def test_new_leader_goes_on_from_the_published_size(
 ) -> None:
     seed(dsn, 60, 40)
     register_threads(redis_client, keys, 40)
-    first = make_scheduler(ocr_worker_pool_size="auto", ocr_worker_pool_max=12)
+    first = make_scheduler(ocr_worker_pool_size="auto", ocr_worker_pool_max=32)
     held = fill(first, "a")
     first.rebalance()
-    assert total(first) == 6
+    assert total(first) == 8
     first.shutdown()
-    second = make_scheduler(ocr_worker_pool_size="auto", ocr_worker_pool_max=12)
+    second = make_scheduler(ocr_worker_pool_size="auto", ocr_worker_pool_max=32)
     assert second.autopilot is not None
-    # its takeover rebalance went on from the published 6 (grown by half), not from the start
-    assert second.autopilot.size == 9
+    # its takeover rebalance went on from the published 8 (doubled), not from the start
+    assert second.autopilot.size == 16
     for lease in held:
         first.pool.release_slot(lease)
