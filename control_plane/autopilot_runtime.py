@@ -52,6 +52,14 @@ def host_loads(
     return out
 
 
+def window_scale(measured_s: float, window_s: float) -> float:
+    """Pure: how much to scale a window's counts when only `measured_s` of it was seen
+    (at most 10x, for the first instants; 1 once a whole window was seen)."""
+    if window_s <= 0 or measured_s >= window_s:
+        return 1.0
+    return min(10.0, window_s / max(measured_s, window_s / 10))
+
+
 class Autopilot:
     """Keeps the chosen size between rebalances (leader side)."""
 
@@ -76,6 +84,7 @@ class Autopilot:
         # the window, so the slots that made it are the window's average, not this instant's
         self._window_s = settings.gemini_rate_window_ms / 1000
         self._busy: deque[tuple[float, int, int]] = deque()  # (t, busy, size)
+        self._since: float | None = None  # when this leader started measuring
 
     @property
     def size(self) -> int:
@@ -101,6 +110,13 @@ class Autopilot:
         busy_now = sum(self._pool.busy_slots().values())
         busy, size_avg = self.note_busy(busy_now)
         rpm, tpm = self._limiter.usage()
+        # Less than a window measured yet (a fresh start): the window's counts cover only
+        # that much time, so they are scaled up to a whole window (never down).
+        now = time.monotonic()
+        if self._since is None:
+            self._since = now
+        scale = window_scale(now - self._since, self._window_s)
+        rpm, tpm = round(rpm * scale), round(tpm * scale)
         stats = self._limiter.stats()
         total_429s = int(stats.get("responses_429", 0))
         new_429s = 0 if self._seen_429s is None else max(0, total_429s - self._seen_429s)

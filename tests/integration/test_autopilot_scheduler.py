@@ -7,6 +7,7 @@ load comes from real slots taken and real limiter admissions.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -166,7 +167,8 @@ def test_auto_shrinks_when_api_usage_is_over_target(
     assert 1 <= total(sched) < 8
     alloc = sched.pool.read_allocation()
     assert alloc is not None and alloc["autopilot"]["constraint"] == "api"
-    assert "limited by API usage 40% (target 30%)" in sched.status_text()
+    # (40% of the window, scaled up while less than a window has been measured)
+    assert re.search(r"limited by API usage \d+% \(target 30%\)", sched.status_text())
     for lease in held:
         sched.pool.release_slot(lease)
 

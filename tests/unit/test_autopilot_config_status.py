@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from control_plane.autopilot_runtime import host_loads
+from control_plane.autopilot_runtime import host_loads, window_scale
 from control_plane.config import load_settings
 from control_plane.errors import ConfigError
 from control_plane.scheduler.status import StatusSnapshot, render_status
@@ -138,3 +138,11 @@ def test_host_loads(
     expected: dict[str, tuple[float, float]],
 ) -> None:
     assert host_loads(budgets, usage) == expected
+
+
+@pytest.mark.parametrize(
+    ("measured", "window", "scale"),
+    [(60, 60, 1.0), (120, 60, 1.0), (30, 60, 2.0), (6, 60, 10.0), (0, 60, 10.0), (5, 0, 1.0)],
+)
+def test_window_scale(measured: float, window: float, scale: float) -> None:
+    assert window_scale(measured, window) == pytest.approx(scale)
