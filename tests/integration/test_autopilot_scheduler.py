@@ -127,6 +127,11 @@ def test_auto_starts_small_grows_while_work_waits_and_shrinks_on_429(
     assert alloc["autopilot"]["constraint"] == "max"
     text = sched.status_text()
     assert "Autopilot: pool 24, limited by OCR_WORKER_POOL_MAX 24" in text
+    registry = sched.metrics.registry
+    assert registry.get_sample_value("ocr_autopilot_pool_size") == 24
+    assert registry.get_sample_value("ocr_autopilot_api_target") == pytest.approx(0.8)
+    assert registry.get_sample_value("ocr_autopilot_constraint", {"constraint": "max"}) == 1
+    assert registry.get_sample_value("ocr_autopilot_constraint", {"constraint": "api"}) == 0
 
     # a 429 answer (counted by the worker in gemini:stats): halve at once
     redis_client.hincrby(keys.stats, "responses_429", 1)
