@@ -12,12 +12,11 @@ The rule, applied to one set of measurements (`Measurements`):
 - a 429 since the last decision, or a cooldown in force: shrink at once (halve);
 - each measured load gives a cap, the size at which it would reach its target:
   a host's CPU and RAM are the costs of the slots busy on it now, so its cap is
-  `busy now * target / load`; API usage counts the whole window, so over its
-  target the pool shrinks to `window's average busy * target / usage` (what the
-  slots that made it may use), and under it the pool may grow up to `window's
-  average size * target / usage` (slots left idle by another bottleneck do not
-  hold it back); a load above its target shrinks the pool at once (slots retire
-  after their current job: nothing is interrupted);
+  `busy now * target / load`; API usage counts the whole window, so its cap is
+  `window's average busy * target / usage` (the slots that made it, counted the
+  same way, idle instants and all); a load above its target shrinks the pool to
+  its cap at once (slots retire after their current job: nothing is
+  interrupted); API usage under its target never shrinks it;
 - more slots than registered worker threads or than the work there is
   (busy + ready) are useless: both cap the size too;
 - below every cap the pool grows gradually, only while documents wait: doubling
@@ -45,7 +44,6 @@ class Measurements:
 
     busy: float = 0  # slots held: the average over the limiter's window (see autopilot_runtime)
     busy_now: float | None = None  # slots held right now (host loads are instantaneous)
-    size_avg: float | None = None  # the pool size, averaged over the limiter's window
     ready: int = 0  # documents waiting (all types)
     rpm_used: int = 0
     tpm_used: int = 0
@@ -116,19 +114,18 @@ def decide_pool_size(previous: int | None, m: Measurements, limits: Limits) -> D
         loads.append((f"cpu:{host}", f"CPU on {host}", cpu, limits.host_target))
         loads.append((f"ram:{host}", f"RAM on {host}", ram, limits.host_target))
     now = busy if m.busy_now is None else max(m.busy_now, 0)
-    size_avg = current if m.size_avg is None else max(m.size_avg, busy)
     for name, label, load, target in loads:
         if load <= 0:
             continue
         detail = f"{label} {_pct(load)} (target {_pct(target)})"
-        if name != "api":
-            held = now  # a host's load is the cost of the slots busy on it now
-        elif load > target:
-            held = busy  # API usage spans the window: what its busy slots made
-        else:
-            held = size_avg  # room left: idle slots (another bottleneck) do not hold it back
+        # API usage spans the window: the window's busy slots made it; a host's load is
+        # the cost of the slots busy on it now
+        held = busy if name == "api" else now
         if held > 0:
-            caps.append((floor(held * target / load), name, detail))
+            limit = floor(held * target / load)
+            if name == "api" and load <= target:
+                limit = max(limit, current)  # under target: hold, never shrink
+            caps.append((limit, name, detail))
         elif load > target:  # loaded with no busy slot (other work): no room to grow
             caps.append((current, name, detail))
     if m.registered_threads > 0:

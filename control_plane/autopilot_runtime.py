@@ -108,7 +108,7 @@ class Autopilot:
 
     def measure(self, queued: Mapping[str, int]) -> Measurements:
         busy_now = sum(self._pool.busy_slots().values())
-        busy, size_avg = self.note_busy(busy_now)
+        busy, _ = self.note_busy(busy_now)
         rpm, tpm = self._limiter.usage()
         # Less than a window measured yet (a fresh start): the window's counts cover only
         # that much time, so they are scaled up to a whole window (never down).
@@ -127,7 +127,6 @@ class Autopilot:
         return Measurements(
             busy=busy,
             busy_now=busy_now,
-            size_avg=size_avg,
             ready=sum(max(0, int(n)) for n in queued.values()),
             rpm_used=rpm,
             tpm_used=tpm,
