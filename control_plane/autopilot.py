@@ -19,7 +19,8 @@ The rule, applied to one set of measurements (`Measurements`):
   interrupted); API usage under its target never shrinks it;
 - more slots than registered worker threads or than the work there is
   (busy + ready) are useless: both cap the size too;
-- below every cap the pool grows gradually, only while documents wait: doubling
+- below every cap the pool grows gradually, only while documents wait and its
+  slots work (nothing is measured before): doubling
   while API usage is under half its target (slow start), by half above that.
 
 The binding constraint (the smallest cap, or the growth step) is named, with
@@ -139,6 +140,9 @@ def decide_pool_size(previous: int | None, m: Measurements, limits: Limits) -> D
     if m.ready <= 0:
         # nothing waits: no reason to grow (an idle slot costs nothing; keep the size)
         return Decision(current, "demand", "no documents waiting", usage)
+    if busy <= 0 and not m.busy_now:
+        # documents wait but no slot has worked yet (workers starting): nothing measured
+        return Decision(current, "demand", "no slot busy yet", usage)
     factor = FAST_GROWTH if usage < limits.api_target / 2 else GROWTH
     grown = min(cap, current + max(1, floor(current * factor)), max(floor(work), current))
     if grown == current:

@@ -86,6 +86,7 @@ CASES = [
         "api",
     ),
     ("empty queue: keep", 10, m(busy=10, ready=0, rpm_used=10), L, 10, "demand"),
+    ("work waits but no slot busy yet: hold", 4, m(busy=0, ready=500), L, 4, "demand"),
     ("growth limited by the work there is", 8, m(busy=8, ready=1, rpm_used=10), L, 9, "demand"),
     # API usage uses the window's average busy slots, hosts the slots busy now
     (
@@ -108,7 +109,7 @@ CASES = [
     ("max binds", 30, m(busy=30, ready=100, rpm_used=1), L, 32, "max"),
     ("at max stays", 32, m(busy=32, ready=100, rpm_used=1), L, 32, "max"),
     ("previous above max is clamped", 50, m(busy=20, ready=100, rpm_used=1), L, 32, "max"),
-    ("loaded with nothing busy: hold", 6, m(busy=0, ready=10, rpm_used=90), L, 6, "api"),
+    ("loaded with nothing busy: hold", 6, m(busy=0, ready=10, rpm_used=90), L, 6, "demand"),
 ]
 
 
