@@ -16,7 +16,8 @@ The rule, applied to one set of measurements (`Measurements`):
   `window's average busy * target / usage` (the slots that made it, counted the
   same way, idle instants and all); a load above its target shrinks the pool to
   its cap at once (slots retire after their current job: nothing is
-  interrupted); API usage under its target never shrinks it;
+  interrupted); API usage under its target never shrinks it, and growth stops
+  where it would reach 90% of the target (a dead band against per-window noise);
 - more slots than registered worker threads or than the work there is
   (busy + ready) are useless: both cap the size too;
 - below every cap the pool grows gradually, only while documents wait and its
@@ -37,6 +38,10 @@ START_SIZE = 4
 HOST_TARGET = 0.8  # CPU and RAM at most 80% of each host's budget (the seed's target)
 GROWTH = 0.5  # grow by half the pool (at least one slot) per rebalance ...
 FAST_GROWTH = 1.0  # ... or double it while API usage is under half its target
+# Growth stops where the projected API usage reaches this share of the target (shrinking
+# starts above the target itself): a dead band, so per-window noise (a heavy latency tail)
+# does not push the pool over the target and back at every rebalance.
+GROW_MARGIN = 0.9
 
 
 @dataclass(frozen=True)
@@ -124,8 +129,8 @@ def decide_pool_size(previous: int | None, m: Measurements, limits: Limits) -> D
         held = busy if name == "api" else now
         if held > 0:
             limit = floor(held * target / load)
-            if name == "api" and load <= target:
-                limit = max(limit, current)  # under target: hold, never shrink
+            if name == "api" and load <= target:  # under target: grow within the dead band,
+                limit = max(floor(held * target * GROW_MARGIN / load), current)  # never shrink
             caps.append((limit, name, detail))
         elif load > target:  # loaded with no busy slot (other work): no room to grow
             caps.append((current, name, detail))
