@@ -21,7 +21,8 @@ The rule, applied to one set of measurements (`Measurements`):
 - more slots than registered worker threads or than the work there is
   (busy + ready) are useless: both cap the size too;
 - below every cap the pool grows gradually, only while documents wait and its
-  slots work (nothing is measured before): doubling
+  slots work (nothing is measured before), and not within a window of a shrink
+  (that window still counts throttled slots): doubling
   while API usage is under half its target (slow start), by half above that.
 
 The binding constraint (the smallest cap, or the growth step) is named, with
@@ -60,6 +61,9 @@ class Measurements:
     # host -> (cpu fraction of its budget, ram fraction of its budget)
     host_load: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     registered_threads: int = 0
+    # shrunk less than a window ago: the window still holds throttled slots (busy, waiting
+    # on the limiter, making no request), so it would under-count a slot's usage: no growth
+    settling: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,8 @@ def decide_pool_size(previous: int | None, m: Measurements, limits: Limits) -> D
     if m.ready <= 0:
         # nothing waits: no reason to grow (an idle slot costs nothing; keep the size)
         return Decision(current, "demand", "no documents waiting", usage)
+    if m.settling:
+        return Decision(current, "settling", f"settling after a shrink ({detail})", usage)
     if busy <= 0 and not m.busy_now:
         # documents wait but no slot has worked yet (workers starting): nothing measured
         return Decision(current, "demand", "no slot busy yet", usage)

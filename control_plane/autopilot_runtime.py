@@ -85,6 +85,7 @@ class Autopilot:
         self._window_s = settings.gemini_rate_window_ms / 1000
         self._busy: deque[tuple[float, int, int]] = deque()  # (t, busy, size)
         self._since: float | None = None  # when this leader started measuring
+        self._shrunk_at: float | None = None  # when the last decision shrank the pool
 
     @property
     def size(self) -> int:
@@ -136,6 +137,7 @@ class Autopilot:
             cooldown_ms=self._limiter.cooldown_remaining_ms(),
             host_load=loads,
             registered_threads=len(self._registry.all()),
+            settling=self._shrunk_at is not None and now - self._shrunk_at < self._window_s,
         )
 
     def previous_size(self) -> int | None:
@@ -152,6 +154,8 @@ class Autopilot:
         """Measure, decide, log a change once; returns the decision."""
         before = self.previous_size()
         decision = decide_pool_size(before, self.measure(queued), self.limits)
+        if before is not None and decision.size < before:
+            self._shrunk_at = time.monotonic()
         if decision.size != before:
             log_event(
                 "autopilot.changed",

@@ -166,7 +166,8 @@ class SchedulerMetrics:
         self.autopilot_target.set(api_target)
         self.autopilot_api_usage.set(decision.api_usage)
         kind = decision.constraint.split(":", 1)[0]
-        for name in ("start", "429", "api", "cpu", "ram", "threads", "demand", "growth", "max"):
+        names = ("start", "429", "api", "cpu", "ram", "threads", "demand", "growth", "max")
+        for name in (*names, "settling"):
             self.autopilot_constraint.labels(constraint=name).set(1 if name == kind else 0)
 
     def fed(self, document_type: str, count: int) -> None:

@@ -87,6 +87,15 @@ CASES = [
     ),
     ("empty queue: keep", 10, m(busy=10, ready=0, rpm_used=10), L, 10, "demand"),
     ("work waits but no slot busy yet: hold", 4, m(busy=0, ready=500), L, 4, "demand"),
+    (
+        "settling after a shrink: no growth",
+        4,
+        m(busy=4, ready=99, rpm_used=10, settling=True),
+        L,
+        4,
+        "settling",
+    ),
+    ("settling still shrinks", 8, m(busy=8, ready=99, rpm_used=100, settling=True), L, 6, "api"),
     ("growth limited by the work there is", 8, m(busy=8, ready=1, rpm_used=10), L, 9, "demand"),
     # API usage uses the window's average busy slots, hosts the slots busy now
     (
