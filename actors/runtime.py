@@ -51,6 +51,7 @@ from control_plane.queue.documents import DocumentFetcher
 from control_plane.queue.environments import Environments
 from control_plane.redis_conn import redis_client
 from control_plane.scripts import check_scripting
+from control_plane.slot_costs import CostSampler, host_costs
 from control_plane.workers import WorkerRegistry
 
 
@@ -115,6 +116,12 @@ class WorkerRuntime:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._closed = threading.Event()
+        # issue 15: OCR_CAPACITY_COSTS=learned measures this process's cost per busy slot
+        self.cost_sampler = (
+            CostSampler(self.beat_client, self.keys, self.host, settings.slot_costs)
+            if settings.ocr_capacity_costs == "learned"
+            else None
+        )
 
     def boot_check(self) -> None:
         """Refuse to boot on a Redis that answers PING but will not run our scripts (an ACL
@@ -318,6 +325,20 @@ class WorkerRuntime:
         for ident, job in jobs:
             self._beat_one(self.beat_registry, ident, job)
         self.register_host()
+        if self.cost_sampler is not None:
+            self.learn_costs()
+
+    def learn_costs(self) -> None:
+        """issue 15: sample this process's CPU/RSS per busy slot; take slots at the learned
+        costs of this host from now on."""
+        assert self.cost_sampler is not None
+        busy: dict[str, int] = {}
+        for job in self.running():
+            if job.slot is not None and not job.slot_lost:
+                busy[job.mode] = busy.get(job.mode, 0) + 1
+        self.cost_sampler.sample(busy)
+        costs = host_costs(self.beat_client, self.keys, self.host, self.settings.slot_costs)
+        self.pool.costs = self.slot_pool.costs = costs
 
     def register_host(self) -> None:
         s = self.settings

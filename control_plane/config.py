@@ -11,7 +11,15 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from control_plane.config_checks import relation_problem, url_problem
@@ -158,6 +166,57 @@ class Settings(BaseSettings):
     ocr_breaker_probe_ms: int = Field(10_000, ge=100)
     # How often OCR paused by a Gemini configuration error (key, location, model) probes.
     gemini_config_probe_ms: int = Field(60_000, ge=100)
+
+    # --- issue 15: autopilot (OCR_WORKER_POOL_SIZE=auto) and measured slot costs ---
+    # With OCR_WORKER_POOL_SIZE=auto the scheduler sizes the pool between these at each
+    # rebalance (ocr_worker_pool_size then holds the maximum); a fixed size ignores them.
+    ocr_worker_pool_max: int = Field(32, ge=2, le=10_000)
+    ocr_worker_pool_min: int = Field(2, ge=1, le=10_000)
+    # API usage (requests and tokens of the window vs the limits) the autopilot aims at.
+    ocr_autopilot_api_target: float = Field(0.8, gt=0, le=1)
+    # declared: OCR_INDEX_CPU ... as configured; learned: measured per host and type.
+    ocr_capacity_costs: Literal["declared", "learned"] = "declared"
+    _autopilot: bool = PrivateAttr(default=False)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _auto_pool_size(cls, data: Any, handler: ModelWrapValidatorHandler[Settings]) -> Settings:
+        """`OCR_WORKER_POOL_SIZE=auto`: the pool size field holds OCR_WORKER_POOL_MAX."""
+        auto = False
+        if isinstance(data, dict):
+            name = next((k for k in data if str(k).lower() == "ocr_worker_pool_size"), None)
+            raw = data.get(name) if name is not None else None
+            if isinstance(raw, str) and raw.strip().lower() == "auto":
+                auto = True
+                top = next((k for k in data if str(k).lower() == "ocr_worker_pool_max"), None)
+                data = {**data, name: data.get(top, 32) if top is not None else 32}
+        settings = handler(data)
+        if auto:
+            settings._autopilot = True
+            mins = settings.ocr_min_index_workers + settings.ocr_min_acte_workers
+            if settings.ocr_worker_pool_min > settings.ocr_worker_pool_max:
+                raise ValueError(
+                    f"OCR_WORKER_POOL_MIN={settings.ocr_worker_pool_min} is above "
+                    f"OCR_WORKER_POOL_MAX={settings.ocr_worker_pool_max}"
+                )
+            if mins > settings.ocr_worker_pool_max:
+                raise ValueError(
+                    f"OCR_MIN_INDEX_WORKERS + OCR_MIN_ACTE_WORKERS = {mins} is above "
+                    f"OCR_WORKER_POOL_MAX={settings.ocr_worker_pool_max}"
+                )
+        return settings
+
+    @property
+    def autopilot(self) -> bool:
+        """True when OCR_WORKER_POOL_SIZE=auto (issue 15)."""
+        return self._autopilot
+
+    @property
+    def pool_minimum(self) -> int:
+        """The smallest size the autopilot may choose: the minimum, and room for the
+        per-type minimums."""
+        mins = self.ocr_min_index_workers + self.ocr_min_acte_workers
+        return min(self.ocr_worker_pool_max, max(self.ocr_worker_pool_min, mins, 1))
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:

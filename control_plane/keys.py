@@ -195,6 +195,14 @@ class Keys:
         """zset: host -> Redis-time ms its budget registration lapses."""
         return self._k("server:hosts:leases")
 
+    # issue 15: measured slot costs (OCR_CAPACITY_COSTS=learned)
+    @property
+    def slot_costs_learned(self) -> str:
+        """hash: "host|type" -> JSON {cpu, ram, samples, updated_ms}: the vCPU and GB one busy
+        slot of that type costs on that host, learned from the CPU time and RSS its worker
+        processes measure (smoothed, never below a floor; lua/slot_costs_observe.lua)."""
+        return self._k("server:costs:learned")
+
     @property
     def external_usage(self) -> str:
         """hash: external holder id (e.g. registre-1) -> JSON {cpu, ram, kind, host}."""

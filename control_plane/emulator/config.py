@@ -37,6 +37,8 @@ class EmulatorConfig:
     latency_ms: float = 0.0  # mean of a normal distribution, truncated at 0
     latency_jitter_ms: float = 0.0  # its standard deviation
     latency_per_page_ms: float = 0.0  # added per PDF page
+    # issue 15: heavy tail: the latency is multiplied by a Pareto(alpha) draw (>= 1); 0 = off
+    latency_tail_alpha: float = 0.0
     fault_rates: dict[str, float] = field(default_factory=dict)
     script: list[str] = field(default_factory=list)  # faults for the next requests, in order
     per_day_quota: bool = False  # every call: 429 with a PerDay quotaId
@@ -75,6 +77,7 @@ class EmulatorConfig:
             "latency_ms",
             "latency_jitter_ms",
             "latency_per_page_ms",
+            "latency_tail_alpha",
             "storm_retry_delay_s",
             "timeout_sleep_s",
         ):

@@ -374,7 +374,9 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         cfg = state.config
         with state.lock:
             jitter = state.rng.gauss(0.0, cfg.latency_jitter_ms) if cfg.latency_jitter_ms else 0.0
-        delay_ms = max(0.0, cfg.latency_ms + jitter) + cfg.latency_per_page_ms * pages
+            alpha = cfg.latency_tail_alpha
+            tail = state.rng.paretovariate(alpha) if alpha else 1.0
+        delay_ms = (max(0.0, cfg.latency_ms + jitter) + cfg.latency_per_page_ms * pages) * tail
         if delay_ms > 0:
             state.shutdown.wait(delay_ms / 1000)
 

@@ -64,7 +64,11 @@ def seed_banner_lines(
         "",
         # The seed's gear has a variation selector and two spaces after it.
         ("⚙️  Configuration:" if emoji else "Configuration:"),
-        f"   Pool size: {s.ocr_worker_pool_size} workers",
+        (
+            f"   Pool size: auto ({s.pool_minimum}..{s.ocr_worker_pool_max} workers)"
+            if s.autopilot  # issue 15
+            else f"   Pool size: {s.ocr_worker_pool_size} workers"
+        ),
         f"   Min index workers: {s.ocr_min_index_workers}",
         f"   Min acte workers: {s.ocr_min_acte_workers}",
         f"   Rebalance interval: {s.ocr_rebalance_interval_ms}ms",

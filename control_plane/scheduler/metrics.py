@@ -114,6 +114,28 @@ class SchedulerMetrics:
             ["breaker"],
             registry=r,
         )
+        # issue 15: the autopilot's chosen size, its API target and the binding constraint
+        self.autopilot_size = Gauge(
+            "ocr_autopilot_pool_size", "Pool size chosen by the autopilot", registry=r
+        )
+        self.autopilot_target = Gauge(
+            "ocr_autopilot_api_target", "API usage the autopilot aims at (0-1)", registry=r
+        )
+        self.autopilot_api_usage = Gauge(
+            "ocr_autopilot_api_usage", "API usage the autopilot measured (0-1)", registry=r
+        )
+        self.autopilot_constraint = Gauge(
+            "ocr_autopilot_constraint",
+            "1 for the constraint binding the autopilot's size, 0 for the others",
+            ["constraint"],
+            registry=r,
+        )
+        self.slot_cost_learned = Gauge(
+            "ocr_slot_cost_learned",
+            "Learned cost of one busy slot (OCR_CAPACITY_COSTS=learned), per host and type",
+            ["host", "type", "resource"],
+            registry=r,
+        )
         self._server: Any = None
 
     def serve(self, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from other hosts
@@ -137,6 +159,16 @@ class SchedulerMetrics:
     def allocation(self, allocation: dict[str, int]) -> None:
         for t in DOCUMENT_TYPES:
             self.allocation_slots.labels(type=t).set(allocation.get(t, 0))
+
+    def autopilot(self, decision: Any, api_target: float) -> None:
+        """issue 15: size, target and binding constraint of the last decision."""
+        self.autopilot_size.set(decision.size)
+        self.autopilot_target.set(api_target)
+        self.autopilot_api_usage.set(decision.api_usage)
+        kind = decision.constraint.split(":", 1)[0]
+        names = ("start", "429", "api", "cpu", "ram", "threads", "demand", "growth", "max")
+        for name in (*names, "settling"):
+            self.autopilot_constraint.labels(constraint=name).set(1 if name == kind else 0)
 
     def fed(self, document_type: str, count: int) -> None:
         self.documents_fed.labels(type=document_type).inc(count)
@@ -174,6 +206,10 @@ class SchedulerMetrics:
             self.documents.labels(environment=env, type=t, outcome=outcome).set(count)
         for name, state in (snap.circuit_breakers or {}).items():
             self.breaker_state.labels(breaker=name).set(breaker_level(state))
+        for host, entry in (snap.hosts or {}).items():  # issue 15: learned slot costs
+            for t, (cpu, ram) in (entry.get("learned") or {}).items():
+                self.slot_cost_learned.labels(host=host, type=t, resource="cpu").set(cpu)
+                self.slot_cost_learned.labels(host=host, type=t, resource="ram").set(ram)
         self.snapshot_time.set(snap.taken_at.timestamp())
 
     def leadership(self, owner: str, leading: bool, epoch: int | None) -> None:

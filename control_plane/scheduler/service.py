@@ -18,6 +18,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from control_plane.allocation import compute_allocation, explain_allocation
+from control_plane.autopilot_runtime import Autopilot
 from control_plane.breakers import Breakers
 from control_plane.capacity import Capacity, fit_allocation, live_hosts, pool_budget
 from control_plane.config import DOCUMENT_TYPES, Settings
@@ -41,6 +42,7 @@ from control_plane.scheduler.leader import LeaderLock, instance_id
 from control_plane.scheduler.metrics import SchedulerMetrics
 from control_plane.scheduler.screens import wants_emoji
 from control_plane.scheduler.status import StatusSnapshot, now_utc, render_status
+from control_plane.slot_costs import fleet_costs, learned_costs
 from control_plane.workers import WorkerRegistry
 
 # Allocation versions: epoch * VERSION_STRIDE + sequence (below 2**53 with epochs in the
@@ -123,6 +125,12 @@ class Scheduler:
         self._feed_paused = False
         self._out = out
         self._backoff = JobBackoff()
+        # issue 15: OCR_WORKER_POOL_SIZE=auto sizes the pool at each rebalance
+        self.autopilot = (
+            Autopilot(settings, client, keys, self.pool, self.limiter, self.registry)
+            if settings.autopilot
+            else None
+        )
 
     # --- leadership ---
 
@@ -233,6 +241,9 @@ class Scheduler:
         self._backoff.succeeded("rebalance")
         self._succeeded("rebalance", started)
         queued = {t: counts[t].ready if t in counts else 0 for t in DOCUMENT_TYPES}
+        if self.autopilot is not None:  # issue 15
+            decision = self.autopilot.step(queued)
+            self.metrics.autopilot(decision, self.settings.ocr_autopilot_api_target)
         return self.apply_queue(queued, force=force)
 
     def fleet_budget(self) -> tuple[float, float, str]:
@@ -244,6 +255,21 @@ class Scheduler:
         names = ", ".join(h.host for h in hosts)
         return cpu, ram, (f"{len(hosts)} host(s): {names}" if hosts else "")
 
+    def slot_costs(self) -> dict[str, tuple[float, float]]:
+        """Declared costs, or (OCR_CAPACITY_COSTS=learned) the dearest live host's (issue 15)."""
+        s = self.settings
+        if s.ocr_capacity_costs != "learned":
+            return s.slot_costs
+        hosts = [h.host for h in live_hosts(self.client, self.keys)]
+        return fleet_costs(learned_costs(self.client, self.keys), hosts, s.slot_costs)
+
+    @property
+    def pool_size(self) -> int:
+        """The pool size to plan with: the fixed setting, or the autopilot's choice."""
+        if self.autopilot is not None:
+            return self.autopilot.size
+        return self.settings.ocr_worker_pool_size
+
     def apply_queue(self, queued: dict[str, int], *, force: bool = False) -> dict[str, int]:
         """Publish the allocation for these ready counts; log when it changes."""
         s = self.settings
@@ -251,12 +277,16 @@ class Scheduler:
             read_weights(self.client, self.keys) if s.ocr_allocation_weighting == "time" else None
         )
         options = allocation_options(s, weights, self._planned)
-        planned = compute_allocation(queued, s.ocr_worker_pool_size, s.minimums, **options)
+        size = self.pool_size
+        planned = compute_allocation(queued, size, s.minimums, **options)
         cpu_budget, ram_budget, hosts = self.fleet_budget()  # issue 10: every live host's budget
         fitted, capacity_bound = fit_allocation(
-            planned, s.slot_costs, cpu_budget, ram_budget, s.minimums
+            planned, self.slot_costs(), cpu_budget, ram_budget, s.minimums
         )
-        reason = explain_allocation(queued, s.ocr_worker_pool_size, s.minimums, planned, **options)
+        reason = explain_allocation(queued, size, s.minimums, planned, **options)
+        extra: dict[str, Any] = {}
+        if self.autopilot is not None:  # issue 15: the chosen size and why
+            extra["autopilot"] = self.autopilot.published_fields()
         if capacity_bound:
             reason += (
                 f"; capacity-bound (CPU {cpu_budget:g}, RAM {ram_budget:g} GB"
@@ -276,6 +306,7 @@ class Scheduler:
             queue=queued,
             planned=planned,
             capacity_bound=capacity_bound,
+            **extra,
         )
         if not published and not self.leader.acting():
             log_event(
@@ -329,6 +360,8 @@ class Scheduler:
         started = time.monotonic()
         self._reclaim_lent()
         free = self.pool.free_slots()
+        if self.autopilot is not None:  # issue 15: busy slots sampled over the window
+            self.autopilot.note_busy(sum(self.pool.busy_slots().values()))
         ahead = lookahead_for(self._allocation, self.settings.ocr_feed_lookahead)
         wants = feed_wants(free, self.enqueued.counts(), ahead)
         claimed: dict[str, int] = {t: 0 for t in DOCUMENT_TYPES}
@@ -548,7 +581,7 @@ class Scheduler:
         cpu, ram = self.capacity.usage()
         snap = StatusSnapshot(
             taken_at=now_utc(),
-            pool_size=s.ocr_worker_pool_size,
+            pool_size=self.pool_size,
             allocation=self.pool.read_allocation(),
             assignments=self.pool.assignments(),
             busy=self.pool.busy_slots(),
@@ -602,7 +635,15 @@ class Scheduler:
             }
             for h in live_hosts(self.client, self.keys)
         } or None
+        if snap.hosts and s.ocr_capacity_costs == "learned":  # issue 15: measured costs
+            learned = learned_costs(self.client, self.keys)
+            for host, entry in snap.hosts.items():
+                entry["learned"] = {
+                    t: learned[(host, t)] for t in DOCUMENT_TYPES if (host, t) in learned
+                }
         # issue 11: open circuit breakers (Gemini model, configuration, document hosts)
+        if self.autopilot is not None:  # issue 15
+            snap.autopilot = self.autopilot.status()
         snap.circuit_breakers = {
             name: {"state": "open", "why": " ".join(why.split())[:120]}
             for name, why in Breakers(self.client, self.keys).open_breakers().items()

@@ -199,17 +199,30 @@ def our_status_lines(s: StatusSnapshot, emoji: bool) -> list[str]:
                 f"   {host}: CPU {amount(float(h.get('cpu_used', 0)))} / "
                 f"{amount(float(h.get('cpu_budget', 0)))} vCPUs, RAM "
                 f"{amount(float(h.get('ram_used', 0)))} / "
-                f"{amount(float(h.get('ram_budget', 0)))} GB"
+                f"{amount(float(h.get('ram_budget', 0)))} GB" + _learned(h.get("learned"))
             )
     if s.autopilot:
-        lines += ["", mark("🧭", "Autopilot:", emoji)]
-        for key in sorted(s.autopilot):
+        # issue 15: "Autopilot: pool 12, limited by API usage 78% (target 80%)"
+        head = f"Autopilot: {s.autopilot['line']}" if "line" in s.autopilot else "Autopilot:"
+        lines += ["", mark("🧭", head, emoji)]
+        for key in sorted(k for k in s.autopilot if k != "line"):
             lines.append(f"   {key}: {s.autopilot[key]}")
     warning = warn_thin_pool(s.pool_size, s.registered_threads)
     if warning:
         lines += ["", mark("⚠️", warning, emoji)]
     lines.append("")
     return lines
+
+
+def _learned(costs: Any) -> str:
+    """issue 15: ", learned index 0.3 vCPU / 0.2 GB, acte ..." (nothing when not learned)."""
+    if not costs:
+        return ""
+    parts = [
+        f"{t} {amount(float(costs[t][0]))} vCPU / {amount(float(costs[t][1]))} GB"
+        for t in sorted(costs)
+    ]
+    return ", learned " + ", ".join(parts)
 
 
 def _state(value: Any) -> str:

@@ -1,0 +1,198 @@
+"""Autopilot (issue 15): the scheduler's thin shell around `decide_pool_size`.
+
+At each rebalance the leader measures (busy slots, ready documents, the limiter's
+window usage, 429s since the last decision, the cooldown, each live host's
+allocated CPU/RAM against its registered budget, worker threads registered),
+decides the pool size and keeps it for the allocation it publishes. The size
+travels in `worker_pool:allocation` (field `autopilot`), so a new leader goes on
+from it instead of starting small again. Each change is logged once
+(`autopilot.changed`) with its reason.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from control_plane.autopilot import Decision, Limits, Measurements, decide_pool_size
+from control_plane.capacity import live_hosts
+from control_plane.logs import log_event
+
+if TYPE_CHECKING:
+    import redis
+
+    from control_plane.config import Settings
+    from control_plane.keys import Keys
+    from control_plane.pool import WorkerPool
+    from control_plane.rate_limiter import GeminiRateLimiter
+    from control_plane.workers import WorkerRegistry
+
+
+def limits_from(settings: Settings) -> Limits:
+    return Limits(
+        minimum=settings.pool_minimum,
+        maximum=settings.ocr_worker_pool_max,
+        api_target=settings.ocr_autopilot_api_target,
+    )
+
+
+def host_loads(
+    budgets: Mapping[str, tuple[float, float]], usage: Mapping[str, tuple[float, float]]
+) -> dict[str, tuple[float, float]]:
+    """Pure: host -> (CPU, RAM) fractions of its budget (a zero budget counts as full)."""
+    out = {}
+    for host, (cpu_budget, ram_budget) in budgets.items():
+        cpu, ram = usage.get(host, (0.0, 0.0))
+        out[host] = (
+            cpu / cpu_budget if cpu_budget > 0 else (1.0 if cpu > 0 else 0.0),
+            ram / ram_budget if ram_budget > 0 else (1.0 if ram > 0 else 0.0),
+        )
+    return out
+
+
+def window_scale(measured_s: float, window_s: float) -> float:
+    """Pure: how much to scale a window's counts when only `measured_s` of it was seen
+    (at most 10x, for the first instants; 1 once a whole window was seen)."""
+    if window_s <= 0 or measured_s >= window_s:
+        return 1.0
+    return min(10.0, window_s / max(measured_s, window_s / 10))
+
+
+class Autopilot:
+    """Keeps the chosen size between rebalances (leader side)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: redis.Redis,
+        keys: Keys,
+        pool: WorkerPool,
+        limiter: GeminiRateLimiter,
+        registry: WorkerRegistry,
+    ) -> None:
+        self.limits = limits_from(settings)
+        self._client = client
+        self._keys = keys
+        self._pool = pool
+        self._limiter = limiter
+        self._registry = registry
+        self.decision: Decision | None = None
+        self._seen_429s: int | None = None
+        # busy-slot samples (monotonic s, count) over the limiter's window: API usage spans
+        # the window, so the slots that made it are the window's average, not this instant's
+        self._window_s = settings.gemini_rate_window_ms / 1000
+        self._busy: deque[tuple[float, int, int]] = deque()  # (t, busy, size)
+        self._since: float | None = None  # when this leader started measuring
+        self._shrunk_at: float | None = None  # when the last decision shrank the pool
+
+    @property
+    def size(self) -> int:
+        """The size to plan with: ours, else the published one, else the start size."""
+        if self.decision is not None:
+            return self.decision.size
+        published = self.previous_size()
+        start = published if published is not None else self.limits.start
+        return max(self.limits.minimum, min(self.limits.maximum, start))
+
+    def note_busy(self, busy: int, now: float | None = None) -> tuple[float, float]:
+        """Record a busy-slot count (the feed does, every pass) with the size in force;
+        returns the window's averages (busy, size)."""
+        now = time.monotonic() if now is None else now
+        size = self.decision.size if self.decision is not None else busy
+        self._busy.append((now, busy, size))
+        while self._busy and self._busy[0][0] < now - self._window_s:
+            self._busy.popleft()
+        n = len(self._busy)
+        return sum(b for _, b, _ in self._busy) / n, sum(s for _, _, s in self._busy) / n
+
+    def measure(self, queued: Mapping[str, int]) -> Measurements:
+        busy_now = sum(self._pool.busy_slots().values())
+        busy, _ = self.note_busy(busy_now)
+        rpm, tpm = self._limiter.usage()
+        # Less than a window measured yet (a fresh start): the window's counts cover only
+        # that much time, so they are scaled up to a whole window (never down).
+        now = time.monotonic()
+        if self._since is None:
+            self._since = now
+        scale = window_scale(now - self._since, self._window_s)
+        rpm, tpm = round(rpm * scale), round(tpm * scale)
+        stats = self._limiter.stats()
+        total_429s = int(stats.get("responses_429", 0))
+        new_429s = 0 if self._seen_429s is None else max(0, total_429s - self._seen_429s)
+        self._seen_429s = total_429s
+        hosts = live_hosts(self._client, self._keys)
+        usage = self._pool.usage_by_host()
+        loads = host_loads({h.host: (h.cpu, h.ram) for h in hosts}, usage)
+        return Measurements(
+            busy=busy,
+            busy_now=busy_now,
+            ready=sum(max(0, int(n)) for n in queued.values()),
+            rpm_used=rpm,
+            tpm_used=tpm,
+            rpm_limit=self._limiter.rpm_limit,
+            tpm_limit=self._limiter.tpm_limit,
+            new_429s=new_429s,
+            cooldown_ms=self._limiter.cooldown_remaining_ms(),
+            host_load=loads,
+            registered_threads=len(self._registry.all()),
+            settling=self._shrunk_at is not None and now - self._shrunk_at < self._window_s,
+        )
+
+    def previous_size(self) -> int | None:
+        """Ours, or the one the last leader published (a takeover goes on from it)."""
+        if self.decision is not None:
+            return self.decision.size
+        published = self._pool.read_allocation() or {}
+        auto = published.get("autopilot")
+        if isinstance(auto, dict) and isinstance(auto.get("size"), int):
+            return int(auto["size"])
+        return None
+
+    def step(self, queued: Mapping[str, int]) -> Decision:
+        """Measure, decide, log a change once; returns the decision."""
+        before = self.previous_size()
+        decision = decide_pool_size(before, self.measure(queued), self.limits)
+        if before is not None and decision.size < before:
+            self._shrunk_at = time.monotonic()
+        if decision.size != before:
+            log_event(
+                "autopilot.changed",
+                f"pool {before if before is not None else '-'} -> {decision.size}: "
+                f"{decision.detail}",
+                previous=before,
+                size=decision.size,
+                constraint=decision.constraint,
+                api_usage=round(decision.api_usage, 4),
+            )
+        self.decision = decision
+        return decision
+
+    def published_fields(self) -> dict[str, Any]:
+        d = self.decision
+        return {
+            "size": self.size,
+            "constraint": d.constraint if d else "start",
+            "detail": d.detail if d else "start",
+            "min": self.limits.minimum,
+            "max": self.limits.maximum,
+            "api_target": self.limits.api_target,
+        }
+
+    def status(self) -> dict[str, Any]:
+        """For StatusSnapshot.autopilot: the status line and the figures behind it."""
+        d = self.decision
+        if d is not None:
+            line = d.line
+        else:  # not the leader (`scheduler.py status`, a standby): the published decision
+            published = (self._pool.read_allocation() or {}).get("autopilot")
+            if isinstance(published, dict) and "size" in published:
+                line = f"pool {published['size']}, limited by {published.get('detail', '?')}"
+            else:
+                line = f"pool {self.size}, not decided yet"
+        return {
+            "line": line,
+            "range": f"{self.limits.minimum}..{self.limits.maximum}",
+            "api target": f"{round(100 * self.limits.api_target)}%",
+        }
