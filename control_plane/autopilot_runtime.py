@@ -34,7 +34,7 @@ def limits_from(settings: Settings) -> Limits:
     return Limits(
         minimum=settings.pool_minimum,
         maximum=settings.ocr_worker_pool_max,
-        api_target=settings.ocr_autopilot_api_target,
+        api_target=settings.autopilot_api_fraction,
     )
 
 

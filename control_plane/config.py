@@ -172,11 +172,17 @@ class Settings(BaseSettings):
     # rebalance (ocr_worker_pool_size then holds the maximum); a fixed size ignores them.
     ocr_worker_pool_max: int = Field(32, ge=2, le=10_000)
     ocr_worker_pool_min: int = Field(2, ge=1, le=10_000)
-    # API usage (requests and tokens of the window vs the limits) the autopilot aims at.
-    ocr_autopilot_api_target: float = Field(0.8, gt=0, le=1)
+    # API usage (requests and tokens of the window vs the limits) the autopilot aims at, in
+    # percent (DESIGN.md: the seed's 80% rule).
+    ocr_autopilot_api_target: float = Field(80, gt=0, le=100)
     # declared: OCR_INDEX_CPU ... as configured; learned: measured per host and type.
     ocr_capacity_costs: Literal["declared", "learned"] = "declared"
     _autopilot: bool = PrivateAttr(default=False)
+
+    @property
+    def autopilot_api_fraction(self) -> float:
+        """OCR_AUTOPILOT_API_TARGET as a fraction of the limits (80 -> 0.8)."""
+        return self.ocr_autopilot_api_target / 100
 
     @model_validator(mode="wrap")
     @classmethod

@@ -243,7 +243,7 @@ class Scheduler:
         queued = {t: counts[t].ready if t in counts else 0 for t in DOCUMENT_TYPES}
         if self.autopilot is not None:  # issue 15
             decision = self.autopilot.step(queued)
-            self.metrics.autopilot(decision, self.settings.ocr_autopilot_api_target)
+            self.metrics.autopilot(decision, self.settings.autopilot_api_fraction)
         return self.apply_queue(queued, force=force)
 
     def fleet_budget(self) -> tuple[float, float, str]:

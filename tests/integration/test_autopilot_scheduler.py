@@ -157,7 +157,7 @@ def test_auto_shrinks_when_api_usage_is_over_target(
         ocr_worker_pool_size="auto",
         ocr_worker_pool_max=20,
         gemini_rpm_limit=100,
-        ocr_autopilot_api_target=0.3,
+        ocr_autopilot_api_target=30,
     )
     held = fill(sched, "a")
     sched.rebalance()

@@ -53,7 +53,7 @@ def test_fixed_size_is_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
             "is above OCR_WORKER_POOL_MAX=8",
         ),
         ({"OCR_WORKER_POOL_MAX": "1"}, "OCR_WORKER_POOL"),
-        ({"OCR_AUTOPILOT_API_TARGET": "1.5"}, "OCR_AUTOPILOT_API_TARGET"),
+        ({"OCR_AUTOPILOT_API_TARGET": "150"}, "OCR_AUTOPILOT_API_TARGET"),
         ({"OCR_CAPACITY_COSTS": "guessed"}, "OCR_CAPACITY_COSTS"),
     ],
 )
