@@ -41,7 +41,10 @@ class EnvironmentHealth:
     """Per environment: failures, back-off, and when it answered again after failing."""
 
     base_s: float = 1.0
-    cap_s: float = 60.0
+    cap_s: float = 60.0  # a broken environment (not migrated, key refused): retried inline
+    # An unreachable one is probed off the callers' threads (one short connect), so it can
+    # be probed often: recovery after an outage then costs seconds, not a long back-off.
+    unreachable_cap_s: float = 5.0
     _failed_at: dict[str, float] = field(default_factory=dict)
     _recovered_at: dict[str, float] = field(default_factory=dict)
     _down_since: dict[str, float] = field(default_factory=dict)  # first failure of the streak
@@ -58,7 +61,8 @@ class EnvironmentHealth:
         self._failed_at[env] = now
         failures = self._failures.get(env, 0) + 1
         self._failures[env] = failures
-        delay = min(self.cap_s, self.base_s * 2.0 ** min(failures - 1, 16))
+        cap = self.cap_s if permanent else min(self.cap_s, self.unreachable_cap_s)
+        delay = min(cap, self.base_s * 2.0 ** min(failures - 1, 16))
         self._retry_at[env] = now + delay
         self._error[env] = (BROKEN if permanent else UNREACHABLE, error)
         self._probed.discard(env)

@@ -55,13 +55,28 @@ def test_environments_are_independent() -> None:
 
 
 @pytest.mark.parametrize(
-    ("failures", "backoff"), [(1, 1.0), (2, 2.0), (3, 4.0), (6, 32.0), (7, 60.0), (30, 60.0)]
+    ("failures", "permanent", "backoff"),
+    [
+        (1, True, 1.0),
+        (2, True, 2.0),
+        (3, True, 4.0),
+        (6, True, 32.0),
+        (7, True, 60.0),
+        (30, True, 60.0),
+        # unreachable: probed off-thread, so capped low (recovery within seconds)
+        (1, False, 1.0),
+        (3, False, 4.0),
+        (4, False, 5.0),
+        (30, False, 5.0),
+    ],
 )
 def test_backoff_doubles_per_consecutive_failure_up_to_the_cap(
-    failures: int, backoff: float
+    failures: int, permanent: bool, backoff: float
 ) -> None:
-    health = EnvironmentHealth(base_s=1.0, cap_s=60.0)
-    delays = [health.failed("dev", now=100.0, error="x") for _ in range(failures)]
+    health = EnvironmentHealth(base_s=1.0, cap_s=60.0, unreachable_cap_s=5.0)
+    delays = [
+        health.failed("dev", now=100.0, error="x", permanent=permanent) for _ in range(failures)
+    ]
     assert delays[-1] == backoff
     assert not health.due("dev", now=100.0 + backoff - 0.01)
     assert health.due("dev", now=100.0 + backoff)
