@@ -56,8 +56,6 @@ class StatusSnapshot:
     circuit_breakers: dict[str, Any] | None = None
     # host -> {"cpu_used", "cpu_budget", "ram_used", "ram_budget", ...}
     hosts: dict[str, dict[str, Any]] | None = None
-    # environment -> state ("ok", "paused", "unreachable", ...)
-    environment_state: dict[str, Any] | None = None
     # free-form key -> value from the autopilot
     autopilot: dict[str, Any] | None = None
     # issue 12: one line per environment, "dev ok" / "prod BROKEN (why; retry in Ns)"
@@ -154,10 +152,7 @@ def our_status_lines(s: StatusSnapshot, emoji: bool) -> list[str]:
                 f"{by_type.get(t, {}).get('in_flight', 0):,}"
                 for t in DOCUMENT_TYPES
             )
-            state = ""
-            if s.environment_state and env in s.environment_state:
-                state = f" [{_state(s.environment_state[env])}]"
-            lines.append(f"     - {env}: {parts}{state}")
+            lines.append(f"     - {env}: {parts}")
     done = ", ".join(
         f"{t} {s.documents.get(f'completed:{t}', 0):,} done / "
         f"{s.documents.get(f'failed:{t}', 0):,} failed"

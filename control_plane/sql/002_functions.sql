@@ -316,39 +316,6 @@ LANGUAGE sql STABLE AS $$
     FROM (VALUES ('index'), ('acte')) AS s(source);
 $$;
 
--- On Supabase only the service role may call these; plain Postgres has no such role
--- and keeps the default (owner and PUBLIC). Table privileges are not touched here: they
--- are set when 001_schema.sql creates the tables, and left to the owner otherwise.
-DO $$
-DECLARE
-    fn text;
-BEGIN
-    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'service_role') THEN
-        FOREACH fn IN ARRAY ARRAY[
-            'ocr_fence_check(bigint)',
-            'ocr_leader_fence(bigint, text)',
-            'ocr_claim(text, integer, text, integer, bigint)',
-            'ocr_start(bigint, uuid, text, integer, integer)',
-            'ocr_renew(bigint, uuid, integer)',
-            'ocr_complete(bigint, uuid, text, integer, integer)',
-            'ocr_fail(bigint, uuid, text, boolean, integer, integer)',
-            'ocr_release(bigint, uuid, integer)',
-            'ocr_reap(integer, integer, bigint)',
-            'ocr_counts()'
-        ] LOOP
-            EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
-            IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'anon') THEN
-                EXECUTE format('REVOKE ALL ON FUNCTION %s FROM anon', fn);
-            END IF;
-            IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN
-                EXECUTE format('REVOKE ALL ON FUNCTION %s FROM authenticated', fn);
-            END IF;
-            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO service_role', fn);
-        END LOOP;
-    END IF;
-END
-$$;
-
 -- ---------------------------------------------------------------------------
 -- Issue 14: `python scheduler.py errors` and `requeue` (table in 014_error_history.sql;
 -- plpgsql so this file can be applied before it on a fresh database).
@@ -485,29 +452,6 @@ BEGIN
 END
 $$;
 
-DO $$
-DECLARE
-    fn text;
-BEGIN
-    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'service_role') THEN
-        FOREACH fn IN ARRAY ARRAY[
-            'ocr_errors(text, integer)',
-            'ocr_requeue(text, text, bigint[], boolean, text)',
-            'ocr_doctor()'
-        ] LOOP
-            EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
-            IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'anon') THEN
-                EXECUTE format('REVOKE ALL ON FUNCTION %s FROM anon', fn);
-            END IF;
-            IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN
-                EXECUTE format('REVOKE ALL ON FUNCTION %s FROM authenticated', fn);
-            END IF;
-            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO service_role', fn);
-        END LOOP;
-    END IF;
-END
-$$;
-
 -- A lock another writer of the shared table holds (its own ALTER TABLE during a deploy,
 -- a LOCK TABLE, a long transaction on a row) must not hold the pool: without a limit a
 -- claim, count or reap waited there for the whole statement timeout, and the feed served
@@ -528,9 +472,25 @@ BEGIN
         'ocr_fail(bigint, uuid, text, boolean, integer, integer)',
         'ocr_release(bigint, uuid, integer)',
         'ocr_reap(integer, integer, bigint)',
-        'ocr_counts()'
+        'ocr_counts()',
+        'ocr_errors(text, integer)',
+        'ocr_requeue(text, text, bigint[], boolean, text)',
+        'ocr_doctor()'
     ] LOOP
         EXECUTE format('ALTER FUNCTION %s SET lock_timeout = %L', fn, '2s');
+        -- On Supabase only the service role may call these; plain Postgres has no such
+        -- role and keeps the default (owner and PUBLIC). Table privileges are not touched
+        -- here: 001_schema.sql sets them on the tables it creates, the owner otherwise.
+        IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'service_role') THEN
+            EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
+            IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'anon') THEN
+                EXECUTE format('REVOKE ALL ON FUNCTION %s FROM anon', fn);
+            END IF;
+            IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN
+                EXECUTE format('REVOKE ALL ON FUNCTION %s FROM authenticated', fn);
+            END IF;
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO service_role', fn);
+        END IF;
     END LOOP;
 END
 $$;
