@@ -257,7 +257,7 @@ def run_scale_job(job: ScaleJob) -> ScaleOutcome:
     """One OS process: one limiter shared by `threads` workers until `end_at`."""
     import threading
 
-    from control_plane.errors import AcquireTimeoutError
+    from control_plane.rate_limiter import AcquireCancelledError
 
     client = redis_client(job.url)
     limiter = GeminiRateLimiter(
@@ -287,12 +287,12 @@ def run_scale_job(job: ScaleJob) -> ScaleOutcome:
     def worker(index: int) -> None:
         rng = random.Random(job.seed * 1000 + index)
         time.sleep(rng.random() * job.ramp_s)  # workers joining over the ramp, as a pool starts
-        while (remaining := job.end_at - time.time()) > 0:
+        while not stop.is_set():
             tokens = rng.choice(SCALE_TOKENS)
             before = time.perf_counter()
             try:
-                grant = limiter.acquire(tokens, timeout=remaining)
-            except AcquireTimeoutError:
+                grant = limiter.acquire(tokens, stop_event=stop)
+            except AcquireCancelledError:
                 break
             waited = (time.perf_counter() - before) * 1e6
             with lock:
@@ -301,7 +301,12 @@ def run_scale_job(job: ScaleJob) -> ScaleOutcome:
                 out.wait_us.append(waited)
             time.sleep(job.call_s)  # the Gemini call
 
+    # The run ends as a pool stops (a stop event cancels the waits), not on a timeout: 100
+    # timeouts expiring at one instant would each make a last attempt together, a stampede
+    # only a benchmark produces.
+    stop = threading.Event()
     time.sleep(max(0.0, job.start_at - time.time()))
+    threading.Timer(max(0.0, job.end_at - time.time()), stop.set).start()
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(job.threads)]
     for thread in threads:
         thread.start()
