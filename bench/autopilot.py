@@ -127,7 +127,13 @@ def window_usage(times: list[float], limit: int, start: float, end: float) -> tu
 
 
 def run_one(
-    dbs: Databases, scenario: Scenario, pool: str, index: int, acte: int, workdir: Path
+    dbs: Databases,
+    scenario: Scenario,
+    pool: str,
+    index: int,
+    acte: int,
+    workdir: Path,
+    log_level: str = "WARNING",
 ) -> Result:
     dsn = dbs.create()
     emu = start_emulator(
@@ -152,7 +158,7 @@ def run_one(
             "OCR_FEED_INTERVAL_MS": "200",
             "SERVER_MAX_CPU": "200",  # the declared costs must not bind here
             "SERVER_MAX_RAM": "400",
-            "OCR_LOG_LEVEL": "WARNING",
+            "OCR_LOG_LEVEL": log_level,
         }
     )
     client = harness.redis()
@@ -272,17 +278,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", default="normal,tight,shift")
     parser.add_argument("--index", type=int, default=300)
     parser.add_argument("--acte", type=int, default=100)
+    parser.add_argument(
+        "--logs", default=None, help="keep the scheduler and worker logs in this directory"
+    )
+    parser.add_argument("--log-level", default="WARNING", help="their OCR_LOG_LEVEL")
     args = parser.parse_args(argv)
     dbs = Databases(args.admin_dsn)
     results: list[Result] = []
     try:
-        with tempfile.TemporaryDirectory(prefix="bench-autopilot-") as tmp:
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-autopilot-") as tmp,
+        ):
+            workdir = Path(args.logs) if args.logs else Path(tmp)
+            workdir.mkdir(parents=True, exist_ok=True)
             for name in args.scenarios.split(","):
                 for pool in args.pools.split(","):
                     sc = SCENARIOS[name]
                     index = round(args.index * sc.docs_factor)
                     acte = round(args.acte * sc.docs_factor)
-                    r = run_one(dbs, sc, pool, index, acte, Path(tmp))
+                    r = run_one(dbs, sc, pool, index, acte, workdir, args.log_level)
                     results.append(r)
                     report([r])
     finally:

@@ -13,8 +13,11 @@ The rule, applied to one set of measurements (`Measurements`):
 - each measured load gives a cap, the size at which it would reach its target:
   a host's CPU and RAM are the costs of the slots busy on it now, so its cap is
   `busy now * target / load`; API usage counts the whole window, so its cap is
-  `window's average busy * target / usage` (the slots that made it, counted the
-  same way, idle instants and all); a load above its target shrinks the pool to
+  `slots * target / usage`, the slots that made it counted over the same window:
+  while documents wait, the window's average pool size (a slot idle between two
+  jobs while work waits is the pipeline's gap, feed and delivery, which a larger
+  pool has in the same proportion: projecting on busy slots alone under-grows by
+  that share), otherwise its average busy slots; a load above its target shrinks the pool to
   its cap at once (slots retire after their current job: nothing is
   interrupted); API usage under its target never shrinks it, and growth stops
   where it would reach 90% of the target (a dead band against per-window noise);
@@ -51,6 +54,7 @@ class Measurements:
 
     busy: float = 0  # slots held: the average over the limiter's window (see autopilot_runtime)
     busy_now: float | None = None  # slots held right now (host loads are instantaneous)
+    size_avg: float | None = None  # the pool size in force, averaged over the same window
     ready: int = 0  # documents waiting (all types)
     rpm_used: int = 0
     tpm_used: int = 0
@@ -130,7 +134,9 @@ def decide_pool_size(previous: int | None, m: Measurements, limits: Limits) -> D
         detail = f"{label} {_pct(load)} (target {_pct(target)})"
         # API usage spans the window: the window's busy slots made it; a host's load is
         # the cost of the slots busy on it now
-        held = busy if name == "api" else now
+        held = now
+        if name == "api":
+            held = busy if m.ready <= 0 or not m.size_avg else max(busy, m.size_avg)
         if held > 0:
             limit = floor(held * target / load)
             if name == "api" and load <= target:  # under target: grow within the dead band,

@@ -96,11 +96,15 @@ class Autopilot:
         start = published if published is not None else self.limits.start
         return max(self.limits.minimum, min(self.limits.maximum, start))
 
-    def note_busy(self, busy: int, now: float | None = None) -> tuple[float, float]:
-        """Record a busy-slot count (the feed does, every pass) with the size in force;
-        returns the window's averages (busy, size)."""
+    def note_busy(
+        self, busy: int, slots: int | None = None, now: float | None = None
+    ) -> tuple[float, float]:
+        """Record a busy-slot count (the feed does, every pass) with the slots in force (the
+        published allocation's total, which capacity may hold under the chosen size);
+        returns the window's averages (busy, slots)."""
         now = time.monotonic() if now is None else now
-        size = self.decision.size if self.decision is not None else busy
+        size = slots if slots is not None else (self.decision.size if self.decision else busy)
+        size = max(size, busy)
         self._busy.append((now, busy, size))
         while self._busy and self._busy[0][0] < now - self._window_s:
             self._busy.popleft()
@@ -109,7 +113,8 @@ class Autopilot:
 
     def measure(self, queued: Mapping[str, int]) -> Measurements:
         busy_now = sum(self._pool.busy_slots().values())
-        busy, _ = self.note_busy(busy_now)
+        slots = (self._pool.read_allocation() or {}).get("total")
+        busy, size_avg = self.note_busy(busy_now, slots if isinstance(slots, int) else None)
         rpm, tpm = self._limiter.usage()
         # Less than a window measured yet (a fresh start): the window's counts cover only
         # that much time, so they are scaled up to a whole window (never down).
@@ -128,6 +133,7 @@ class Autopilot:
         return Measurements(
             busy=busy,
             busy_now=busy_now,
+            size_avg=size_avg,
             ready=sum(max(0, int(n)) for n in queued.values()),
             rpm_used=rpm,
             tpm_used=tpm,
@@ -153,9 +159,23 @@ class Autopilot:
     def step(self, queued: Mapping[str, int]) -> Decision:
         """Measure, decide, log a change once; returns the decision."""
         before = self.previous_size()
-        decision = decide_pool_size(before, self.measure(queued), self.limits)
+        measured = self.measure(queued)
+        decision = decide_pool_size(before, measured, self.limits)
         if before is not None and decision.size < before:
             self._shrunk_at = time.monotonic()
+        log_event(
+            "autopilot.measured",
+            decision.detail,
+            level="DEBUG",
+            size=decision.size,
+            busy_avg=round(measured.busy, 2),
+            size_avg=round(measured.size_avg or 0, 2),
+            busy_now=measured.busy_now,
+            ready=measured.ready,
+            rpm_used=measured.rpm_used,
+            tpm_used=measured.tpm_used,
+            settling=measured.settling,
+        )
         if decision.size != before:
             log_event(
                 "autopilot.changed",
@@ -165,6 +185,9 @@ class Autopilot:
                 size=decision.size,
                 constraint=decision.constraint,
                 api_usage=round(decision.api_usage, 4),
+                busy_avg=round(measured.busy, 2),
+                busy_now=measured.busy_now,
+                ready=measured.ready,
             )
         self.decision = decision
         return decision

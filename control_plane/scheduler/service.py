@@ -361,7 +361,8 @@ class Scheduler:
         self._reclaim_lent()
         free = self.pool.free_slots()
         if self.autopilot is not None:  # issue 15: busy slots sampled over the window
-            self.autopilot.note_busy(sum(self.pool.busy_slots().values()))
+            slots = sum(self._allocation.values()) if self._allocation else None
+            self.autopilot.note_busy(sum(self.pool.busy_slots().values()), slots)
         ahead = lookahead_for(self._allocation, self.settings.ocr_feed_lookahead)
         wants = feed_wants(free, self.enqueued.counts(), ahead)
         claimed: dict[str, int] = {t: 0 for t in DOCUMENT_TYPES}

@@ -114,6 +114,32 @@ CASES = [
         8,
         "cpu:h",
     ),
+    # while documents wait, API usage is projected on the window's average pool size: a slot
+    # idle between two jobs is the pipeline's gap, which a larger pool has too
+    (
+        "work waits: projection on the pool size, not the busy slots",
+        9,
+        m(busy=6.6, size_avg=9, ready=100, rpm_used=50),
+        L,
+        12,
+        "api",
+    ),
+    (
+        "work waits: over target shrinks to the pool-size projection",
+        10,
+        m(busy=5, size_avg=10, ready=100, rpm_used=100),
+        L,
+        8,
+        "api",
+    ),
+    (
+        "nothing waits: over target shrinks on the busy slots",
+        10,
+        m(busy=5, size_avg=10, ready=0, rpm_used=100),
+        L,
+        4,
+        "api",
+    ),
     ("threads cap", 8, m(busy=8, ready=100, registered_threads=6), L, 6, "threads"),
     ("max binds", 30, m(busy=30, ready=100, rpm_used=1), L, 32, "max"),
     ("at max stays", 32, m(busy=32, ready=100, rpm_used=1), L, 32, "max"),
@@ -166,3 +192,20 @@ def test_converges_to_the_quota_without_overshoot() -> None:
         assert 3 * size <= 100 * 0.8 + 3  # never beyond target by more than one slot
     assert sizes[-1] == 24  # floor(0.9 * 80 / 3): growth stops in the dead band
     assert sizes == sorted(sizes)  # grew monotonically
+
+
+@pytest.mark.unit
+def test_converges_with_pipeline_gaps() -> None:
+    """Closed loop where a slot is busy 70% of the time while work waits (feed and delivery
+    gaps) and each busy slot uses 4 RPM of a 100 RPM quota: the pool grows to the dead band
+    of the target (2.8 RPM per slot: floor(72 / 2.8) = 25), not to the busy-slot projection's
+    floor(0.7 * 72 / 2.8) = 18."""
+    size = None
+    for _ in range(15):
+        s = size or 0
+        d = decide_pool_size(
+            size, m(busy=0.7 * s, size_avg=s, ready=1000, rpm_used=round(2.8 * s)), L
+        )
+        size = d.size
+        assert 2.8 * size <= 80 + 2.8  # never beyond the target by more than one slot
+    assert size == 25
