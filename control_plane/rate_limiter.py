@@ -3,10 +3,12 @@
 Every admission is one Lua call (`lua/limiter_acquire.lua`, with its helpers
 `lua/limiter_lib_*.lua`: the window, the state check, the queue, the retry hint) that checks
 both windows at once against an exact sliding log: a zset of "grant id:tokens" -> admission time
-in µs from Redis `TIME`. The window's running count and token sum are kept incrementally in the
-two contract keys themselves (`gemini:rpm:current`, `gemini:tpm:current`): a grant INCRs them,
-pruning DECRBYs them, so a `redis-cli GET` shows the usage as of the last limiter call at no extra
-write, and every call checks them against the log and rebuilds them if they were lost.
+in µs from Redis `TIME`. The window's request count is the log's size; its settled token sum is
+kept incrementally in the limiter's state string (`gemini:limiter:seq`, written with the log by
+the same scripts: a grant adds, pruning and settling adjust). The two contract keys
+(`gemini:rpm:current`, `gemini:tpm:current`) are mirrors for `redis-cli GET`, rewritten by any
+call that finds them different from the truth, never read as truth: an outside write or a lost
+key changes nothing.
 Requests in the last window + 1 must stay within RPM and tokens in the last window + the estimate
 within TPM. A denial carries the server's `retry_after_ms`: when enough of the log expires for
 this request to fit.
@@ -15,7 +17,8 @@ Bounded cost: every call is O(log n + log w) in Redis for a log of n grants and 
 small constants: pruning takes at most 256 expired grants per call (each grant leaves once), the
 queue is read only in its first `reserved_waiters` entries, and the token retry hint is one
 lookup in a second zset (`gemini:limiter:cum`) that indexes the same grants by running token
-total. Only damage (a lost live key) costs a one-off O(n) rebuild.
+total (the hint converts settled tokens to estimates at the window's ratio). Only damage (a lost
+state or index) costs a one-off O(n) rebuild.
 
 The acquire command is packed once per limiter (EVALSHA, sha, keys, settings) and sent on a
 pooled connection; any connection error, timeout or NOSCRIPT sends the same call again through
@@ -31,23 +34,29 @@ small newcomers from eating the headroom it waits for, and is admitted as soon a
 ahead of it expire. A reservation lapses `reserve_grace_ms` after the waiter's next expected
 retry, so a waiter that died blocks others only briefly; one that gives up withdraws it at once.
 
-Lost or rolled-back state: every grant increments `gemini:limiter:seq`, which only grows, and
-each limiter instance remembers the highest value it saw (and the Redis time it saw it). A call
-that finds a lower value (or none) while its memory is younger than half a day (half of
-`LIMITER_EPOCH_TTL_MS`, which the counter always outlives) knows grants are missing: Redis
-restarted without persistence or was flushed, an older RDB/AOF snapshot was restored, or a
-failover promoted a lagging replica. Those grants may still count at Gemini for up to one window,
+Lost or rolled-back state: every grant increments the counter in `gemini:limiter:seq`, which
+only grows, and records itself there as the newest grant; each limiter instance remembers the
+highest counter it saw (and the Redis time it saw it) and its own newest grant. A call knows
+grants are missing (Redis restarted without persistence or was flushed, the log was evicted, an
+older RDB/AOF snapshot was restored, or a failover promoted a lagging replica) when a grant that
+must still be in the window is not in the log (its caller's newest, or the newest the state
+records), or the counter is lower than its caller saw less than half a day ago (half of
+`LIMITER_EPOCH_TTL_MS`, which the counter always outlives), or it is missing with an empty log.
+The grant check catches a rollback even after other instances have granted the counter back up
+to (or past) what the caller saw. Those grants may still count at Gemini for up to one window,
 so that call sets a shared cooldown of one whole window (the only restart that cannot exceed the
-quota), for every `restart_fraction`, and puts the counter back to what it saw. What holds for a
-fresh process (no memory): it cannot tell restored state from live state, nor a loss from a first
-start. With no counter at all it opens a new one and admits `restart_fraction` (default half) of
-each limit for one window (1 = the whole limit; grants made before a loss may then still count:
-up to 1 + fraction of the quota in the worst case); with a restored older counter it carries on as
-if it were live, until any instance that saw newer state makes its next call (in a busy pool,
-within its next retry) and pauses everyone for a window. The counter lives at least half a day
-past the last call (a grant rewrites it for a day, a denial renews it when less than half is
-left), so an idle night is never taken for a loss; after more than half a day fully idle an
-instance acts as fresh.
+quota), for every `restart_fraction`, and the caller forgets its newest grant (one pause per
+loss). The counter lost alone (evicted, the log intact) is rebuilt without a pause. What holds
+for a fresh process (no memory): it cannot tell restored state from live state, nor a loss from
+a first start. With no state at all it opens a new one and admits `restart_fraction` (default
+half) of each limit for one window (1 = the whole limit; grants made before a loss may then still
+count: up to 1 + fraction of the quota in the worst case); with a restored older state it (and
+any instance whose grants all survived) carries on as if it were live, until any instance whose
+recent grant was lost makes its next call (in a busy pool, within its next retry: every busy
+instance reconnects at once after a restart or failover) and pauses everyone for a window.
+The counter lives at least half a day past the last call (a grant rewrites it for a day, a
+denial renews it when less than half is left), so an idle night is never taken for a loss;
+after more than half a day fully idle an instance acts as fresh.
 
 Key names are unchanged and not hash-tagged: the script must write the two contract keys, whose
 fixed names fall in different Redis Cluster slots, so no tag could put one call's keys in one
@@ -114,6 +123,7 @@ class Decision:
     window_tokens: int = 0
     seq: int = 0  # the shared grant counter after the call
     server_ms: int = 0  # Redis time of the call
+    state_lost: bool = False  # this call found the shared state lost or rolled back
 
     @property
     def grant(self) -> Grant | None:
@@ -124,10 +134,12 @@ class Decision:
 
 
 def parse_decision(raw: str | bytes, grant_id: str, tokens: int) -> Decision:
-    """The acquire script's reply ("granted retry reason at_us requests tokens [seq now_ms]")."""
+    """The acquire script's reply ("granted retry reason at_us requests tokens [seq now_ms
+    [lost]]")."""
     text = raw.decode() if isinstance(raw, bytes) else raw
     granted, retry, reason, at_us, requests, used, *rest = text.split()
     seq, server_ms = (int(rest[0]), int(rest[1])) if len(rest) >= 2 else (0, 0)
+    lost = len(rest) >= 3 and rest[2] == "1"
     return Decision(
         granted=granted == "1",
         retry_after_ms=int(retry),
@@ -139,6 +151,7 @@ def parse_decision(raw: str | bytes, grant_id: str, tokens: int) -> Decision:
         window_tokens=int(used),
         seq=seq,
         server_ms=server_ms,
+        state_lost=lost,
     )
 
 
@@ -147,9 +160,10 @@ def _bulk(value: str) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
-# ARGV[1..6] of an acquire call: member, register flag, waited ms, seen seq, seen Redis ms, and
-# whether the grant id may already be in the log (a resend after an unknown outcome).
-PER_CALL_ARGS = 6
+# ARGV[1..7] of an acquire call: member, register flag, waited ms, seen seq, seen Redis ms, this
+# limiter's newest grant ("id µs"), and whether the grant id may already be in the log (a resend
+# after an unknown outcome).
+PER_CALL_ARGS = 7
 
 
 def pack_acquire(sha: str, keys: list[str], config: list[str]) -> tuple[bytes, bytes]:
@@ -269,6 +283,9 @@ class GeminiRateLimiter:
         self._seen_lock = threading.Lock()
         self._seen_seq = 0
         self._seen_ms = 0
+        # This instance's newest grant (id, admission µs): while it should still be in the window,
+        # the script checks the log holds it (a rollback refilled by others keeps the counter).
+        self._mine: tuple[str, int] = ("-", 0)
         self._packed_head, self._packed_tail = pack_acquire(
             self._acquire_script.sha, self._acquire_keys, self._acquire_config
         )
@@ -374,7 +391,7 @@ class GeminiRateLimiter:
     def _attempt(self, tokens: int, grant_id: str, *, register: bool, waited_ms: int) -> Decision:
         member = f"{grant_id}:{tokens}"
         with self._seen_lock:
-            seen = (str(self._seen_seq), str(self._seen_ms))
+            seen = (str(self._seen_seq), str(self._seen_ms), f"{self._mine[0]} {self._mine[1]}")
         args = (member, "1" if register else "0", str(waited_ms), *seen)
         raw = None
         if self._packed_ok:
@@ -391,6 +408,10 @@ class GeminiRateLimiter:
         with self._seen_lock:
             if decision.seq >= self._seen_seq:
                 self._seen_seq, self._seen_ms = decision.seq, decision.server_ms
+            if decision.state_lost:
+                self._mine = ("-", 0)  # counted once: the shared pause covers it
+            elif decision.granted and decision.granted_at_us > self._mine[1]:
+                self._mine = (grant_id, decision.granted_at_us)
         return decision
 
     def _run_packed(self, packed: bytes) -> str | bytes | None:
@@ -443,7 +464,7 @@ class GeminiRateLimiter:
             raise ValueError("actual_tokens must be >= 0")
         self._scripts.run(
             "limiter_settle",
-            [self.keys.limiter_log, self.keys.tpm_current],
+            [self.keys.limiter_log, self.keys.tpm_current, self.keys.limiter_seq],
             [grant.grant_id, grant.tokens, grant.granted_at_us, actual_tokens, self.window_ms],
         )
 
@@ -467,6 +488,7 @@ class GeminiRateLimiter:
                 self.keys.rpm_current,
                 self.keys.tpm_current,
                 self.keys.cooldown_until,
+                self.keys.limiter_seq,
             ],
             [self.window_ms, WINDOW_TTL_MARGIN_MS],
         )

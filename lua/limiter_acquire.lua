@@ -9,16 +9,19 @@
 --          after a lost reply finds its grant and returns it (idempotent)
 -- ARGV[2]  register: 1 = keep a FIFO reservation when denied (acquire), 0 = one-shot (try_acquire)
 -- ARGV[3]  waited ms (counters)   ARGV[4] highest seq this limiter saw   ARGV[5] Redis ms of that
--- ARGV[6]  1 = this grant id may have been sent before with an unknown outcome: look it up
--- ARGV[7..15]  rpm tpm window_ms margin_ms restart_fraction grace_ms life_ms stats_ttl_ms reserved
--- Returns  "granted retry_ms reason granted_at_us requests tokens seq now_ms" (one string: cheaper
---          to read than an array); reason ok | rpm | tpm | reserved | cooldown; requests/tokens =
---          the window's usage after the call; seq = the grant counter; now_ms = Redis time.
+-- ARGV[6]  "grant id admission µs" of this limiter's newest grant ("- 0": none yet)
+-- ARGV[7]  1 = this grant id may have been sent before with an unknown outcome: look it up
+-- ARGV[8..16]  rpm tpm window_ms margin_ms restart_fraction grace_ms life_ms stats_ttl_ms reserved
+-- Returns  "granted retry_ms reason granted_at_us requests tokens seq now_ms lost" (one string:
+--          cheaper to read than an array); reason ok | rpm | tpm | reserved | cooldown;
+--          requests/tokens = the window's usage after the call; seq = the grant counter;
+--          now_ms = Redis time; lost = 1 when this call found the state lost or rolled back (the
+--          caller forgets its newest grant: it was counted once).
 --
 -- A request fits when requests in the window + those reserved ahead + 1 <= RPM and tokens in the
 -- window + those reserved ahead + its estimate <= TPM, no cooldown runs, and (restart period) a
 -- fraction of each limit. Every call: O(log n + log w) in the log size n and queue length w, plus
--- small constants (PRUNE_MAX, reserved). An uncontended grant is 12 Redis commands.
+-- small constants (PRUNE_MAX, reserved). An uncontended grant is 14 Redis commands.
 
 --! include limiter_lib_window
 --! include limiter_lib_state
@@ -31,9 +34,12 @@ local k = {log = KEYS[1], cum = KEYS[2], waitq = KEYS[3], wuntil = KEYS[4], seq 
 local member, register, waited = ARGV[1], ARGV[2], ARGV[3]
 local gid, tokens = string.match(member, '^(%S+):(%d+)$')
 tokens = tonumber(tokens)
-local c = {rpm = tonumber(ARGV[7]), tpm = tonumber(ARGV[8]), window_ms = tonumber(ARGV[9]),
-  margin = tonumber(ARGV[10]), fraction = tonumber(ARGV[11]), grace = tonumber(ARGV[12]),
-  life_ms = tonumber(ARGV[13]), stats_ttl = tonumber(ARGV[14]), reserved = tonumber(ARGV[15])}
+local seen = {seq = tonumber(ARGV[4]), ms = tonumber(ARGV[5])}
+local mine_gid, mine_at = string.match(ARGV[6], '^(%S+) (%d+)$')
+local mine = {gid = mine_gid, at = tonumber(mine_at)}
+local c = {rpm = tonumber(ARGV[8]), tpm = tonumber(ARGV[9]), window_ms = tonumber(ARGV[10]),
+  margin = tonumber(ARGV[11]), fraction = tonumber(ARGV[12]), grace = tonumber(ARGV[13]),
+  life_ms = tonumber(ARGV[14]), stats_ttl = tonumber(ARGV[15]), reserved = tonumber(ARGV[16])}
 
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -41,9 +47,9 @@ local now_ms = math.floor(now_us / 1000)
 local window_us = c.window_ms * 1000
 local ttl = c.window_ms + c.margin
 
-local function reply(granted, retry_ms, reason, at_us, count, sum, seq)
-  return string.format('%d %d %s %.0f %d %.0f %.0f %.0f', granted, retry_ms, reason, at_us,
-    count, sum, seq, now_ms)
+local function reply(granted, retry_ms, reason, at_us, count, sum, seq, lost)
+  return string.format('%d %d %s %.0f %d %.0f %.0f %.0f %d', granted, retry_ms, reason, at_us,
+    count, sum, seq, now_ms, lost and 1 or 0)
 end
 
 local function count_stat(field, by)
@@ -53,40 +59,46 @@ local function count_stat(field, by)
 end
 
 -- Idempotence: redis-py may rerun us after a lost reply; the first run's grant stands.
-if ARGV[6] == '1' then
+if ARGV[7] == '1' then
   local prev = redis.call('ZSCORE', k.log, member)
   if prev then
-    local live = redis.call('MGET', k.rpm, k.tpm, k.seq)
-    return reply(1, 0, 'ok', tonumber(prev), tonumber(live[1]) or 0, tonumber(live[2]) or 0,
-      tonumber(string.match(live[3] or '0', '^%d+')))
+    local st = state_read(redis.call('GET', k.seq))
+    return reply(1, 0, 'ok', tonumber(prev), redis.call('ZCARD', k.log), st.sum or 0,
+      st.seq or 0, false)
   end
 end
 
 local f = redis.call('MGET', k.seq, k.epoch, k.cool, k.rpm, k.tpm)
-local count, sum = window_prune(k, tonumber(f[4]), tonumber(f[5]), now_us - window_us, ttl)
+local st = state_read(f[1])
 c.cool_until, c.restart_end = tonumber(f[3]) or 0, tonumber(f[2]) or 0
-local seq_read, total_read = string.match(f[1] or '', '^(%d+) (%d+)$')
-c.cum_total = tonumber(total_read)
-if not c.cum_total then c.cum_total = cum_rebuild(k, count, ttl) end  -- counter lost: realign
-local seq = state_check(k, c, tonumber(seq_read), tonumber(ARGV[4]), tonumber(ARGV[5]), now_ms)
+local count, sum, changed = window_prune(k, st.sum, now_us - window_us)
+st.sum, st.dirty = sum, changed
+local lost = state_check(k, c, st, seen, mine, count, now_us)
+if lost then st.sum = log_sum(k, count) end  -- what the log still holds
+if lost or st.total == nil or st.gid == nil then
+  -- the index realigned with the log after a loss, a lost counter, or an older version's state
+  st.total, st.dirty = cum_rebuild(k, count, ttl), true
+end
+sum = st.sum
 local eff_rpm, eff_tpm = c.rpm, c.tpm
 if now_ms < c.restart_end then
   eff_rpm = math.max(1, math.floor(c.rpm * c.fraction))
   eff_tpm = math.max(1, math.floor(c.tpm * c.fraction))
 end
-local ahead_req, ahead_tok, queued, position = queue_ahead(k, member, now_ms, c.reserved)
+local ahead_req, ahead_tok, queued, position = queue_ahead(k, member, now_ms, c.reserved, eff_tpm)
 local cooling = now_ms < c.cool_until
 
 if not cooling and count + ahead_req + 1 <= eff_rpm and sum + ahead_tok + tokens <= eff_tpm then
   redis.call('ZADD', k.log, now_us, member)
-  redis.call('ZADD', k.cum, c.cum_total, gid .. ':' .. string.format('%.0f', now_us) .. ':' .. tokens)
-  count = redis.call('INCR', k.rpm)
-  sum = redis.call('INCRBY', k.tpm, tokens)
-  seq = seq + 1  -- the counter and running total in one write, which also renews its lifetime
-  redis.call('SET', k.seq, string.format('%.0f %.0f', seq, c.cum_total + tokens), 'PX', c.life_ms)
-  -- Renew every TTL together: when the log starts, or when less than window + margin/2 is left.
+  redis.call('ZADD', k.cum, st.total, cum_member(gid, now_us, tokens))
+  count, sum = count + 1, sum + tokens
+  redis.call('SET', k.rpm, count, 'PX', ttl)
+  redis.call('SET', k.tpm, string.format('%.0f', sum), 'PX', ttl)
+  st.seq, st.total, st.sum, st.gid, st.at = st.seq + 1, st.total + tokens, sum, gid, now_us
+  state_write(k, c, st)  -- one write: counter, running total, sum, newest grant, lifetime
+  -- Renew the log's TTLs together: when it starts, or when less than window + margin/2 is left.
   if count == 1 or redis.call('PTTL', k.log) < ttl - c.margin / 2 then
-    for _, key in ipairs({k.log, k.cum, k.rpm, k.tpm}) do redis.call('PEXPIRE', key, ttl) end
+    for _, key in ipairs({k.log, k.cum}) do redis.call('PEXPIRE', key, ttl) end
   end
   if queued then queue_leave(k, member, gid) end
   count_stat('grants')
@@ -94,10 +106,11 @@ if not cooling and count + ahead_req + 1 <= eff_rpm and sum + ahead_tok + tokens
     redis.call('HINCRBY', k.stats, 'waits', 1)
     redis.call('HINCRBY', k.stats, 'wait_ms_total', waited)
   end
-  return reply(1, 0, 'ok', now_us, count, sum, seq)
+  return reply(1, 0, 'ok', now_us, count, sum, st.seq, false)
 end
 
 -- Denied: why, and when to look again (server-computed from the log).
+mirror(k, tonumber(f[4]), tonumber(f[5]), count, sum, ttl)
 local reason, retry = 'reserved', nil
 if cooling then
   reason, retry = 'cooldown', c.cool_until - now_ms
@@ -109,8 +122,8 @@ else
   end
   -- Requests: the caller's place in the whole queue; tokens: the room reserved ahead of it.
   local need_req = count + math.max(ahead_req, position) + 1 - eff_rpm
-  retry = retry_hint(k, need_req, sum + ahead_tok + tokens - eff_tpm, count, now_us, window_us,
-    ttl)
+  retry = retry_hint(k, need_req, sum + ahead_tok + tokens - eff_tpm, count, sum, now_us,
+    window_us, ttl)
   if not retry and now_ms < c.restart_end then
     retry = c.restart_end - now_ms
   elseif not retry then
@@ -123,7 +136,7 @@ if register == '1' then
   local until_ms = now_ms + retry + c.grace
   queue_keep(k, member, gid, queued, now_us, until_ms, until_ms - now_ms + ttl)
 end
-state_keep(k, c)
+if st.dirty then state_write(k, c, st) else state_keep(k, c) end
 count_stat('denials')
 count_stat('denied_' .. reason)
-return reply(0, retry, reason, 0, count, sum, seq)
+return reply(0, retry, reason, 0, count, sum, st.seq, lost)

@@ -10,14 +10,16 @@
 -- back moves up as those ahead are served, so nobody starves, and a call reads at most
 -- `reserved` entries: O(log w + reserved) whatever the queue's length w.
 --
--- queue_ahead(k, own, now_ms, reserved) -> ahead_req, ahead_tok, queued, position
+-- queue_ahead(k, own, now_ms, reserved, max_tok) -> ahead_req, ahead_tok, queued, position
 --   Room to leave (requests, tokens), whether `own` is queued, and how many waiters are ahead
 --   of it in the whole queue (its rank; the queue's length if not queued): for the retry hint.
+--   A waiter needing more than max_tok (the restart period's share of TPM) cannot be served
+--   before that period ends, so it holds no room during it (else nobody would be admitted).
 --   Drops lapsed reservations among the first `reserved` (never the caller's own).
 -- queue_keep(k, own, gid, queued, now_us, until_ms, keep_ms)  join at the back or keep the place
 -- queue_leave(k, own, gid)                                     granted: leave the queue
 
-local function queue_ahead(k, own, now_ms, reserved)
+local function queue_ahead(k, own, now_ms, reserved, max_tok)
   local top = redis.call('ZRANGE', k.waitq, 0, reserved - 1)
   if #top == 0 then return 0, 0, false, 0 end
   local ids, toks = {}, {}
@@ -33,7 +35,7 @@ local function queue_ahead(k, own, now_ms, reserved)
     if not u or u < now_ms then
       redis.call('ZREM', k.waitq, top[i])
       redis.call('HDEL', k.wuntil, ids[i])
-    else
+    elseif toks[i] <= max_tok then
       req, tok = req + 1, tok + toks[i]
     end
   end

@@ -1,29 +1,55 @@
--- limiter_lib_window: helpers for the sliding log and its live keys. Not a script: pasted into
--- limiter_acquire and limiter_status where they say `--! include limiter_lib_window`.
+-- limiter_lib_window: helpers for the sliding log, its index and the live keys. Not a script:
+-- pasted into limiter_acquire and limiter_status where they say `--! include limiter_lib_window`.
 --
 -- k.log  zset "grant id:tokens charged" -> admission µs (Redis TIME); a settle rewrites tokens
--- k.cum  zset "grant id:admission µs:estimate" -> estimated tokens granted before it: the same
---        grants as the log in the same order (added and pruned together), indexed by running
---        total so "when will N tokens have left" is one O(log n) lookup (limiter_lib_hint)
--- k.rpm / k.tpm  gemini:rpm:current / gemini:tpm:current: count and token sum over the log
+-- k.cum  zset "admission µs (16 digits):grant id:estimate" -> estimated tokens granted before it:
+--        the same grants as the log in the same order (added and pruned together; the member
+--        starts with the admission time so entries with equal totals, after a 0-token grant,
+--        still sort in admission order), indexed by running total so "when will N tokens have
+--        left" is one O(log n) lookup (limiter_lib_hint)
+-- k.rpm / k.tpm  gemini:rpm:current / gemini:tpm:current: mirrors for operators, written by the
+--        limiter only (SET, never trusted): the count comes from the log (ZCARD), the token sum
+--        from the limiter's state (gemini:limiter:seq, see limiter_lib_state)
 --
--- window_prune(k, live_count, live_sum, cutoff_us, ttl) -> count, sum
---   live_count/live_sum: the two live keys as read (nil when missing). Drops at most PRUNE_MAX
---   grants admitted at or before cutoff_us from log and cum and takes them off the live keys:
---   each grant leaves once, so O(1) amortised per grant and O(log n + PRUNE_MAX) per call. Grants
---   left over by the cap stay counted until a later call (conservative: never an over-admission).
---   A live key lost or altered (eviction, a flushed key, an outside write) is rebuilt from the
---   log: O(n), only after such damage.
+-- window_prune(k, sum, cutoff_us) -> count, sum, changed
+--   sum: the window's settled token sum as the state recorded it (nil: unknown). Drops at most
+--   PRUNE_MAX grants admitted at or before cutoff_us from log and cum and takes their tokens off
+--   the sum: each grant leaves once, so O(1) amortised per grant and O(log n + PRUNE_MAX) per
+--   call. Grants left over by the cap stay counted until a later call (conservative: never an
+--   over-admission). An unknown sum is rebuilt from the log: O(n), only after damage.
+--   changed: the sum differs from the one passed in (the state must be written).
+-- log_sum(k, count) -> the settled token sum over the log (O(n): damage or a detected loss)
+-- mirror(k, live_count, live_sum, count, sum, ttl): rewrites the two contract keys when what they
+--   hold (as read; missing = 0) differs from the truth; a grant rewrites them itself
+-- cum_member(gid, at_us, estimate) / cum_parts(member) -> at_us, estimate
 -- cum_rebuild(k, count, ttl) -> running total: cum rebuilt from the log (O(n): only when the
---   counter that holds the running total was lost, or cum was damaged)
+--   running total was lost, or cum was damaged)
 -- cum_check(k, count, ttl): rebuilds cum when its size differs from the log's; called before cum
 --   is read (a token retry hint), not on every grant.
 
 local PRUNE_MAX = 256
 
--- Tokens in a member ending in ":<tokens>" (log and cum members both do).
+-- Tokens in a log member ending in ":<tokens>".
 local function cost(entry)
   return tonumber(string.match(entry, ':(%d+)$') or '0')
+end
+
+local function cum_member(gid, at_us, estimate)
+  return string.format('%016.0f:%s:%d', at_us, gid, estimate)
+end
+
+local function cum_parts(member)
+  local at, est = string.match(member, '^(%d+):.*:(%d+)$')
+  return tonumber(at), tonumber(est)
+end
+
+local function log_sum(k, count)
+  local sum = 0
+  for start = 0, count - 1, 1000 do
+    local part = redis.call('ZRANGE', k.log, start, start + 999)
+    for i = 1, #part do sum = sum + cost(part[i]) end
+  end
+  return sum
 end
 
 local function cum_rebuild(k, count, ttl)
@@ -33,8 +59,7 @@ local function cum_rebuild(k, count, ttl)
     local part = redis.call('ZRANGE', k.log, start, start + 999, 'WITHSCORES')
     for i = 1, #part, 2 do
       local gid, tok = string.match(part[i], '^(.*):(%d+)$')
-      local at = string.format('%.0f', tonumber(part[i + 1]))
-      redis.call('ZADD', k.cum, before, gid .. ':' .. at .. ':' .. tok)
+      redis.call('ZADD', k.cum, before, cum_member(gid, tonumber(part[i + 1]), tonumber(tok)))
       before = before + tonumber(tok)
     end
   end
@@ -46,7 +71,7 @@ local function cum_check(k, count, ttl)
   if redis.call('ZCARD', k.cum) ~= count then cum_rebuild(k, count, ttl) end
 end
 
-local function window_prune(k, live_count, live_sum, cutoff_us, ttl)
+local function window_prune(k, sum, cutoff_us)
   local removed, freed = 0, 0
   local oldest = redis.call('ZRANGE', k.log, 0, 0, 'WITHSCORES')
   if oldest[2] and tonumber(oldest[2]) <= cutoff_us then
@@ -56,27 +81,15 @@ local function window_prune(k, live_count, live_sum, cutoff_us, ttl)
     redis.call('ZREMRANGEBYRANK', k.log, 0, removed - 1)
     redis.call('ZREMRANGEBYRANK', k.cum, 0, removed - 1)
   end
-  local count, sum = redis.call('ZCARD', k.log), live_sum
-  if count == 0 then
-    -- An empty window holds nothing: correct whatever a stale key still says.
-    if (live_count or 0) ~= 0 or (sum and sum ~= 0) then
-      redis.call('SET', k.rpm, 0, 'PX', ttl)
-      redis.call('SET', k.tpm, 0, 'PX', ttl)
-    end
-    sum = 0
-  elseif live_count and sum and live_count - removed == count then
-    if removed > 0 then
-      redis.call('DECRBY', k.rpm, removed)
-      sum = redis.call('DECRBY', k.tpm, freed)
-    end
-  else
-    sum = 0
-    for start = 0, count - 1, 1000 do
-      local part = redis.call('ZRANGE', k.log, start, start + 999)
-      for i = 1, #part do sum = sum + cost(part[i]) end
-    end
+  local count = redis.call('ZCARD', k.log)
+  if count == 0 then return 0, 0, sum ~= 0 end  -- an empty window holds nothing
+  if not sum then return count, log_sum(k, count), true end
+  return count, sum - freed, removed > 0
+end
+
+local function mirror(k, live_count, live_sum, count, sum, ttl)
+  if (live_count or 0) ~= count or (live_sum or 0) ~= sum then  -- missing reads as 0
     redis.call('SET', k.rpm, count, 'PX', ttl)
     redis.call('SET', k.tpm, string.format('%.0f', sum), 'PX', ttl)
   end
-  return count, sum
 end

@@ -1,7 +1,8 @@
 -- limiter_settle: replace a grant's token estimate with the actual count (Gemini usage_metadata).
 --
 -- KEYS[1]  zset   sliding log: "grant id:tokens charged" -> admission time (µs)
--- KEYS[2]  string gemini:tpm:current: the live sum of the tokens charged over the log
+-- KEYS[2]  string gemini:tpm:current: the operators' mirror of the window's token sum
+-- KEYS[3]  string gemini:limiter:seq: the limiter's state, which holds the sum itself
 -- ARGV[1]  grant id      ARGV[2] tokens charged at admission (the estimate)
 -- ARGV[3]  admission time µs (from the grant)      ARGV[4] actual tokens      ARGV[5] window ms
 -- Returns  the change applied to the window's token count (0 when nothing to do).
@@ -9,8 +10,11 @@
 -- Idempotent: settling again with the same figure changes nothing. A grant that has left the
 -- window (or was lost with a Redis restart) no longer counts anywhere, so settling it is a no-op.
 -- The member is found in O(log n): by its admission-time name, else (settled before) among the
--- members with exactly its admission time. If the live sum is missing it is left missing: the
--- next admission rebuilds it from the log (which holds the settled figure).
+-- members with exactly its admission time. If the state is missing (or from an older version)
+-- the sum is left to the next admission, which rebuilds it from the log (which holds the
+-- settled figure).
+
+--! include limiter_lib_state
 
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -34,6 +38,11 @@ local delta = actual - tonumber(string.sub(member, #prefix + 1))
 if delta ~= 0 then
   redis.call('ZREM', log, member)
   redis.call('ZADD', log, score, prefix .. actual)
+  local st = state_read(redis.call('GET', KEYS[3]))
+  if st.sum and st.gid then
+    st.sum = st.sum + delta
+    state_write({seq = KEYS[3]}, nil, st, true)
+  end
   if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('INCRBY', KEYS[2], delta) end
 end
 return delta

@@ -135,7 +135,7 @@ def test_a_retried_script_call_does_not_charge_twice(redis_client, keys: Keys) -
     first = limiter._attempt(300, "fixed-grant-id", register=True, waited_ms=0)
     # What redis-py's retry (or the fallback after a lost fast reply) sends: the same call, with
     # the lookup flag the ordinary path always sets.
-    args = ["fixed-grant-id:300", "1", "0", "0", "0", "1", *limiter._acquire_config]
+    args = ["fixed-grant-id:300", "1", "0", "0", "0", "- 0", "1", *limiter._acquire_config]
     raw = limiter._acquire_script(keys=limiter._acquire_keys, args=args)
     again = parse_decision(raw, "fixed-grant-id", 300)
     assert first.granted and again.granted

@@ -100,8 +100,12 @@ def test_pre_packed_call_is_what_redis_py_would_send(
     keys = ["gemini:limiter:log", "k2", "k3"]
     config = ["10", "1000", "60000", "0.5"]
     head, tail = pack_acquire("f" * 40, keys, config)
-    ours = pack_call(head, tail, member, flag, waited, seq, seen_ms, "0")
-    args = ("EVALSHA", "f" * 40, len(keys), *keys, member, flag, waited, seq, seen_ms, "0", *config)
+    mine = "ab12 1700000000123456"
+    ours = pack_call(head, tail, member, flag, waited, seq, seen_ms, mine, "0")
+    args = (
+        "EVALSHA", "f" * 40, len(keys), *keys, member, flag, waited, seq, seen_ms, mine, "0",
+        *config,
+    )  # fmt: skip
     expected = b"".join(redis.Connection().pack_command(*args))
     assert ours == expected
     with pytest.raises(ValueError):
