@@ -71,7 +71,9 @@ end
 local f = redis.call('MGET', k.seq, k.epoch, k.cool, k.rpm, k.tpm)
 local st = state_read(f[1])
 c.cool_until, c.restart_end = tonumber(f[3]) or 0, tonumber(f[2]) or 0
-local count, sum, changed = window_prune(k, st.sum, now_us - window_us)
+local was_sum = st.sum
+local count, sum, changed, removed = window_prune(k, st.sum, now_us - window_us)
+local was_count, live_count, live_sum = count + removed, tonumber(f[4]), tonumber(f[5])
 st.sum, st.dirty = sum, changed
 local lost = state_check(k, c, st, seen, mine, count, now_us)
 if lost then st.sum = log_sum(k, count) end  -- what the log still holds
@@ -92,13 +94,12 @@ if not cooling and count + ahead_req + 1 <= eff_rpm and sum + ahead_tok + tokens
   redis.call('ZADD', k.log, now_us, member)
   redis.call('ZADD', k.cum, st.total, cum_member(gid, now_us, tokens))
   count, sum = count + 1, sum + tokens
-  redis.call('SET', k.rpm, count, 'PX', ttl)
-  redis.call('SET', k.tpm, string.format('%.0f', sum), 'PX', ttl)
+  mirror(k, live_count, live_sum, was_count, was_sum, count, sum, ttl)
   st.seq, st.total, st.sum, st.gid, st.at = st.seq + 1, st.total + tokens, sum, gid, now_us
   state_write(k, c, st)  -- one write: counter, running total, sum, newest grant, lifetime
-  -- Renew the log's TTLs together: when it starts, or when less than window + margin/2 is left.
+  -- Renew every TTL together: when the log starts, or when less than window + margin/2 is left.
   if count == 1 or redis.call('PTTL', k.log) < ttl - c.margin / 2 then
-    for _, key in ipairs({k.log, k.cum}) do redis.call('PEXPIRE', key, ttl) end
+    for _, key in ipairs({k.log, k.cum, k.rpm, k.tpm}) do redis.call('PEXPIRE', key, ttl) end
   end
   if queued then queue_leave(k, member, gid) end
   count_stat('grants')
@@ -110,7 +111,7 @@ if not cooling and count + ahead_req + 1 <= eff_rpm and sum + ahead_tok + tokens
 end
 
 -- Denied: why, and when to look again (server-computed from the log).
-mirror(k, tonumber(f[4]), tonumber(f[5]), count, sum, ttl)
+mirror(k, live_count, live_sum, was_count, was_sum, count, sum, ttl)
 local reason, retry = 'reserved', nil
 if cooling then
   reason, retry = 'cooldown', c.cool_until - now_ms

@@ -11,16 +11,19 @@
 --        limiter only (SET, never trusted): the count comes from the log (ZCARD), the token sum
 --        from the limiter's state (gemini:limiter:seq, see limiter_lib_state)
 --
--- window_prune(k, sum, cutoff_us) -> count, sum, changed
+-- window_prune(k, sum, cutoff_us) -> count, sum, changed, removed
 --   sum: the window's settled token sum as the state recorded it (nil: unknown). Drops at most
 --   PRUNE_MAX grants admitted at or before cutoff_us from log and cum and takes their tokens off
 --   the sum: each grant leaves once, so O(1) amortised per grant and O(log n + PRUNE_MAX) per
 --   call. Grants left over by the cap stay counted until a later call (conservative: never an
 --   over-admission). An unknown sum is rebuilt from the log: O(n), only after damage.
---   changed: the sum differs from the one passed in (the state must be written).
+--   changed: the sum differs from the one passed in (the state must be written); removed: how
+--   many grants left the log.
 -- log_sum(k, count) -> the settled token sum over the log (O(n): damage or a detected loss)
--- mirror(k, live_count, live_sum, count, sum, ttl): rewrites the two contract keys when what they
---   hold (as read; missing = 0) differs from the truth; a grant rewrites them itself
+-- mirror(k, live_count, live_sum, was_count, was_sum, count, sum, ttl): brings the two contract
+--   keys from what they held (as read) to the truth (count, sum): by the difference when they
+--   held the truth as it was before this call (was_*; the usual case, and cheaper than a SET
+--   with a TTL: their TTL is renewed with the log's), else rewritten (missing reads as 0)
 -- cum_member(gid, at_us, estimate) / cum_parts(member) -> at_us, estimate
 -- cum_rebuild(k, count, ttl) -> running total: cum rebuilt from the log (O(n): only when the
 --   running total was lost, or cum was damaged)
@@ -82,13 +85,16 @@ local function window_prune(k, sum, cutoff_us)
     redis.call('ZREMRANGEBYRANK', k.cum, 0, removed - 1)
   end
   local count = redis.call('ZCARD', k.log)
-  if count == 0 then return 0, 0, sum ~= 0 end  -- an empty window holds nothing
-  if not sum then return count, log_sum(k, count), true end
-  return count, sum - freed, removed > 0
+  if count == 0 then return 0, 0, sum ~= 0, removed end  -- an empty window holds nothing
+  if not sum then return count, log_sum(k, count), true, removed end
+  return count, sum - freed, removed > 0, removed
 end
 
-local function mirror(k, live_count, live_sum, count, sum, ttl)
-  if (live_count or 0) ~= count or (live_sum or 0) ~= sum then  -- missing reads as 0
+local function mirror(k, live_count, live_sum, was_count, was_sum, count, sum, ttl)
+  if live_count and live_count == was_count and live_sum == was_sum then
+    if count ~= was_count then redis.call('INCRBY', k.rpm, count - was_count) end
+    if sum ~= was_sum then redis.call('INCRBY', k.tpm, string.format('%.0f', sum - was_sum)) end
+  elseif (live_count or 0) ~= count or (live_sum or 0) ~= sum then  -- missing reads as 0
     redis.call('SET', k.rpm, count, 'PX', ttl)
     redis.call('SET', k.tpm, string.format('%.0f', sum), 'PX', ttl)
   end

@@ -19,12 +19,14 @@ local now_ms = math.floor(now_us / 1000)
 local window_ms = tonumber(ARGV[1])
 local flags = redis.call('MGET', k.rpm, k.tpm, KEYS[5], k.seq)
 local st = state_read(flags[4])
-local count, sum, changed = window_prune(k, st.sum, now_us - window_ms * 1000)
+local was_sum = st.sum
+local count, sum, changed, removed = window_prune(k, st.sum, now_us - window_ms * 1000)
 if changed and st.sum and st.gid then
   st.sum = sum
   state_write(k, nil, st, true)
 end
-mirror(k, tonumber(flags[1]), tonumber(flags[2]), count, sum, window_ms + tonumber(ARGV[2]))
+mirror(k, tonumber(flags[1]), tonumber(flags[2]), count + removed, was_sum, count, sum,
+  window_ms + tonumber(ARGV[2]))
 local until_ms = tonumber(flags[3])
 local remaining = 0
 if until_ms and until_ms > now_ms then remaining = until_ms - now_ms end
