@@ -119,7 +119,7 @@ class WorkerRuntime:
         # issue 15: OCR_CAPACITY_COSTS=learned measures this process's cost per busy slot
         self.cost_sampler = (
             CostSampler(self.beat_client, self.keys, self.host, settings.slot_costs)
-            if settings.ocr_capacity_costs == "learned"
+            if settings.capacity_costs == "learned"
             else None
         )
 

@@ -175,8 +175,10 @@ class Settings(BaseSettings):
     # API usage (requests and tokens of the window vs the limits) the autopilot aims at, in
     # percent (DESIGN.md: the seed's 80% rule).
     ocr_autopilot_api_target: float = Field(80, gt=0, le=100)
-    # declared: OCR_INDEX_CPU ... as configured; learned: measured per host and type.
-    ocr_capacity_costs: Literal["declared", "learned"] = "declared"
+    # declared: OCR_INDEX_CPU ... as configured; learned: measured per host and type. Unset:
+    # learned with the autopilot (DESIGN.md's default), declared with a fixed pool size, which
+    # then behaves exactly as before (issue 15): read it through `capacity_costs`.
+    ocr_capacity_costs: Literal["declared", "learned"] | None = None
     _autopilot: bool = PrivateAttr(default=False)
 
     @property
@@ -216,6 +218,13 @@ class Settings(BaseSettings):
     def autopilot(self) -> bool:
         """True when OCR_WORKER_POOL_SIZE=auto (issue 15)."""
         return self._autopilot
+
+    @property
+    def capacity_costs(self) -> Literal["declared", "learned"]:
+        """OCR_CAPACITY_COSTS, or its default: learned with the autopilot, else declared."""
+        if self.ocr_capacity_costs is not None:
+            return self.ocr_capacity_costs
+        return "learned" if self._autopilot else "declared"
 
     @property
     def pool_minimum(self) -> int:

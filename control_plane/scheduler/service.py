@@ -258,7 +258,7 @@ class Scheduler:
     def slot_costs(self) -> dict[str, tuple[float, float]]:
         """Declared costs, or (OCR_CAPACITY_COSTS=learned) the dearest live host's (issue 15)."""
         s = self.settings
-        if s.ocr_capacity_costs != "learned":
+        if s.capacity_costs != "learned":
             return s.slot_costs
         hosts = [h.host for h in live_hosts(self.client, self.keys)]
         return fleet_costs(learned_costs(self.client, self.keys), hosts, s.slot_costs)
@@ -636,7 +636,7 @@ class Scheduler:
             }
             for h in live_hosts(self.client, self.keys)
         } or None
-        if snap.hosts and s.ocr_capacity_costs == "learned":  # issue 15: measured costs
+        if snap.hosts and s.capacity_costs == "learned":  # issue 15: measured costs
             learned = learned_costs(self.client, self.keys)
             for host, entry in snap.hosts.items():
                 entry["learned"] = {

@@ -32,6 +32,25 @@ def test_auto_is_opt_in_and_holds_the_maximum(monkeypatch: pytest.MonkeyPatch, r
     assert s.autopilot
     assert s.ocr_worker_pool_size == 12
     assert s.pool_minimum == 2
+    assert s.capacity_costs == "learned"  # DESIGN.md's default, with the autopilot
+
+
+@pytest.mark.parametrize(
+    ("size", "setting", "mode"),
+    [
+        ("auto", None, "learned"),
+        ("auto", "declared", "declared"),
+        ("6", None, "declared"),
+        ("6", "learned", "learned"),
+    ],
+)
+def test_capacity_costs_default_follows_the_pool_mode(
+    monkeypatch: pytest.MonkeyPatch, size: str, setting: str | None, mode: str
+) -> None:
+    monkeypatch.setenv("OCR_WORKER_POOL_SIZE", size)
+    if setting is not None:
+        monkeypatch.setenv("OCR_CAPACITY_COSTS", setting)
+    assert load_settings(require_environment=False).capacity_costs == mode
 
 
 def test_fixed_size_is_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -40,7 +59,7 @@ def test_fixed_size_is_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
     s = load_settings(require_environment=False)
     assert not s.autopilot
     assert s.ocr_worker_pool_size == 6
-    assert s.ocr_capacity_costs == "declared"
+    assert s.capacity_costs == "declared"
     assert not load_settings(require_environment=False, ocr_worker_pool_size=4).autopilot
 
 
