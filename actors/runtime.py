@@ -118,7 +118,13 @@ class WorkerRuntime:
         self._closed = threading.Event()
         # issue 15: OCR_CAPACITY_COSTS=learned measures this process's cost per busy slot
         self.cost_sampler = (
-            CostSampler(self.beat_client, self.keys, self.host, settings.slot_costs)
+            CostSampler(
+                self.beat_client,
+                self.keys,
+                self.host,
+                settings.slot_costs,
+                ceiling=(settings.cpu_budget, settings.ram_budget),
+            )
             if settings.capacity_costs == "learned"
             else None
         )

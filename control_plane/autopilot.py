@@ -9,15 +9,18 @@ its budget, no idle slot while documents wait.
 The rule, applied to one set of measurements (`Measurements`):
 
 - start small: the first decision is `START_SIZE` (the seed's 2-4), clamped;
-- a 429 since the last decision, or a cooldown in force: shrink at once (halve);
+- a 429 since the last decision: shrink at once (halve), once per 429 seen (a cooldown
+  that outlasts a rebalance, or one without a 429 such as a limiter restart, holds the
+  size: nobody makes requests during it, so nothing is measured);
 - each measured load gives a cap, the size at which it would reach its target:
   a host's CPU and RAM are the costs of the slots busy on it now, so its cap is
   `busy now * target / load`; API usage counts the whole window, so its cap is
   `slots * target / usage`, the slots that made it counted over the same window:
-  while documents wait, the window's average pool size (a slot idle between two
-  jobs while work waits is the pipeline's gap, feed and delivery, which a larger
-  pool has in the same proportion: projecting on busy slots alone under-grows by
-  that share), otherwise its average busy slots; a load above its target shrinks the pool to
+  for a type whose documents wait, its average slots (a slot idle between two jobs
+  while work waits is the pipeline's gap, feed and delivery, which a larger pool has
+  in the same proportion: projecting on busy slots alone under-grows by that share),
+  for a type with nothing waiting its average busy slots (an idle slot there makes
+  no request and never will); a load above its target shrinks the pool to
   its cap at once (slots retire after their current job: nothing is
   interrupted); API usage under its target never shrinks it, and growth stops
   where it would reach 90% of the target (a dead band against per-window noise);
@@ -29,14 +32,16 @@ The rule, applied to one set of measurements (`Measurements`):
   while API usage is under half its target (slow start), by half above that.
 
 The binding constraint (the smallest cap, or the growth step) is named, with
-its measured value, for the status line, the log and the metrics.
+its measured value, for the status line, the log and the metrics. A measurement
+that is not a finite number (a host budget of almost nothing) counts as a full
+load: it holds the size, never raises.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from math import floor
+from math import floor, isfinite
 
 START_SIZE = 4
 HOST_TARGET = 0.8  # CPU and RAM at most 80% of each host's budget (the seed's target)
@@ -54,7 +59,9 @@ class Measurements:
 
     busy: float = 0  # slots held: the average over the limiter's window (see autopilot_runtime)
     busy_now: float | None = None  # slots held right now (host loads are instantaneous)
-    size_avg: float | None = None  # the pool size in force, averaged over the same window
+    # slots that could work over the same window: the average slots of the types whose
+    # documents wait plus the average busy slots of the others (autopilot_runtime)
+    size_avg: float | None = None
     ready: int = 0  # documents waiting (all types)
     rpm_used: int = 0
     tpm_used: int = 0
@@ -98,7 +105,12 @@ def api_usage(m: Measurements) -> float:
 
 
 def _pct(x: float) -> str:
-    return f"{round(100 * x)}%"
+    return f"{round(100 * x)}%" if isfinite(x) else "unknown"
+
+
+def _load(x: float) -> float:
+    """A load as a fraction; anything not a finite non-negative number counts as full."""
+    return x if isfinite(x) and x >= 0 else float("inf")
 
 
 def decide_pool_size(previous: int | None, m: Measurements, limits: Limits) -> Decision:
@@ -115,16 +127,17 @@ def decide_pool_size(previous: int | None, m: Measurements, limits: Limits) -> D
         return Decision(clamp(limits.start), "start", f"start (the seed's {limits.start})", usage)
     current = clamp(previous)
 
-    if m.new_429s > 0 or m.cooldown_ms > 0:
-        what = f"{m.new_429s} 429(s)" if m.new_429s else f"a cooldown ({m.cooldown_ms} ms)"
-        return Decision(clamp(current // 2), "429", f"{what}: halved", usage)
+    if m.new_429s > 0:
+        return Decision(clamp(current // 2), "429", f"{m.new_429s} 429(s): halved", usage)
+    if m.cooldown_ms > 0:
+        return Decision(current, "cooldown", f"a cooldown ({m.cooldown_ms} ms): held", usage)
 
     # caps: (size, constraint, detail); the smallest binds
     caps: list[tuple[int, str, str]] = [(hi, "max", f"OCR_WORKER_POOL_MAX {hi}")]
     busy = max(m.busy, 0)
     loads = [("api", "API usage", usage, limits.api_target)]
     for host in sorted(m.host_load):
-        cpu, ram = m.host_load[host]
+        cpu, ram = (_load(x) for x in m.host_load[host])
         loads.append((f"cpu:{host}", f"CPU on {host}", cpu, limits.host_target))
         loads.append((f"ram:{host}", f"RAM on {host}", ram, limits.host_target))
     now = busy if m.busy_now is None else max(m.busy_now, 0)
@@ -137,7 +150,9 @@ def decide_pool_size(previous: int | None, m: Measurements, limits: Limits) -> D
         held = now
         if name == "api":
             held = busy if m.ready <= 0 or not m.size_avg else max(busy, m.size_avg)
-        if held > 0:
+        if not isfinite(load):
+            caps.append((current, name, detail))  # unknown or full: hold, never grow
+        elif held > 0:
             limit = floor(held * target / load)
             if name == "api" and load <= target:  # under target: grow within the dead band,
                 limit = max(floor(held * target * GROW_MARGIN / load), current)  # never shrink

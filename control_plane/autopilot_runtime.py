@@ -14,10 +14,12 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Mapping
+from math import isfinite
 from typing import TYPE_CHECKING, Any
 
 from control_plane.autopilot import Decision, Limits, Measurements, decide_pool_size
 from control_plane.capacity import live_hosts
+from control_plane.config import DOCUMENT_TYPES
 from control_plane.logs import log_event
 
 if TYPE_CHECKING:
@@ -41,15 +43,32 @@ def limits_from(settings: Settings) -> Limits:
 def host_loads(
     budgets: Mapping[str, tuple[float, float]], usage: Mapping[str, tuple[float, float]]
 ) -> dict[str, tuple[float, float]]:
-    """Pure: host -> (CPU, RAM) fractions of its budget (a zero budget counts as full)."""
+    """Pure: host -> (CPU, RAM) fractions of its budget (a zero budget, or one so small the
+    fraction is not a finite number, counts as full when anything is used)."""
+
+    def fraction(used: float, budget: float) -> float:
+        value = used / budget if budget > 0 else float("inf")
+        if isfinite(value):
+            return value
+        return 1.0 if used > 0 else 0.0
+
     out = {}
     for host, (cpu_budget, ram_budget) in budgets.items():
         cpu, ram = usage.get(host, (0.0, 0.0))
-        out[host] = (
-            cpu / cpu_budget if cpu_budget > 0 else (1.0 if cpu > 0 else 0.0),
-            ram / ram_budget if ram_budget > 0 else (1.0 if ram > 0 else 0.0),
-        )
+        out[host] = (fraction(cpu, cpu_budget), fraction(ram, ram_budget))
     return out
+
+
+def working_slots(
+    busy: Mapping[str, float], slots: Mapping[str, float], ready: Mapping[str, int]
+) -> float:
+    """Pure: the slots that made the window's API usage, per type averaged over the window:
+    all of a type's slots while its documents wait (an idle one is the feed's gap, which a
+    larger pool has too), only its busy ones when nothing of that type waits (an idle slot
+    there makes no request and never will)."""
+    return sum(
+        max(slots.get(t, 0.0), n) if ready.get(t, 0) > 0 else n for t, n in busy.items()
+    ) + sum(n for t, n in slots.items() if t not in busy and ready.get(t, 0) > 0)
 
 
 def window_scale(measured_s: float, window_s: float) -> float:
@@ -83,7 +102,8 @@ class Autopilot:
         # busy-slot samples (monotonic s, count) over the limiter's window: API usage spans
         # the window, so the slots that made it are the window's average, not this instant's
         self._window_s = settings.gemini_rate_window_ms / 1000
-        self._busy: deque[tuple[float, int, int]] = deque()  # (t, busy, size)
+        # (t, busy per type, slots per type)
+        self._busy: deque[tuple[float, dict[str, int], dict[str, int]]] = deque()
         self._since: float | None = None  # when this leader started measuring
         self._shrunk_at: float | None = None  # when the last decision shrank the pool
 
@@ -97,31 +117,60 @@ class Autopilot:
         return max(self.limits.minimum, min(self.limits.maximum, start))
 
     def note_busy(
-        self, busy: int, slots: int | None = None, now: float | None = None
-    ) -> tuple[float, float]:
-        """Record a busy-slot count (the feed does, every pass) with the slots in force (the
-        published allocation's total, which capacity may hold under the chosen size);
-        returns the window's averages (busy, slots)."""
+        self,
+        busy: Mapping[str, int],
+        slots: Mapping[str, int] | None = None,
+        now: float | None = None,
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """Record the busy slots per type (the feed does, every pass) with the slots in force
+        per type (the published allocation, which capacity may hold under the chosen size;
+        the busy ones when none is published yet); returns the window's averages per type
+        (busy, slots)."""
         now = time.monotonic() if now is None else now
-        size = slots if slots is not None else (self.decision.size if self.decision else busy)
-        size = max(size, busy)
-        self._busy.append((now, busy, size))
+        held = {t: max(0, int(n)) for t, n in busy.items()}
+        given = slots if slots is not None else held
+        types = set(held) | set(given)
+        in_force = {t: max(int(given.get(t, 0)), held.get(t, 0)) for t in types}
+        self._busy.append((now, held, in_force))
         while self._busy and self._busy[0][0] < now - self._window_s:
             self._busy.popleft()
         n = len(self._busy)
-        return sum(b for _, b, _ in self._busy) / n, sum(s for _, _, s in self._busy) / n
+        avg_busy: dict[str, float] = {}
+        avg_slots: dict[str, float] = {}
+        for _, b, sl in self._busy:
+            for t, v in b.items():
+                avg_busy[t] = avg_busy.get(t, 0.0) + v / n
+            for t, v in sl.items():
+                avg_slots[t] = avg_slots.get(t, 0.0) + v / n
+        return avg_busy, avg_slots
+
+    def _published(self) -> tuple[int | None, dict[str, int] | None]:
+        """The published allocation's autopilot size and its slots per type."""
+        published = self._pool.read_allocation() or {}
+        auto = published.get("autopilot")
+        size = (
+            int(auto["size"])
+            if isinstance(auto, dict) and isinstance(auto.get("size"), int)
+            else None
+        )
+        slots = {t: int(published[t]) for t in DOCUMENT_TYPES if isinstance(published.get(t), int)}
+        return size, (slots or None)
 
     def measure(self, queued: Mapping[str, int]) -> Measurements:
-        busy_now = sum(self._pool.busy_slots().values())
-        slots = (self._pool.read_allocation() or {}).get("total")
-        busy, size_avg = self.note_busy(busy_now, slots if isinstance(slots, int) else None)
-        rpm, tpm = self._limiter.usage()
-        # Less than a window measured yet (a fresh start): the window's counts cover only
-        # that much time, so they are scaled up to a whole window (never down).
+        busy_by_type = self._pool.busy_slots()
+        busy_now = sum(busy_by_type.values())
+        avg_busy, avg_slots = self.note_busy(busy_by_type, self._published()[1])
+        busy = sum(avg_busy.values())
+        size_avg = working_slots(avg_busy, avg_slots, queued)
+        rpm, tpm, span_ms = self._limiter.window_usage()
+        # Less than a window of grants yet (a fresh start): the window's counts cover only
+        # that much time, so they are scaled up to a whole window (never down). The span is
+        # the longer of what this leader measured and the age of the window's oldest grant:
+        # a new leader takes over a window the last one filled, which needs no scaling.
         now = time.monotonic()
         if self._since is None:
             self._since = now
-        scale = window_scale(now - self._since, self._window_s)
+        scale = window_scale(max(now - self._since, span_ms / 1000), self._window_s)
         rpm, tpm = round(rpm * scale), round(tpm * scale)
         stats = self._limiter.stats()
         total_429s = int(stats.get("responses_429", 0))
@@ -150,14 +199,22 @@ class Autopilot:
         """Ours, or the one the last leader published (a takeover goes on from it)."""
         if self.decision is not None:
             return self.decision.size
-        published = self._pool.read_allocation() or {}
-        auto = published.get("autopilot")
-        if isinstance(auto, dict) and isinstance(auto.get("size"), int):
-            return int(auto["size"])
-        return None
+        return self._published()[0]
+
+    def _forget_if_taken_over(self) -> None:
+        """Another leader published a size since our last decision (we lost the lease and
+        won it back): go on from its size and measure afresh (its 429s were its own)."""
+        if self.decision is None:
+            return
+        published = self._published()[0]
+        if published is not None and published != self.decision.size:
+            self.decision = None
+            self._busy.clear()
+            self._since = self._seen_429s = self._shrunk_at = None
 
     def step(self, queued: Mapping[str, int]) -> Decision:
         """Measure, decide, log a change once; returns the decision."""
+        self._forget_if_taken_over()
         before = self.previous_size()
         measured = self.measure(queued)
         decision = decide_pool_size(before, measured, self.limits)

@@ -479,8 +479,8 @@ class GeminiRateLimiter:
         if int(extended):
             log_event("gemini.cooldown", "all workers pause", seconds=seconds, reason=reason)
 
-    def _status(self) -> tuple[int, int, int]:
-        count, tokens, remaining = self._scripts.run(
+    def _status(self) -> tuple[int, int, int, int]:
+        count, tokens, remaining, age = self._scripts.run(
             "limiter_status",
             [
                 self.keys.limiter_log,
@@ -492,7 +492,7 @@ class GeminiRateLimiter:
             ],
             [self.window_ms, WINDOW_TTL_MARGIN_MS],
         )
-        return int(count), int(tokens), int(remaining)
+        return int(count), int(tokens), int(remaining), int(age)
 
     def cooldown_remaining_ms(self) -> int:
         """Milliseconds (Redis time) until the shared cooldown ends; 0 when none."""
@@ -500,8 +500,14 @@ class GeminiRateLimiter:
 
     def usage(self) -> tuple[int, int]:
         """(requests, tokens) in the current window; refreshes gemini:rpm:current / tpm:current."""
-        count, tokens, _ = self._status()
+        count, tokens, _, _ = self._status()
         return count, tokens
+
+    def window_usage(self) -> tuple[int, int, int]:
+        """(requests, tokens, ms since the window's oldest grant): how much time the counts
+        cover (the whole window once grants have gone on that long; 0 when empty)."""
+        count, tokens, _, age = self._status()
+        return count, tokens, min(age, self.window_ms)
 
     def stats(self) -> dict[str, int]:
         """Counters: grants, denials, denied_<reason>, waits, wait_ms_total, cooldowns, timeouts."""

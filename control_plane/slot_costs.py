@@ -22,6 +22,7 @@ import resource
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from math import isfinite
 
 import redis
 
@@ -32,6 +33,10 @@ FLOOR_CPU = 0.05  # vCPU: a learned cost never goes below (a waiting slot still 
 FLOOR_RAM = 0.05  # GB
 WEIGHT = 0.3  # EWMA weight of one sample
 MIN_INTERVAL_S = 0.2  # shorter intervals are too noisy to attribute
+# A learned figure not refreshed for this long is forgotten (the declared cost again): it only
+# moves while a slot of its type is busy on its host, and a cost too high to let one be taken
+# would otherwise stick.
+STALE_MS = 3_600_000
 
 Costs = dict[str, tuple[float, float]]
 
@@ -108,13 +113,24 @@ def read_rss_gb() -> float:
 
 
 def learned_costs(client: redis.Redis, keys: Keys) -> dict[tuple[str, str], tuple[float, float]]:
-    """(host, type) -> learned (vCPU, GB)."""
+    """(host, type) -> learned (vCPU, GB), those refreshed within STALE_MS (Redis time)."""
+    raw_entries = client.hgetall(keys.slot_costs_learned)
+    if not raw_entries:
+        return {}
+    seconds, micros = client.time()
+    cutoff_ms = seconds * 1000 + micros // 1000 - STALE_MS
     out = {}
-    for field, raw in client.hgetall(keys.slot_costs_learned).items():
+    for field, raw in raw_entries.items():
         name = field.decode() if isinstance(field, bytes) else str(field)
         host, _, kind = name.rpartition("|")
-        entry = json.loads(raw)
-        out[(host, kind)] = (float(entry["cpu"]), float(entry["ram"]))
+        try:
+            entry = json.loads(raw)
+            cost = (float(entry["cpu"]), float(entry["ram"]))
+            updated = float(entry.get("updated_ms", 0))
+        except (ValueError, KeyError, TypeError):
+            continue  # not ours or damaged: the declared cost holds
+        if updated >= cutoff_ms and all(isfinite(x) and x >= 0 for x in cost):
+            out[(host, kind)] = cost
     return out
 
 
@@ -147,6 +163,7 @@ class CostSampler:
         cpu_time: Callable[[], float] = time.process_time,
         rss_gb: Callable[[], float] = read_rss_gb,
         weight: float = WEIGHT,
+        ceiling: tuple[float, float] | None = None,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -155,6 +172,13 @@ class CostSampler:
         self.declared = {t: (float(c), float(r)) for t, (c, r) in declared.items()}
         self._clock, self._cpu_time, self._rss = clock, cpu_time, rss_gb
         self.weight = weight
+        # One slot never costs more than the machine's cores, nor than its host's whole budget
+        # (a skewed clock or CPU counter must not price a type off the fleet).
+        cores = float(os.cpu_count() or 1)
+        self.ceiling = (
+            min(cores, ceiling[0]) if ceiling else cores,
+            ceiling[1] if ceiling else float("inf"),
+        )
         self.base_rss_gb = rss_gb()  # idle baseline: lowered whenever seen idle
         self._mark: _Mark | None = None
 
@@ -178,8 +202,13 @@ class CostSampler:
             return {}
         args: list[object] = [self.host, repr(self.weight), repr(FLOOR_CPU), repr(FLOOR_RAM)]
         for t, (c, r) in samples.items():
+            if not (isfinite(c) and isfinite(r)):
+                continue
+            c, r = min(c, self.ceiling[0]), min(r, self.ceiling[1])
             dc, dr = self.declared[t]
             args += [t, repr(c), repr(r), repr(dc), repr(dr)]
+        if len(args) == 4:
+            return {}
         raw = self._scripts.run("slot_costs_observe", [self._keys.slot_costs_learned], args)
         out: Costs = {}
         for i in range(0, len(raw), 3):

@@ -5,7 +5,8 @@
 -- KEYS[5]  string cooldown until (Redis-time ms)
 -- KEYS[6]  string gemini:limiter:seq (the limiter's state: it holds the token sum)
 -- ARGV[1]  window ms       ARGV[2] key TTL margin ms
--- Returns  {requests, tokens, cooldown_remaining_ms}; brings the state's sum and the mirrors up
+-- Returns  {requests, tokens, cooldown_remaining_ms, oldest_age_ms}: oldest_age_ms is how long ago
+-- the window's oldest grant was admitted (0 when empty); brings the state's sum and the mirrors up
 -- to date (the same helpers and rules as limiter_acquire). It never creates the state: a
 -- missing one is limiter_acquire's to judge (a first start, or a loss).
 
@@ -30,4 +31,7 @@ mirror(k, tonumber(flags[1]), tonumber(flags[2]), count + removed, was_sum, coun
 local until_ms = tonumber(flags[3])
 local remaining = 0
 if until_ms and until_ms > now_ms then remaining = until_ms - now_ms end
-return {count, sum, remaining}
+local oldest = redis.call('ZRANGE', k.log, 0, 0, 'WITHSCORES')
+local age = 0
+if oldest[2] then age = math.max(0, math.floor((now_us - tonumber(oldest[2])) / 1000)) end
+return {count, sum, remaining, age}

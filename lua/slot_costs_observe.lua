@@ -9,7 +9,9 @@
 -- Returns  flat list: type, cpu, ram (strings) for each type given.
 --
 -- One script so the worker processes of one host never lose each other's samples
--- (read-modify-write). No TTL: the figures are a property of the host and the type.
+-- (read-modify-write). No TTL: the figures are a property of the host and the type; readers
+-- ignore a figure not refreshed for an hour (slot_costs.STALE_MS). A sample that is not a
+-- finite number leaves the figure as it was (the caller also bounds samples by its host).
 
 local host = ARGV[1]
 local weight = tonumber(ARGV[2])
@@ -23,6 +25,10 @@ while i + 4 <= #ARGV do
   local kind = ARGV[i]
   local cpu_sample = tonumber(ARGV[i + 1])
   local ram_sample = tonumber(ARGV[i + 2])
+  local finite = cpu_sample and ram_sample and cpu_sample == cpu_sample
+    and ram_sample == ram_sample and math.abs(cpu_sample) < math.huge
+    and math.abs(ram_sample) < math.huge
+  if not finite then cpu_sample, ram_sample = nil, nil end  -- not a number: the figure stays
   local field = host .. '|' .. kind
   local raw = redis.call('HGET', KEYS[1], field)
   local cpu, ram, samples
@@ -32,8 +38,10 @@ while i + 4 <= #ARGV do
   else
     cpu, ram, samples = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]), 0
   end
-  cpu = math.max(floor_cpu, cpu + weight * (cpu_sample - cpu))
-  ram = math.max(floor_ram, ram + weight * (ram_sample - ram))
+  if cpu_sample then
+    cpu = math.max(floor_cpu, cpu + weight * (cpu_sample - cpu))
+    ram = math.max(floor_ram, ram + weight * (ram_sample - ram))
+  end
   samples = samples + 1
   local cpu_text = string.format('%.4f', cpu)
   local ram_text = string.format('%.4f', ram)

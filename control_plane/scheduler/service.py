@@ -361,8 +361,7 @@ class Scheduler:
         self._reclaim_lent()
         free = self.pool.free_slots()
         if self.autopilot is not None:  # issue 15: busy slots sampled over the window
-            slots = sum(self._allocation.values()) if self._allocation else None
-            self.autopilot.note_busy(sum(self.pool.busy_slots().values()), slots)
+            self.autopilot.note_busy(self.pool.busy_slots(), self._allocation)
         ahead = lookahead_for(self._allocation, self.settings.ocr_feed_lookahead)
         wants = feed_wants(free, self.enqueued.counts(), ahead)
         claimed: dict[str, int] = {t: 0 for t in DOCUMENT_TYPES}

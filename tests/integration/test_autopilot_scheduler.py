@@ -7,7 +7,9 @@ load comes from real slots taken and real limiter admissions.
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,12 +17,14 @@ import psycopg
 import pytest
 import redis
 
+from control_plane.capacity import register_host
 from control_plane.config import load_settings
 from control_plane.keys import Keys
 from control_plane.pool import SlotLease
 from control_plane.queue.environments import Environments
 from control_plane.queue.migrate import apply_schema
 from control_plane.scheduler.service import Scheduler
+from control_plane.slot_costs import STALE_MS, CostSampler, learned_costs
 
 pytestmark = pytest.mark.integration
 
@@ -194,3 +198,92 @@ def test_new_leader_goes_on_from_the_published_size(
     assert second.autopilot.size == 16
     for lease in held:
         first.pool.release_slot(lease)
+
+
+# Review attack reproductions (round 2): each failed on the code as reviewed and holds now.
+
+
+def test_takeover_does_not_multiply_a_full_window_by_ten(
+    make_scheduler: Any, dsn: str, redis_client: redis.Redis, keys: Keys
+) -> None:
+    """A new leader's first measure scales the limiter's window counts up to 10x ("less
+    than a window measured yet") — but the counts live in Redis and already span the whole
+    window of the previous leader. Pool 16 at 30% API usage (target 80%): the new leader
+    reads 300% and cuts the pool to floor(16 * 0.8 / 3) = 4 on every takeover (leader
+    failover, scheduler restart/deploy). The span the counts cover is now the longer of what
+    the leader measured and the age of the window's oldest grant."""
+    seed(dsn, 60, 40)
+    register_threads(redis_client, keys, 40)
+    env = {
+        "ocr_worker_pool_size": "auto",
+        "ocr_worker_pool_max": 32,
+        "gemini_rpm_limit": 100,
+        "gemini_rate_window_ms": 2_000,
+    }
+    first = make_scheduler(**env)
+    held = fill(first, "a")
+    first.rebalance()
+    held += fill(first, "b")
+    first.rebalance()
+    assert total(first) == 16
+    held += fill(first, "c")
+    for _ in range(30):  # 30 requests of 100 in the window: 30%, well under the 80% target
+        assert first.limiter.try_acquire(10).granted
+    time.sleep(1.2)  # the window's counts now cover 1.2 s of its 2 s: at most 50%
+    first.shutdown()
+    second = make_scheduler(**env)
+    assert second.autopilot is not None
+    try:
+        assert second.autopilot.size >= 16, second.autopilot.decision
+    finally:
+        for lease in held:
+            second.pool.release_slot(lease)
+
+
+def test_one_absurd_cost_sample_is_bounded_and_does_not_starve_the_fleet(
+    make_scheduler: Any, dsn: str, redis_client: redis.Redis, keys: Keys
+) -> None:
+    """OCR_CAPACITY_COSTS=learned: one sample from one worker process (process_time jumped:
+    a CPU-time counter reset/skew, a library spawning threads, a buggy worker) of 1000 CPU-s
+    over 1 s with one busy index slot sets that host's learned index cost to ~300 vCPU: the
+    EWMA has a floor but no ceiling (not even the host's own budget). fleet_costs fits every
+    host to the dearest, so a fixed pool of 16 on two healthy 8-vCPU hosts loses its index
+    slots; and the figure has no TTL and only moves when a slot on that host is busy,
+    which capacity now refuses: it sticks."""
+    seed(dsn, 30, 10)
+    for host in ("h1", "h2"):
+        register_host(redis_client, keys, host, 8.0, 32.0, 600_000)
+    declared = {"index": (1.5, 0.75), "acte": (1.0, 1.0)}
+    clock, cpu = [0.0], [0.0]
+    sampler = CostSampler(
+        redis_client, keys, "h1", declared,
+        clock=lambda: clock[0], cpu_time=lambda: cpu[0], rss_gb=lambda: 0.1,
+        ceiling=(8.0, 32.0),
+    )  # fmt: skip
+    sampler.sample({"index": 1})
+    clock[0], cpu[0] = 1.0, 1000.0
+    sampler.sample({"index": 1})
+    learned = learned_costs(redis_client, keys)[("h1", "index")]
+    sched = make_scheduler(
+        ocr_worker_pool_size=16,
+        ocr_capacity_costs="learned",
+        ocr_index_cpu=1.5,
+        ocr_index_ram_gb=0.75,
+        ocr_acte_cpu=1.0,
+        ocr_acte_ram_gb=1.0,
+    )
+    sched.rebalance()
+    alloc = sched.pool.read_allocation()
+    assert alloc is not None
+    problems = []
+    if learned[0] > 8.0:
+        problems.append(f"learned index cost {learned[0]} vCPU > the host's 8 vCPU budget")
+    if alloc["index"] < 1:
+        problems.append(f"fixed pool 16 on 2x8 vCPU starved the index type: {alloc}")
+    assert not problems, problems
+    # a figure nobody refreshes for an hour is forgotten: the declared cost again
+    field = "h1|index"
+    entry = json.loads(redis_client.hget(keys.slot_costs_learned, field))  # type: ignore[arg-type]
+    entry["updated_ms"] -= STALE_MS + 1_000
+    redis_client.hset(keys.slot_costs_learned, field, json.dumps(entry))
+    assert ("h1", "index") not in learned_costs(redis_client, keys)

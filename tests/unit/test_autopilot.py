@@ -42,7 +42,8 @@ CASES = [
     ("api over target shrinks at once", 10, m(busy=10, ready=100, rpm_used=95), L, 8, "api"),
     ("tokens count too", 10, m(busy=10, ready=9, tpm_used=950_000), L, 8, "api"),
     ("429 halves", 16, m(busy=16, ready=100, new_429s=3), L, 8, "429"),
-    ("cooldown halves", 16, m(busy=16, ready=100, cooldown_ms=5000), L, 8, "429"),
+    ("cooldown alone holds", 16, m(busy=16, ready=100, cooldown_ms=5000), L, 16, "cooldown"),
+    ("429 with its cooldown halves", 16, m(busy=16, new_429s=1, cooldown_ms=5000), L, 8, "429"),
     ("429 never below min", 3, m(busy=3, new_429s=1), L, 2, "429"),
     (
         "host cpu over 80% shrinks",
