@@ -287,3 +287,24 @@ def test_one_absurd_cost_sample_is_bounded_and_does_not_starve_the_fleet(
     entry["updated_ms"] -= STALE_MS + 1_000
     redis_client.hset(keys.slot_costs_learned, field, json.dumps(entry))
     assert ("h1", "index") not in learned_costs(redis_client, keys)
+
+
+def test_a_leader_that_regains_the_lease_goes_on_from_the_interim_leaders_size(
+    make_scheduler: Any, dsn: str, redis_client: redis.Redis, keys: Keys
+) -> None:
+    """A scheduler that lost the lease and won it back planned from its own stale decision,
+    not from the size the interim leader published (and kept that leader's 429s as new)."""
+    seed(dsn, 60, 40)
+    register_threads(redis_client, keys, 40)
+    sched = make_scheduler(ocr_worker_pool_size="auto", ocr_worker_pool_max=32)
+    held = fill(sched, "a")
+    sched.rebalance()
+    assert sched.autopilot is not None and sched.autopilot.size == 8
+    for lease in held:
+        sched.pool.release_slot(lease)
+    # the interim leader shrank the pool to 4 and published it
+    published = json.loads(redis_client.get(keys.allocation))  # type: ignore[arg-type]
+    published["autopilot"]["size"] = 4
+    redis_client.set(keys.allocation, json.dumps(published))
+    decision = sched.autopilot.step({"index": 60, "acte": 40})
+    assert decision.size == 4, decision  # nothing busy yet: it holds the interim size
