@@ -82,8 +82,16 @@ class Keys:
     def limiter_seq(self) -> str:
         """string "grants tokens": grants ever admitted by this state (only grows) and their
         estimated tokens (the running total of gemini:limiter:cum). A limiter that saw more
-        grants treats fewer as lost or rolled-back state (one window's pause)."""
+        grants treats fewer as lost or rolled-back state (one window's pause). The format
+        every earlier version reads (a rolling upgrade shares it)."""
         return self._k("gemini:limiter:seq")
+
+    @property
+    def limiter_state(self) -> str:
+        """string "sum last_id last_us win_ms win_until_ms": the window's settled token sum
+        (gemini:tpm:current mirrors it), the newest grant (a grant that must still be in the
+        log and is not means lost state), the longest window a recent caller counts over."""
+        return self._k("gemini:limiter:state")
 
     @property
     def cooldown_until(self) -> str:

@@ -4,11 +4,15 @@ Every admission is one Lua call (`lua/limiter_acquire.lua`, with its helpers
 `lua/limiter_lib_*.lua`: the window, the state check, the queue, the retry hint) that checks
 both windows at once against an exact sliding log: a zset of "grant id:tokens" -> admission time
 in µs from Redis `TIME`. The window's request count is the log's size; its settled token sum is
-kept incrementally in the limiter's state string (`gemini:limiter:seq`, written with the log by
-the same scripts: a grant adds, pruning and settling adjust). The two contract keys
-(`gemini:rpm:current`, `gemini:tpm:current`) are mirrors for `redis-cli GET`, rewritten by any
-call that finds them different from the truth, never read as truth: an outside write or a lost
-key changes nothing.
+kept incrementally in the limiter's state string (`gemini:limiter:state`, written with the log
+by the same scripts: a grant adds, pruning and settling adjust). The two contract keys
+(`gemini:rpm:current`, `gemini:tpm:current`) are mirrors for `redis-cli GET`, never read as the
+truth: one that does not hold what the state says (an outside write, a lost key, or a grant or
+settle by an earlier version of this code during a rolling upgrade, which updates only them)
+makes the sum be recounted from the log once, and is rewritten; their writes never fail a call.
+Every caller counts grants over the longest window a recent caller uses (recorded in the state
+until that caller's last grant has left it), so a process configured with a shorter window
+never prunes grants the others still count.
 Requests in the last window + 1 must stay within RPM and tokens in the last window + the estimate
 within TPM. A denial carries the server's `retry_after_ms`: when enough of the log expires for
 this request to fit.
@@ -34,29 +38,31 @@ small newcomers from eating the headroom it waits for, and is admitted as soon a
 ahead of it expire. A reservation lapses `reserve_grace_ms` after the waiter's next expected
 retry, so a waiter that died blocks others only briefly; one that gives up withdraws it at once.
 
-Lost or rolled-back state: every grant increments the counter in `gemini:limiter:seq`, which
-only grows, and records itself there as the newest grant; each limiter instance remembers the
-highest counter it saw (and the Redis time it saw it) and its own newest grant. A call knows
-grants are missing (Redis restarted without persistence or was flushed, the log was evicted, an
-older RDB/AOF snapshot was restored, or a failover promoted a lagging replica) when a grant that
-must still be in the window is not in the log (its caller's newest, or the newest the state
-records), or the counter is lower than its caller saw less than half a day ago (half of
-`LIMITER_EPOCH_TTL_MS`, which the counter always outlives), or it is missing with an empty log.
-The grant check catches a rollback even after other instances have granted the counter back up
-to (or past) what the caller saw. Those grants may still count at Gemini for up to one window,
-so that call sets a shared cooldown of one whole window (the only restart that cannot exceed the
-quota), for every `restart_fraction`, and the caller forgets its newest grant (one pause per
-loss). The counter lost alone (evicted, the log intact) is rebuilt without a pause. What holds
-for a fresh process (no memory): it cannot tell restored state from live state, nor a loss from
-a first start. With no state at all it opens a new one and admits `restart_fraction` (default
-half) of each limit for one window (1 = the whole limit; grants made before a loss may then still
-count: up to 1 + fraction of the quota in the worst case); with a restored older state it (and
-any instance whose grants all survived) carries on as if it were live, until any instance whose
-recent grant was lost makes its next call (in a busy pool, within its next retry: every busy
-instance reconnects at once after a restart or failover) and pauses everyone for a window.
-The counter lives at least half a day past the last call (a grant rewrites it for a day, a
-denial renews it when less than half is left), so an idle night is never taken for a loss;
-after more than half a day fully idle an instance acts as fresh.
+Lost or rolled-back state: every grant increments the counter in `gemini:limiter:seq`, which only
+grows (its format is the one earlier versions read), and records itself in the state as the newest
+grant; each limiter instance remembers the highest counter it saw (and the Redis time it saw it)
+and its own newest grant. A call knows grants are missing (Redis restarted without persistence or
+was flushed, the log was evicted, an older RDB/AOF snapshot was restored, or a failover promoted a
+lagging replica) when a grant that must still be in the window is not in the log (its caller's
+newest, or the newest the state records), or the counter is lower than its caller saw less than
+half a day ago (half of `LIMITER_EPOCH_TTL_MS`, which the counter always outlives), or it is
+missing with an empty log. The grant check catches a rollback even after other instances have
+granted the counter back up to (or past) what the caller saw. Those grants may still count at
+Gemini for up to one window, so that call sets a shared cooldown of one whole window (the only
+restart that cannot exceed the quota), for every `restart_fraction`, puts the counter above any
+value anyone saw (Redis µs) and recounts the sum from the log; any instance that then finds a grant
+of its own missing while that pause runs changes nothing (one pause, one count, one O(n) recount
+per loss), and the caller forgets its newest grant. The counter lost alone (evicted, the log
+intact) is rebuilt without a pause. What holds for a fresh process (no memory): it cannot tell
+restored state from live state, nor a loss from a first start. With no state at all it opens a new
+one and admits `restart_fraction` (default half) of each limit for one window (1 = the whole limit;
+grants made before a loss may then still count: up to 1 + fraction of the quota in the worst case);
+with a restored older state it (and any instance whose grants all survived) carries on as if it
+were live, until any instance whose recent grant was lost makes its next call (in a busy pool,
+within its next retry: every busy instance reconnects at once after a restart or failover) and
+pauses everyone for a window. The counter lives at least half a day past the last call (a grant
+rewrites it for a day, a denial renews it when less than half is left), so an idle night is never
+taken for a loss; after more than half a day fully idle an instance acts as fresh.
 
 Key names are unchanged and not hash-tagged: the script must write the two contract keys, whose
 fixed names fall in different Redis Cluster slots, so no tag could put one call's keys in one
@@ -263,6 +269,7 @@ class GeminiRateLimiter:
             keys.rpm_current,
             keys.tpm_current,
             keys.stats,
+            keys.limiter_state,
         ]
         self._acquire_config = [
             str(v)
@@ -464,7 +471,7 @@ class GeminiRateLimiter:
             raise ValueError("actual_tokens must be >= 0")
         self._scripts.run(
             "limiter_settle",
-            [self.keys.limiter_log, self.keys.tpm_current, self.keys.limiter_seq],
+            [self.keys.limiter_log, self.keys.tpm_current, self.keys.limiter_state],
             [grant.grant_id, grant.tokens, grant.granted_at_us, actual_tokens, self.window_ms],
         )
 
@@ -488,7 +495,7 @@ class GeminiRateLimiter:
                 self.keys.rpm_current,
                 self.keys.tpm_current,
                 self.keys.cooldown_until,
-                self.keys.limiter_seq,
+                self.keys.limiter_state,
             ],
             [self.window_ms, WINDOW_TTL_MARGIN_MS],
         )

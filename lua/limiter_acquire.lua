@@ -4,6 +4,7 @@
 -- KEYS[5] string seq    KEYS[6] string epoch   KEYS[7] string cooldown:until
 -- KEYS[8] string cooldown:reason   KEYS[9] gemini:rpm:current   KEYS[10] gemini:tpm:current
 -- KEYS[11] hash counters (grants, denials, denied_<reason>, waits, wait_ms_total, state_losses)
+-- KEYS[12] string gemini:limiter:state
 --          (each structure is described in the included helper that owns it, and in keys.py)
 -- ARGV[1]  "grant id:tokens": the log member; the id is client-made, so a rerun of this call
 --          after a lost reply finds its grant and returns it (idempotent)
@@ -21,7 +22,7 @@
 -- A request fits when requests in the window + those reserved ahead + 1 <= RPM and tokens in the
 -- window + those reserved ahead + its estimate <= TPM, no cooldown runs, and (restart period) a
 -- fraction of each limit. Every call: O(log n + log w) in the log size n and queue length w, plus
--- small constants (PRUNE_MAX, reserved). An uncontended grant is 14 Redis commands.
+-- small constants (PRUNE_MAX, reserved, HINT_SCAN). An uncontended grant is 14 Redis commands.
 
 --! include limiter_lib_window
 --! include limiter_lib_state
@@ -30,7 +31,7 @@
 
 local k = {log = KEYS[1], cum = KEYS[2], waitq = KEYS[3], wuntil = KEYS[4], seq = KEYS[5],
   epoch = KEYS[6], cool = KEYS[7], reason = KEYS[8], rpm = KEYS[9], tpm = KEYS[10],
-  stats = KEYS[11]}
+  stats = KEYS[11], state = KEYS[12]}
 local member, register, waited = ARGV[1], ARGV[2], ARGV[3]
 local gid, tokens = string.match(member, '^(%S+):(%d+)$')
 tokens = tonumber(tokens)
@@ -44,7 +45,6 @@ local c = {rpm = tonumber(ARGV[8]), tpm = tonumber(ARGV[9]), window_ms = tonumbe
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now_ms = math.floor(now_us / 1000)
-local window_us = c.window_ms * 1000
 local ttl = c.window_ms + c.margin
 
 local function reply(granted, retry_ms, reason, at_us, count, sum, seq, lost)
@@ -52,36 +52,48 @@ local function reply(granted, retry_ms, reason, at_us, count, sum, seq, lost)
     count, sum, seq, now_ms, lost and 1 or 0)
 end
 
+-- Counters never fail a call (a key of the wrong type is left as it is).
 local function count_stat(field, by)
-  if redis.call('HINCRBY', k.stats, field, by or 1) % 256 == 1 then
-    redis.call('PEXPIRE', k.stats, c.stats_ttl)
-  end
+  local n = redis.pcall('HINCRBY', k.stats, field, by or 1)
+  if type(n) == 'number' and n % 256 == 1 then redis.pcall('PEXPIRE', k.stats, c.stats_ttl) end
 end
 
 -- Idempotence: redis-py may rerun us after a lost reply; the first run's grant stands.
 if ARGV[7] == '1' then
   local prev = redis.call('ZSCORE', k.log, member)
   if prev then
-    local st = state_read(redis.call('GET', k.seq))
-    return reply(1, 0, 'ok', tonumber(prev), redis.call('ZCARD', k.log), st.sum or 0,
-      st.seq or 0, false)
+    local live = redis.call('MGET', k.seq, k.state)
+    return reply(1, 0, 'ok', tonumber(prev), redis.call('ZCARD', k.log),
+      state_read(live[2]).sum or 0, counter_read(live[1]) or 0, false)
   end
 end
 
-local f = redis.call('MGET', k.seq, k.epoch, k.cool, k.rpm, k.tpm)
-local st = state_read(f[1])
-c.cool_until, c.restart_end = tonumber(f[3]) or 0, tonumber(f[2]) or 0
+local f = redis.call('MGET', k.seq, k.epoch, k.cool, k.rpm, k.tpm, k.state, k.reason)
+local seq, total = counter_read(f[1])
+local st = state_read(f[6])
+c.cool_until, c.restart_end, c.cool_reason = tonumber(f[3]) or 0, tonumber(f[2]) or 0, f[7]
+-- grants count over the longest window a recent caller uses: nobody prunes what others count
+local window_us = count_window_us(st, c.window_ms * 1000, now_ms)
+local cutoff_us = now_us - window_us
 local was_sum = st.sum
-local count, sum, changed, removed = window_prune(k, st.sum, now_us - window_us)
-local was_count, live_count, live_sum = count + removed, tonumber(f[4]), tonumber(f[5])
-st.sum, st.dirty = sum, changed
-local lost = state_check(k, c, st, seen, mine, count, now_us)
-if lost then st.sum = log_sum(k, count) end  -- what the log still holds
-if lost or st.total == nil or st.gid == nil then
-  -- the index realigned with the log after a loss, a lost counter, or an older version's state
-  st.total, st.dirty = cum_rebuild(k, count, ttl), true
+local count, sum, changed, removed = window_prune(k, st.sum, cutoff_us)
+local was_count = count + removed
+if count > 0 and was_sum and not mirrors_agree(f[4], f[5], was_count, was_sum) then
+  -- someone else wrote the mirrors (an outside write, or an earlier version's grant or settle,
+  -- which update only them): the log is the truth
+  sum, changed, was_sum = log_sum(k, count), true, nil
 end
-sum = st.sum
+st.sum, st.dirty = sum, changed
+local lost, first
+lost, seq, first = state_check(k, c, st, seq, seen, mine, count, now_us, cutoff_us)
+if first then
+  st.sum = log_sum(k, count)  -- what the log still holds
+  sum = st.sum
+end
+if first or total == nil or f[6] == nil then
+  -- the index realigned with the log after a loss, a lost counter, or an earlier version's state
+  total, st.dirty = cum_rebuild(k, count, ttl), true
+end
 local eff_rpm, eff_tpm = c.rpm, c.tpm
 if now_ms < c.restart_end then
   eff_rpm = math.max(1, math.floor(c.rpm * c.fraction))
@@ -92,26 +104,31 @@ local cooling = now_ms < c.cool_until
 
 if not cooling and count + ahead_req + 1 <= eff_rpm and sum + ahead_tok + tokens <= eff_tpm then
   redis.call('ZADD', k.log, now_us, member)
-  redis.call('ZADD', k.cum, st.total, cum_member(gid, now_us, tokens))
-  count, sum = count + 1, sum + tokens
-  mirror(k, live_count, live_sum, was_count, was_sum, count, sum, ttl)
-  st.seq, st.total, st.sum, st.gid, st.at = st.seq + 1, st.total + tokens, sum, gid, now_us
-  state_write(k, c, st)  -- one write: counter, running total, sum, newest grant, lifetime
+  redis.call('ZADD', k.cum, total, cum_member(gid, now_us, tokens))
+  st.sum, st.gid, st.at = sum + tokens, gid, now_us
+  if c.window_ms >= (st.win or 0) or (st.win_until or 0) <= now_ms then
+    st.win, st.win_until = c.window_ms, now_ms + c.window_ms  -- this caller's window counts
+  end
+  state_write(k, c, st, seq + 1, total + tokens)  -- state and counter: their whole lifetime
+  mirror(k, f[4], f[5], was_count, was_sum, count + 1, st.sum, ttl)
   -- Renew every TTL together: when the log starts, or when less than window + margin/2 is left.
-  if count == 1 or redis.call('PTTL', k.log) < ttl - c.margin / 2 then
-    for _, key in ipairs({k.log, k.cum, k.rpm, k.tpm}) do redis.call('PEXPIRE', key, ttl) end
+  if count == 0 or redis.call('PTTL', k.log) < ttl - c.margin / 2 then
+    redis.call('PEXPIRE', k.log, ttl)
+    redis.call('PEXPIRE', k.cum, ttl)
+    redis.pcall('PEXPIRE', k.rpm, ttl)
+    redis.pcall('PEXPIRE', k.tpm, ttl)
   end
   if queued then queue_leave(k, member, gid) end
   count_stat('grants')
   if waited ~= '0' then
-    redis.call('HINCRBY', k.stats, 'waits', 1)
-    redis.call('HINCRBY', k.stats, 'wait_ms_total', waited)
+    count_stat('waits')
+    count_stat('wait_ms_total', tonumber(waited))
   end
-  return reply(1, 0, 'ok', now_us, count, sum, st.seq, false)
+  return reply(1, 0, 'ok', now_us, count + 1, st.sum, seq + 1, false)
 end
 
 -- Denied: why, and when to look again (server-computed from the log).
-mirror(k, live_count, live_sum, was_count, was_sum, count, sum, ttl)
+mirror(k, f[4], f[5], was_count, was_sum, count, sum, ttl)
 local reason, retry = 'reserved', nil
 if cooling then
   reason, retry = 'cooldown', c.cool_until - now_ms
@@ -137,7 +154,7 @@ if register == '1' then
   local until_ms = now_ms + retry + c.grace
   queue_keep(k, member, gid, queued, now_us, until_ms, until_ms - now_ms + ttl)
 end
-if st.dirty then state_write(k, c, st) else state_keep(k, c) end
+if st.dirty then state_write(k, c, st, seq, total) else state_keep(k, c) end
 count_stat('denials')
 count_stat('denied_' .. reason)
-return reply(0, retry, reason, 0, count, sum, st.seq, lost)
+return reply(0, retry, reason, 0, count, sum, seq, lost)

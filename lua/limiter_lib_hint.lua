@@ -6,15 +6,29 @@
 --   period ending). need_req/need_tok: requests and settled tokens that must leave the window
 --   first; sum: the window's settled tokens.
 --   Requests: the need_req-th oldest grant's expiry (ZRANGE by rank: O(log n)).
---   Tokens: k.cum indexes estimates, need_tok is in settled tokens (Gemini's count, which a
---   settle wrote): it is converted at the window's ratio of estimates to settled tokens, then
---   the grant whose expiry takes the running total of estimates past it is found in k.cum (one
---   ZREVRANGEBYSCORE: O(log n)). Exact when the estimates are off by the same factor; otherwise
---   an early hint costs one more call, never an over-admission (admission uses the settled
---   sum), and a late one is bounded by the expiry of the grants that make the room.
+--   Tokens: need_tok is in settled tokens (Gemini's count, which a settle wrote in the log).
+--   Exact when the oldest HINT_SCAN grants make the room: their settled tokens are added up in
+--   admission order. Otherwise k.cum, which indexes estimates, is used: need_tok is converted
+--   at the window's ratio of estimates to settled tokens and the grant whose expiry takes the
+--   running total of estimates past it is found (one ZREVRANGEBYSCORE: O(log n)); exact when
+--   the estimates are off by one factor, else an early hint costs one more call (admission
+--   itself uses the settled sum: never an over-admission). O(log n + HINT_SCAN) in all.
 
 local function expiry_ms(at_us, now_us, window_us)
   return math.max(1, math.ceil((tonumber(at_us) + window_us - now_us) / 1000))
+end
+
+local HINT_SCAN = 32
+
+-- The settled-token hint over the oldest HINT_SCAN grants, or nil when they are not enough.
+local function settled_hint(k, need_tok, now_us, window_us)
+  local oldest = redis.call('ZRANGE', k.log, 0, HINT_SCAN - 1, 'WITHSCORES')
+  local freed = 0
+  for i = 1, #oldest, 2 do
+    freed = freed + cost(oldest[i])
+    if freed >= need_tok then return expiry_ms(oldest[i + 1], now_us, window_us) end
+  end
+  return nil
 end
 
 local function retry_hint(k, need_req, need_tok, count, sum, now_us, window_us, ttl)
@@ -24,6 +38,8 @@ local function retry_hint(k, need_req, need_tok, count, sum, now_us, window_us, 
     local e = redis.call('ZRANGE', k.log, need_req - 1, need_req - 1, 'WITHSCORES')
     retry = expiry_ms(e[2], now_us, window_us)
   end
+  local exact = need_tok > 0 and settled_hint(k, need_tok, now_us, window_us)
+  if exact then return math.max(retry, exact) end
   if need_tok > 0 then
     cum_check(k, count, ttl)
     local first = redis.call('ZRANGE', k.cum, 0, 0, 'WITHSCORES')

@@ -2,14 +2,16 @@
 -- pasted into limiter_acquire and limiter_status where they say `--! include limiter_lib_window`.
 --
 -- k.log  zset "grant id:tokens charged" -> admission µs (Redis TIME); a settle rewrites tokens
--- k.cum  zset "admission µs (16 digits):grant id:estimate" -> estimated tokens granted before it:
---        the same grants as the log in the same order (added and pruned together; the member
---        starts with the admission time so entries with equal totals, after a 0-token grant,
---        still sort in admission order), indexed by running total so "when will N tokens have
---        left" is one O(log n) lookup (limiter_lib_hint)
--- k.rpm / k.tpm  gemini:rpm:current / gemini:tpm:current: mirrors for operators, written by the
---        limiter only (SET, never trusted): the count comes from the log (ZCARD), the token sum
---        from the limiter's state (gemini:limiter:seq, see limiter_lib_state)
+-- k.cum  zset "admission µs (16 digits):grant id:admission µs:estimate" -> estimated tokens
+--        granted before it: the same grants as the log in the same order (added and pruned
+--        together; the member starts with the admission time so entries with equal totals, after
+--        a 0-token grant, still sort in admission order, and ends as earlier versions read it),
+--        indexed by running total so "when will N tokens have left" is one O(log n) lookup
+-- k.rpm / k.tpm  gemini:rpm:current / gemini:tpm:current: mirrors for operators. The count comes
+--        from the log (ZCARD), the token sum from the limiter's state (gemini:limiter:state, see
+--        limiter_lib_state); a mirror that does not hold what the state says (an outside write,
+--        or a grant or settle by an earlier version) makes the sum be recounted from the log.
+--        Their writes never fail a call (pcall: a key of the wrong type is rewritten or left).
 --
 -- window_prune(k, sum, cutoff_us) -> count, sum, changed, removed
 --   sum: the window's settled token sum as the state recorded it (nil: unknown). Drops at most
@@ -20,10 +22,12 @@
 --   changed: the sum differs from the one passed in (the state must be written); removed: how
 --   many grants left the log.
 -- log_sum(k, count) -> the settled token sum over the log (O(n): damage or a detected loss)
--- mirror(k, live_count, live_sum, was_count, was_sum, count, sum, ttl): brings the two contract
---   keys from what they held (as read) to the truth (count, sum): by the difference when they
---   held the truth as it was before this call (was_*; the usual case, and cheaper than a SET
---   with a TTL: their TTL is renewed with the log's), else rewritten (missing reads as 0)
+-- mirrors_agree(live_count, live_sum, count, sum) -> the two mirrors (raw strings as read) hold
+--   exactly these integers
+-- mirror(k, live_count, live_sum, was_count, was_sum, count, sum, ttl): brings the two mirrors
+--   from what they held (raw strings as read) to the truth (count, sum): by the difference when
+--   they held exactly the truth as it was before this call (was_*; the usual case, and cheaper
+--   than a SET with a TTL: their TTL is renewed with the log's), else rewritten
 -- cum_member(gid, at_us, estimate) / cum_parts(member) -> at_us, estimate
 -- cum_rebuild(k, count, ttl) -> running total: cum rebuilt from the log (O(n): only when the
 --   running total was lost, or cum was damaged)
@@ -38,7 +42,7 @@ local function cost(entry)
 end
 
 local function cum_member(gid, at_us, estimate)
-  return string.format('%016.0f:%s:%d', at_us, gid, estimate)
+  return string.format('%016.0f:%s:%.0f:%d', at_us, gid, at_us, estimate)
 end
 
 local function cum_parts(member)
@@ -90,12 +94,18 @@ local function window_prune(k, sum, cutoff_us)
   return count, sum - freed, removed > 0, removed
 end
 
+local function mirrors_agree(live_count, live_sum, count, sum)
+  return count ~= nil and sum ~= nil and live_count == string.format('%d', count)
+    and live_sum == string.format('%.0f', sum)
+end
+
 local function mirror(k, live_count, live_sum, was_count, was_sum, count, sum, ttl)
-  if live_count and live_count == was_count and live_sum == was_sum then
-    if count ~= was_count then redis.call('INCRBY', k.rpm, count - was_count) end
-    if sum ~= was_sum then redis.call('INCRBY', k.tpm, string.format('%.0f', sum - was_sum)) end
-  elseif (live_count or 0) ~= count or (live_sum or 0) ~= sum then  -- missing reads as 0
-    redis.call('SET', k.rpm, count, 'PX', ttl)
-    redis.call('SET', k.tpm, string.format('%.0f', sum), 'PX', ttl)
+  if mirrors_agree(live_count, live_sum, was_count, was_sum) then
+    if count ~= was_count then redis.pcall('INCRBY', k.rpm, count - was_count) end
+    if sum ~= was_sum then redis.pcall('INCRBY', k.tpm, string.format('%.0f', sum - was_sum)) end
+  elseif not mirrors_agree(live_count, live_sum, count, sum)
+      and (live_count or live_sum or count > 0 or sum ~= 0) then
+    redis.pcall('SET', k.rpm, count, 'PX', ttl)
+    redis.pcall('SET', k.tpm, string.format('%.0f', sum), 'PX', ttl)
   end
 end

@@ -2,7 +2,7 @@
 --
 -- KEYS[1]  zset   sliding log: "grant id:tokens charged" -> admission time (µs)
 -- KEYS[2]  string gemini:tpm:current: the operators' mirror of the window's token sum
--- KEYS[3]  string gemini:limiter:seq: the limiter's state, which holds the sum itself
+-- KEYS[3]  string gemini:limiter:state: the limiter's state, which holds the sum itself
 -- ARGV[1]  grant id      ARGV[2] tokens charged at admission (the estimate)
 -- ARGV[3]  admission time µs (from the grant)      ARGV[4] actual tokens      ARGV[5] window ms
 -- Returns  the change applied to the window's token count (0 when nothing to do).
@@ -39,10 +39,11 @@ if delta ~= 0 then
   redis.call('ZREM', log, member)
   redis.call('ZADD', log, score, prefix .. actual)
   local st = state_read(redis.call('GET', KEYS[3]))
-  if st.sum and st.gid then
+  if st.sum then
     st.sum = st.sum + delta
-    state_write({seq = KEYS[3]}, nil, st, true)
+    state_write({state = KEYS[3]}, nil, st, nil, nil, true)
   end
-  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('INCRBY', KEYS[2], delta) end
+  -- the mirror follows (as an earlier version's settle does); never fails the settle
+  if redis.call('EXISTS', KEYS[2]) == 1 then redis.pcall('INCRBY', KEYS[2], delta) end
 end
 return delta

@@ -3,31 +3,35 @@
 -- KEYS[1]  zset sliding log    KEYS[2] zset cum (running totals; see limiter_lib_window)
 -- KEYS[3]  string gemini:rpm:current      KEYS[4] string gemini:tpm:current (the mirrors)
 -- KEYS[5]  string cooldown until (Redis-time ms)
--- KEYS[6]  string gemini:limiter:seq (the limiter's state: it holds the token sum)
+-- KEYS[6]  string gemini:limiter:state (the limiter's state: it holds the token sum)
 -- ARGV[1]  window ms       ARGV[2] key TTL margin ms
 -- Returns  {requests, tokens, cooldown_remaining_ms, oldest_age_ms}: oldest_age_ms is how long ago
--- the window's oldest grant was admitted (0 when empty); brings the state's sum and the mirrors up
--- to date (the same helpers and rules as limiter_acquire). It never creates the state: a
--- missing one is limiter_acquire's to judge (a first start, or a loss).
+-- the window's oldest grant was admitted (0 when empty); brings the state's sum and the mirrors
+-- up to date (the same helpers and rules as limiter_acquire, the same window: the longest a
+-- recent caller uses). It never creates the state: a missing one is limiter_acquire's to judge
+-- (a first start, or a loss).
 
 --! include limiter_lib_window
 --! include limiter_lib_state
 
-local k = {log = KEYS[1], cum = KEYS[2], rpm = KEYS[3], tpm = KEYS[4], seq = KEYS[6]}
+local k = {log = KEYS[1], cum = KEYS[2], rpm = KEYS[3], tpm = KEYS[4], state = KEYS[6]}
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now_ms = math.floor(now_us / 1000)
 local window_ms = tonumber(ARGV[1])
-local flags = redis.call('MGET', k.rpm, k.tpm, KEYS[5], k.seq)
+local flags = redis.call('MGET', k.rpm, k.tpm, KEYS[5], k.state)
 local st = state_read(flags[4])
 local was_sum = st.sum
-local count, sum, changed, removed = window_prune(k, st.sum, now_us - window_ms * 1000)
-if changed and st.sum and st.gid then
-  st.sum = sum
-  state_write(k, nil, st, true)
+local count, sum, changed, removed = window_prune(k, st.sum,
+  now_us - count_window_us(st, window_ms * 1000, now_ms))
+if count > 0 and was_sum and not mirrors_agree(flags[1], flags[2], count + removed, was_sum) then
+  sum, changed, was_sum = log_sum(k, count), true, nil  -- the mirrors were written by others
 end
-mirror(k, tonumber(flags[1]), tonumber(flags[2]), count + removed, was_sum, count, sum,
-  window_ms + tonumber(ARGV[2]))
+if changed and st.sum then
+  st.sum = sum
+  state_write(k, nil, st, nil, nil, true)
+end
+mirror(k, flags[1], flags[2], count + removed, was_sum, count, sum, window_ms + tonumber(ARGV[2]))
 local until_ms = tonumber(flags[3])
 local remaining = 0
 if until_ms and until_ms > now_ms then remaining = until_ms - now_ms end

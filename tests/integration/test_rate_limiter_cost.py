@@ -133,5 +133,7 @@ def test_grant_cost_is_flat_in_log_size() -> None:
             client.close()
             admin.close()
     print(f"\ngrant: commands per call, median µs in Redis: {costs}")
-    assert round(costs[100].commands_per_call) == round(costs[10_000].commands_per_call) <= 13
+    # 14: TIME, MGET, prune check, ZCARD, newest-grant check, queue, 2 ZADD, state + counter,
+    # 2 mirrors, TTL check, counter
+    assert round(costs[100].commands_per_call) == round(costs[10_000].commands_per_call) <= 14
     assert costs[10_000].median_us <= 4 * max(costs[100].median_us, 20)
