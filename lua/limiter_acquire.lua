@@ -68,10 +68,11 @@ if ARGV[7] == '1' then
   end
 end
 
-local f = redis.call('MGET', k.seq, k.epoch, k.cool, k.rpm, k.tpm, k.state, k.reason)
+local f = redis.call('MGET', k.seq, k.epoch, k.cool, k.rpm, k.tpm, k.state)
 local seq, total = counter_read(f[1])
 local st = state_read(f[6])
-c.cool_until, c.restart_end, c.cool_reason = tonumber(f[3]) or 0, tonumber(f[2]) or 0, f[7]
+local state_found = f[6] and true or false  -- MGET gives false for a missing key
+c.cool_until, c.restart_end = tonumber(f[3]) or 0, tonumber(f[2]) or 0
 -- grants count over the longest window a recent caller uses: nobody prunes what others count
 local window_us = count_window_us(st, c.window_ms * 1000, now_ms)
 local cutoff_us = now_us - window_us
@@ -85,12 +86,13 @@ if count > 0 and was_sum and not mirrors_agree(f[4], f[5], was_count, was_sum) t
 end
 st.sum, st.dirty = sum, changed
 local lost, first
-lost, seq, first = state_check(k, c, st, seq, seen, mine, count, now_us, cutoff_us)
+lost, seq, first = state_check(k, c, st, seq, seen, mine, count, now_us, cutoff_us,
+  state_found)
 if first then
   st.sum = log_sum(k, count)  -- what the log still holds
   sum = st.sum
 end
-if first or total == nil or f[6] == nil then
+if first or total == nil or not state_found then
   -- the index realigned with the log after a loss, a lost counter, or an earlier version's state
   total, st.dirty = cum_rebuild(k, count, ttl), true
 end
@@ -106,9 +108,7 @@ if not cooling and count + ahead_req + 1 <= eff_rpm and sum + ahead_tok + tokens
   redis.call('ZADD', k.log, now_us, member)
   redis.call('ZADD', k.cum, total, cum_member(gid, now_us, tokens))
   st.sum, st.gid, st.at = sum + tokens, gid, now_us
-  if c.window_ms >= (st.win or 0) or (st.win_until or 0) <= now_ms then
-    st.win, st.win_until = c.window_ms, now_ms + c.window_ms  -- this caller's window counts
-  end
+  note_window(st, c.window_ms, now_ms)  -- this caller's window counts until its grants leave
   state_write(k, c, st, seq + 1, total + tokens)  -- state and counter: their whole lifetime
   mirror(k, f[4], f[5], was_count, was_sum, count + 1, st.sum, ttl)
   -- Renew every TTL together: when the log starts, or when less than window + margin/2 is left.

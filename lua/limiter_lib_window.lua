@@ -45,8 +45,8 @@ local function cum_member(gid, at_us, estimate)
   return string.format('%016.0f:%s:%.0f:%d', at_us, gid, at_us, estimate)
 end
 
-local function cum_parts(member)
-  local at, est = string.match(member, '^(%d+):.*:(%d+)$')
+local function cum_parts(member)  -- both formats end in ":admission µs:estimate"
+  local at, est = string.match(member or '', ':(%d+):(%d+)$')
   return tonumber(at), tonumber(est)
 end
 

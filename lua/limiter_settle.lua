@@ -4,11 +4,12 @@
 -- KEYS[2]  string gemini:tpm:current: the operators' mirror of the window's token sum
 -- KEYS[3]  string gemini:limiter:state: the limiter's state, which holds the sum itself
 -- ARGV[1]  grant id      ARGV[2] tokens charged at admission (the estimate)
--- ARGV[3]  admission time µs (from the grant)      ARGV[4] actual tokens      ARGV[5] window ms
+-- ARGV[3]  admission time µs (from the grant)      ARGV[4] actual tokens
+-- ARGV[5]  window ms (unused: kept so callers of every version send the same arguments)
 -- Returns  the change applied to the window's token count (0 when nothing to do).
 --
--- Idempotent: settling again with the same figure changes nothing. A grant that has left the
--- window (or was lost with a Redis restart) no longer counts anywhere, so settling it is a no-op.
+-- Idempotent: settling again with the same figure changes nothing. A grant pruned from the log
+-- (or lost with a Redis restart) no longer counts anywhere, so settling it is a no-op.
 -- The member is found in O(log n): by its admission-time name, else (settled before) among the
 -- members with exactly its admission time. If the state is missing (or from an older version)
 -- the sum is left to the next admission, which rebuilds it from the log (which holds the
@@ -16,8 +17,6 @@
 
 --! include limiter_lib_state
 
-local t = redis.call('TIME')
-local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local log, prefix = KEYS[1], ARGV[1] .. ':'
 local member = prefix .. ARGV[2]
 local score = tonumber(redis.call('ZSCORE', log, member))
@@ -30,9 +29,9 @@ if not score then
     end
   end
 end
-if not member or score <= now_us - tonumber(ARGV[5]) * 1000 then
-  return 0
-end
+-- Applied while the grant is in the log, whatever this caller's window: another caller may
+-- count over a longer one (the state's), and pruning takes the settled figure off the sum.
+if not member then return 0 end
 local actual = tonumber(ARGV[4])
 local delta = actual - tonumber(string.sub(member, #prefix + 1))
 if delta ~= 0 then
