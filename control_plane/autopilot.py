@@ -2,7 +2,7 @@
 
 `OCR_WORKER_POOL_SIZE=auto` lets the scheduler choose the pool size at each
 rebalance, between a minimum and `OCR_WORKER_POOL_MAX`, aiming at the seed's
-targets: API usage (requests and tokens of the recent horizon, as a window's, against the
+targets: API usage (requests and tokens of the current window against the
 limits) at most `OCR_AUTOPILOT_API_TARGET`, each host's CPU/RAM at most 80% of
 its budget, no idle slot while documents wait.
 
@@ -14,9 +14,8 @@ The rule, applied to one set of measurements (`Measurements`):
   size: nobody makes requests during it, so nothing is measured);
 - each measured load gives a cap, the size at which it would reach its target:
   a host's CPU and RAM are the costs of the slots busy on it now, so its cap is
-  `busy now * target / load`; API usage counts a horizon (the last two rebalances, at
-  most the window; autopilot_runtime scales its counts to a window's), so its cap is
-  `slots * target / usage`, the slots that made it counted over the same horizon:
+  `busy now * target / load`; API usage counts the whole window, so its cap is
+  `slots * target / usage`, the slots that made it counted over the same window:
   for a type whose documents wait, its average slots (a slot idle between two jobs
   while work waits is the pipeline's gap, feed and delivery, which a larger pool has
   in the same proportion: projecting on busy slots alone under-grows by that share),
@@ -28,8 +27,8 @@ The rule, applied to one set of measurements (`Measurements`):
 - more slots than registered worker threads or than the work there is
   (busy + ready) are useless: both cap the size too;
 - below every cap the pool grows gradually, only while documents wait and its
-  slots work (nothing is measured before), and not within a horizon of a shrink
-  (that horizon still counts throttled slots): doubling
+  slots work (nothing is measured before), and not within a window of a shrink
+  (that window still counts throttled slots): doubling
   while API usage is under half its target (slow start), by half above that.
 
 The binding constraint (the smallest cap, or the growth step) is named, with
@@ -58,9 +57,9 @@ GROW_MARGIN = 0.9
 class Measurements:
     """What the scheduler measured at this rebalance."""
 
-    busy: float = 0  # slots held: the average over the horizon (see autopilot_runtime)
+    busy: float = 0  # slots held: the average over the limiter's window (see autopilot_runtime)
     busy_now: float | None = None  # slots held right now (host loads are instantaneous)
-    # slots that could work over the same horizon: the average slots of the types whose
+    # slots that could work over the same window: the average slots of the types whose
     # documents wait plus the average busy slots of the others (autopilot_runtime)
     size_avg: float | None = None
     ready: int = 0  # documents waiting (all types)
@@ -73,7 +72,7 @@ class Measurements:
     # host -> (cpu fraction of its budget, ram fraction of its budget)
     host_load: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     registered_threads: int = 0
-    # shrunk less than a horizon ago: it still holds throttled slots (busy, waiting
+    # shrunk less than a window ago: the window still holds throttled slots (busy, waiting
     # on the limiter, making no request), so it would under-count a slot's usage: no growth
     settling: bool = False
 

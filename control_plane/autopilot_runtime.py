@@ -102,12 +102,6 @@ class Autopilot:
         # busy-slot samples (monotonic s, count) over the limiter's window: API usage spans
         # the window, so the slots that made it are the window's average, not this instant's
         self._window_s = settings.gemini_rate_window_ms / 1000
-        # The horizon the autopilot measures over: two rebalances (a latency change is seen
-        # within two), at most the window (production: 30 s rebalances, a 60 s window).
-        self._horizon_s = min(
-            self._window_s,
-            max(2 * settings.ocr_rebalance_interval_ms / 1000, self._window_s / 10),
-        )
         # (t, busy per type, slots per type)
         self._busy: deque[tuple[float, dict[str, int], dict[str, int]]] = deque()
         self._since: float | None = None  # when this leader started measuring
@@ -138,7 +132,7 @@ class Autopilot:
         types = set(held) | set(given)
         in_force = {t: max(int(given.get(t, 0)), held.get(t, 0)) for t in types}
         self._busy.append((now, held, in_force))
-        while self._busy and self._busy[0][0] < now - self._horizon_s:
+        while self._busy and self._busy[0][0] < now - self._window_s:
             self._busy.popleft()
         n = len(self._busy)
         avg_busy: dict[str, float] = {}
@@ -168,16 +162,15 @@ class Autopilot:
         avg_busy, avg_slots = self.note_busy(busy_by_type, self._published()[1])
         busy = sum(avg_busy.values())
         size_avg = working_slots(avg_busy, avg_slots, queued)
-        rpm, tpm, span_ms = self._limiter.recent_usage(int(self._horizon_s * 1000))
-        # The horizon's counts as a whole window's (the limits are per window): scaled by
-        # window / horizon, or by window / the time they cover when less (a fresh start; at
-        # most 10x, never down). The span is the longer of what this leader measured and the
-        # age of the log's oldest grant: a new leader takes over what the last one filled.
+        rpm, tpm, span_ms = self._limiter.window_usage()
+        # Less than a window of grants yet (a fresh start): the window's counts cover only
+        # that much time, so they are scaled up to a whole window (never down). The span is
+        # the longer of what this leader measured and the age of the window's oldest grant:
+        # a new leader takes over a window the last one filled, which needs no scaling.
         now = time.monotonic()
         if self._since is None:
             self._since = now
-        covered = min(self._horizon_s, max(now - self._since, span_ms / 1000))
-        scale = window_scale(covered, self._window_s)
+        scale = window_scale(max(now - self._since, span_ms / 1000), self._window_s)
         rpm, tpm = round(rpm * scale), round(tpm * scale)
         stats = self._limiter.stats()
         total_429s = int(stats.get("responses_429", 0))
@@ -199,7 +192,7 @@ class Autopilot:
             cooldown_ms=self._limiter.cooldown_remaining_ms(),
             host_load=loads,
             registered_threads=len(self._registry.all()),
-            settling=self._shrunk_at is not None and now - self._shrunk_at < self._horizon_s,
+            settling=self._shrunk_at is not None and now - self._shrunk_at < self._window_s,
         )
 
     def previous_size(self) -> int | None:

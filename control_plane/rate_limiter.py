@@ -510,26 +510,6 @@ class GeminiRateLimiter:
         count, tokens, _, _ = self._status()
         return count, tokens
 
-    def recent_usage(self, horizon_ms: int) -> tuple[int, int, int]:
-        """(requests, settled tokens) granted in the last `horizon_ms` (Redis time), and how
-        much of that horizon the log covers (less only when its oldest grant is younger: a
-        fresh start). Reads the log (O(log n + k) for k grants in the horizon, on the caller's
-        side); for the autopilot's once-per-rebalance look, not for admission."""
-        seconds, micros = self._client.time()
-        now_us = seconds * 1_000_000 + micros
-        start = now_us - min(horizon_ms, self.window_ms) * 1000
-        entries = self._client.zrangebyscore(self.keys.limiter_log, f"({start}", "+inf")
-        oldest = self._client.zrange(self.keys.limiter_log, 0, 0, withscores=True)
-        tokens = 0
-        for entry in entries:
-            text = entry.decode() if isinstance(entry, bytes) else str(entry)
-            tail = text.rpartition(":")[2]
-            tokens += int(tail) if tail.isdigit() else 0
-        covered = 0
-        if oldest:
-            covered = min(horizon_ms, max(0, (now_us - int(oldest[0][1])) // 1000))
-        return len(entries), tokens, covered
-
     def window_usage(self) -> tuple[int, int, int]:
         """(requests, tokens, ms since the window's oldest grant): how much time the counts
         cover (the whole window once grants have gone on that long; 0 when empty)."""

@@ -170,21 +170,3 @@ def test_every_key_expires(redis_client, keys: Keys) -> None:
     missing_ttl = [name for name in names if redis_client.pttl(name) < 0]
     assert not missing_ttl, f"keys without a TTL: {missing_ttl}"
     blocked.join()
-
-
-def test_recent_usage_counts_the_horizon_and_says_how_much_of_it_the_log_covers(
-    redis_client, keys: Keys
-) -> None:
-    limiter = make(redis_client, keys, window_ms=5_000)
-    for _ in range(3):
-        assert limiter.try_acquire(100).granted
-    time.sleep(0.6)
-    grants = [limiter.try_acquire(40).grant for _ in range(2)]
-    assert all(grants)
-    limiter.settle(grants[0], 70)  # settled figures count
-    requests, tokens, covered = limiter.recent_usage(400)
-    assert (requests, tokens) == (2, 110)
-    assert covered == 400  # older grants exist: the whole horizon is covered
-    requests, tokens, covered = limiter.recent_usage(4_000)
-    assert (requests, tokens) == (5, 410)
-    assert 550 <= covered < 4_000  # the log is younger than the horizon (a fresh start)
