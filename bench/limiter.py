@@ -198,9 +198,11 @@ def pct(values: list[float], q: float) -> float:
 
 def measure(limiter: str, url: str, prefix: str, seconds: float) -> tuple[float, ...]:
     """One repetition for one limiter: the table's figures (over-admissions as counts)."""
-    one = run_phase(limiter, url, prefix, 1, seconds, saturate=False)
-    eight = run_phase(limiter, url, prefix, 8, seconds, saturate=False)
-    sat = run_phase(limiter, url, prefix, 8, 3 * SAT_WINDOW_S, saturate=True)
+    # each phase on its own keys: their windows differ, and the limiter keeps counting a
+    # grant for the longest window a recent caller used (60 s here before the saturation)
+    one = run_phase(limiter, url, prefix + "1p:", 1, seconds, saturate=False)
+    eight = run_phase(limiter, url, prefix + "8p:", 8, seconds, saturate=False)
+    sat = run_phase(limiter, url, prefix + "sat:", 8, 3 * SAT_WINDOW_S, saturate=True)
     tpm_limit = SAT_TPM if limiter.startswith("ours") else None
     server = over_admissions(sat.server_events, SAT_RPM, tpm_limit) if sat.server_events else -1
     return (
