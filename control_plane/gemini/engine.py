@@ -427,9 +427,7 @@ class GeminiOcrEngine:
                     model=self._settings.gemini_model,
                 )
             if seen.blocked:
-                # an outage: wait for the breaker, same attempt; still say what this call got
-                log_event("gemini.outage_wait", decision.message, where=where, attempt=attempt)
-                return attempt
+                return attempt  # an outage: wait for the breaker, same attempt
         if attempt >= self._settings.gemini_max_call_attempts:
             log_event(
                 "gemini.gave_up", decision.message, level="WARNING", where=where, attempts=attempt
