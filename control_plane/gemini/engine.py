@@ -427,7 +427,10 @@ class GeminiOcrEngine:
                     model=self._settings.gemini_model,
                 )
             if seen.blocked:
-                return attempt  # an outage: wait for the breaker, same attempt
+                # an outage: wait for the breaker, same attempt; still say what this call got
+                # (the outage itself is announced once, gemini.outage)
+                log_event("gemini.held", decision.message, where=where, attempt=attempt)
+                return attempt
         if attempt >= self._settings.gemini_max_call_attempts:
             log_event(
                 "gemini.gave_up", decision.message, level="WARNING", where=where, attempts=attempt
