@@ -156,13 +156,16 @@ class Autopilot:
         slots = {t: int(published[t]) for t in DOCUMENT_TYPES if isinstance(published.get(t), int)}
         return size, (slots or None)
 
-    def measure(self, queued: Mapping[str, int]) -> Measurements:
+    def measure(
+        self, queued: Mapping[str, int], slots: Mapping[str, int] | None = None
+    ) -> Measurements:
+        """What this rebalance sees; `slots`: the published allocation per type."""
         busy_by_type = self._pool.busy_slots()
         busy_now = sum(busy_by_type.values())
-        avg_busy, avg_slots = self.note_busy(busy_by_type, self._published()[1])
+        avg_busy, avg_slots = self.note_busy(busy_by_type, slots)
         busy = sum(avg_busy.values())
         size_avg = working_slots(avg_busy, avg_slots, queued)
-        rpm, tpm, span_ms = self._limiter.window_usage()
+        rpm, tpm, span_ms, cooldown_ms = self._limiter.window_usage()
         # Less than a window of grants yet (a fresh start): the window's counts cover only
         # that much time, so they are scaled up to a whole window (never down). The span is
         # the longer of what this leader measured and the age of the window's oldest grant:
@@ -189,7 +192,7 @@ class Autopilot:
             rpm_limit=self._limiter.rpm_limit,
             tpm_limit=self._limiter.tpm_limit,
             new_429s=new_429s,
-            cooldown_ms=self._limiter.cooldown_remaining_ms(),
+            cooldown_ms=cooldown_ms,
             host_load=loads,
             registered_threads=len(self._registry.all()),
             settling=self._shrunk_at is not None and now - self._shrunk_at < self._window_s,
@@ -201,12 +204,11 @@ class Autopilot:
             return self.decision.size
         return self._published()[0]
 
-    def _forget_if_taken_over(self) -> None:
+    def _forget_if_taken_over(self, published: int | None) -> None:
         """Another leader published a size since our last decision (we lost the lease and
         won it back): go on from its size and measure afresh (its 429s were its own)."""
         if self.decision is None:
             return
-        published = self._published()[0]
         if published is not None and published != self.decision.size:
             self.decision = None
             self._busy.clear()
@@ -214,9 +216,10 @@ class Autopilot:
 
     def step(self, queued: Mapping[str, int]) -> Decision:
         """Measure, decide, log a change once; returns the decision."""
-        self._forget_if_taken_over()
-        before = self.previous_size()
-        measured = self.measure(queued)
+        published, slots = self._published()  # one read of the allocation per rebalance
+        self._forget_if_taken_over(published)
+        before = self.decision.size if self.decision is not None else published
+        measured = self.measure(queued, slots)
         decision = decide_pool_size(before, measured, self.limits)
         if before is not None and decision.size < before:
             self._shrunk_at = time.monotonic()

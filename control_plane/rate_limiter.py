@@ -510,11 +510,12 @@ class GeminiRateLimiter:
         count, tokens, _, _ = self._status()
         return count, tokens
 
-    def window_usage(self) -> tuple[int, int, int]:
-        """(requests, tokens, ms since the window's oldest grant): how much time the counts
-        cover (the whole window once grants have gone on that long; 0 when empty)."""
-        count, tokens, _, age = self._status()
-        return count, tokens, min(age, self.window_ms)
+    def window_usage(self) -> tuple[int, int, int, int]:
+        """(requests, tokens, ms since the window's oldest grant, cooldown ms left), in one call:
+        the span is how much time the counts cover (the whole window once grants have gone on
+        that long; 0 when empty)."""
+        count, tokens, remaining, age = self._status()
+        return count, tokens, min(age, self.window_ms), remaining
 
     def stats(self) -> dict[str, int]:
         """Counters: grants, denials, denied_<reason>, waits, wait_ms_total, cooldowns, timeouts."""

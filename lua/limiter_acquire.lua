@@ -76,14 +76,7 @@ c.cool_until, c.restart_end = tonumber(f[3]) or 0, tonumber(f[2]) or 0
 -- grants count over the longest window a recent caller uses: nobody prunes what others count
 local window_us = count_window_us(st, c.window_ms * 1000, now_ms)
 local cutoff_us = now_us - window_us
-local was_sum = st.sum
-local count, sum, changed, removed = window_prune(k, st.sum, cutoff_us)
-local was_count = count + removed
-if count > 0 and was_sum and not mirrors_agree(f[4], f[5], was_count, was_sum) then
-  -- someone else wrote the mirrors (an outside write, or an earlier version's grant or settle,
-  -- which update only them): the log is the truth
-  sum, changed, was_sum = log_sum(k, count), true, nil
-end
+local count, sum, changed, was_count, was_sum = window_prune(k, st.sum, cutoff_us, f[4], f[5])
 st.sum, st.dirty = sum, changed
 local lost, first
 lost, seq, first = state_check(k, c, st, seq, seen, mine, count, now_us, cutoff_us,

@@ -13,14 +13,17 @@
 --        or a grant or settle by an earlier version) makes the sum be recounted from the log.
 --        Their writes never fail a call (pcall: a key of the wrong type is rewritten or left).
 --
--- window_prune(k, sum, cutoff_us) -> count, sum, changed, removed
---   sum: the window's settled token sum as the state recorded it (nil: unknown). Drops at most
+-- window_prune(k, sum, cutoff_us, live_count, live_sum) -> count, sum, changed, was_count, was_sum
+--   sum: the window's settled token sum as the state recorded it (nil: unknown); live_*: the two
+--   mirrors as read (raw strings). The state's sum is trusted only when the mirrors hold exactly
+--   the state's figures (else someone else wrote them: the sum is recounted). Drops at most
 --   PRUNE_MAX grants admitted at or before cutoff_us from log and cum and takes their tokens off
 --   the sum: each grant leaves once, so O(1) amortised per grant and O(log n + PRUNE_MAX) per
 --   call. Grants left over by the cap stay counted until a later call (conservative: never an
 --   over-admission). An unknown sum is rebuilt from the log: O(n), only after damage.
---   changed: the sum differs from the one passed in (the state must be written); removed: how
---   many grants left the log.
+--   changed: the sum differs from the one passed in (the state must be written); was_count,
+--   was_sum: the window before this call's pruning, as the mirrors hold it (was_sum nil when
+--   they were not trusted), for `mirror`.
 -- log_sum(k, count) -> the settled token sum over the log (O(n): damage or a detected loss)
 -- mirrors_agree(live_count, live_sum, count, sum) -> the two mirrors (raw strings as read) hold
 --   exactly these integers
@@ -78,7 +81,12 @@ local function cum_check(k, count, ttl)
   if redis.call('ZCARD', k.cum) ~= count then cum_rebuild(k, count, ttl) end
 end
 
-local function window_prune(k, sum, cutoff_us)
+local function mirrors_agree(live_count, live_sum, count, sum)
+  return count ~= nil and sum ~= nil and live_count == string.format('%d', count)
+    and live_sum == string.format('%.0f', sum)
+end
+
+local function window_prune(k, sum, cutoff_us, live_count, live_sum)
   local removed, freed = 0, 0
   local oldest = redis.call('ZRANGE', k.log, 0, 0, 'WITHSCORES')
   if oldest[2] and tonumber(oldest[2]) <= cutoff_us then
@@ -89,14 +97,13 @@ local function window_prune(k, sum, cutoff_us)
     redis.call('ZREMRANGEBYRANK', k.cum, 0, removed - 1)
   end
   local count = redis.call('ZCARD', k.log)
-  if count == 0 then return 0, 0, sum ~= 0, removed end  -- an empty window holds nothing
-  if not sum then return count, log_sum(k, count), true, removed end
-  return count, sum - freed, removed > 0, removed
-end
-
-local function mirrors_agree(live_count, live_sum, count, sum)
-  return count ~= nil and sum ~= nil and live_count == string.format('%d', count)
-    and live_sum == string.format('%.0f', sum)
+  local was_count = count + removed
+  if sum and count > 0 and not mirrors_agree(live_count, live_sum, was_count, sum) then
+    sum = nil  -- an outside write, or an earlier version's grant or settle: the log is the truth
+  end
+  if count == 0 then return 0, 0, sum ~= 0, was_count, sum end  -- an empty window holds nothing
+  if not sum then return count, log_sum(k, count), true, was_count, nil end
+  return count, sum - freed, removed > 0, was_count, sum
 end
 
 local function mirror(k, live_count, live_sum, was_count, was_sum, count, sum, ttl)

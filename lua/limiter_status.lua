@@ -21,17 +21,13 @@ local now_ms = math.floor(now_us / 1000)
 local window_ms = tonumber(ARGV[1])
 local flags = redis.call('MGET', k.rpm, k.tpm, KEYS[5], k.state)
 local st = state_read(flags[4])
-local was_sum = st.sum
-local count, sum, changed, removed = window_prune(k, st.sum,
-  now_us - count_window_us(st, window_ms * 1000, now_ms))
-if count > 0 and was_sum and not mirrors_agree(flags[1], flags[2], count + removed, was_sum) then
-  sum, changed, was_sum = log_sum(k, count), true, nil  -- the mirrors were written by others
-end
+local count, sum, changed, was_count, was_sum = window_prune(k, st.sum,
+  now_us - count_window_us(st, window_ms * 1000, now_ms), flags[1], flags[2])
 if changed and st.sum then
   st.sum = sum
   state_write(k, nil, st, nil, nil, true)
 end
-mirror(k, flags[1], flags[2], count + removed, was_sum, count, sum, window_ms + tonumber(ARGV[2]))
+mirror(k, flags[1], flags[2], was_count, was_sum, count, sum, window_ms + tonumber(ARGV[2]))
 local until_ms = tonumber(flags[3])
 local remaining = 0
 if until_ms and until_ms > now_ms then remaining = until_ms - now_ms end

@@ -13,37 +13,13 @@ import redis
 
 from control_plane.keys import Keys
 from control_plane.rate_limiter import GeminiRateLimiter, peak_window_load
+from tests.support.limiter import make_limiter as make
+from tests.support.limiter import restore, snapshot
 
 pytestmark = pytest.mark.integration
 
 RPM = 20
 WINDOW_MS = 2_000
-
-
-def make(client: redis.Redis, keys: Keys, **overrides: object) -> GeminiRateLimiter:
-    options: dict[str, object] = {
-        "rpm_limit": RPM,
-        "tpm_limit": 1_000_000,
-        "window_ms": WINDOW_MS,
-        "keys": keys,
-        "restart_fraction": 1.0,
-    }
-    options.update(overrides)
-    return GeminiRateLimiter(client, **options)  # type: ignore[arg-type]
-
-
-def snapshot(client: redis.Redis, keys: Keys) -> dict[str, tuple[bytes, int]]:
-    """DUMP + PTTL of every key under the prefix (what an RDB snapshot holds)."""
-    names = list(client.scan_iter(match=f"{keys.prefix}*"))
-    return {name: (client.dump(name), client.pttl(name)) for name in names}  # type: ignore[misc]
-
-
-def restore(client: redis.Redis, keys: Keys, saved: dict[str, tuple[bytes, int]]) -> None:
-    """Every key back to the snapshot; keys made since are gone (a restart from that RDB)."""
-    for name in list(client.scan_iter(match=f"{keys.prefix}*")):
-        client.delete(name)
-    for name, (data, pttl) in saved.items():
-        client.restore(name, max(pttl, 0), data)
 
 
 def grant_times(limiter: GeminiRateLimiter, tries: int, tokens: int = 1) -> list[int]:

@@ -7,32 +7,20 @@ docstring says what went wrong); it holds now.
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import pytest
 import redis
 
-from control_plane.keys import LIMITER_EPOCH_TTL_MS, STATS_TTL_MS, WINDOW_TTL_MARGIN_MS, Keys
+from control_plane.keys import Keys
 from control_plane.rate_limiter import GeminiRateLimiter, peak_window_load
+from tests.support.limiter import make_limiter as make
+from tests.support.limiter import previous_acquire, previous_source
 
 pytestmark = pytest.mark.integration
 
 RPM = 20
 WINDOW_MS = 2_000
-
-
-def make(client: redis.Redis, keys: Keys, **overrides: object) -> GeminiRateLimiter:
-    options: dict[str, object] = {
-        "rpm_limit": RPM,
-        "tpm_limit": 1_000_000,
-        "window_ms": WINDOW_MS,
-        "keys": keys,
-        "restart_fraction": 1.0,
-    }
-    options.update(overrides)
-    return GeminiRateLimiter(client, **options)  # type: ignore[arg-type]
 
 
 def wipe(client: redis.Redis, keys: Keys) -> None:
@@ -45,7 +33,7 @@ def granted(limiter: GeminiRateLimiter, tries: int, tokens: int = 1) -> int:
     return sum(1 for _ in range(tries) if limiter.try_acquire(tokens).granted)
 
 
-def test_an_instance_that_saw_a_higher_counter_pauses_again_after_the_loss_pause(
+def test_one_loss_pauses_once_whatever_counter_each_instance_saw(
     redis_client: redis.Redis, keys: Keys
 ) -> None:
     """A loss sets the counter back to what *the detecting caller* saw, not to a value above what
@@ -72,7 +60,7 @@ def test_an_instance_that_saw_a_higher_counter_pauses_again_after_the_loss_pause
     assert d.stats().get("state_losses", 0) == 1
 
 
-def test_each_instance_whose_newest_grant_was_lost_extends_the_pause(
+def test_instances_whose_newest_grant_was_lost_do_not_extend_the_pause(
     redis_client: redis.Redis, keys: Keys
 ) -> None:
     """After a loss every instance that still remembers a lost newest grant detects the loss
@@ -100,7 +88,7 @@ def test_each_instance_whose_newest_grant_was_lost_extends_the_pause(
     )
 
 
-def test_a_mirror_holding_the_right_value_in_another_spelling_breaks_admission(
+def test_a_mirror_holding_the_right_value_in_another_spelling_does_not_break_admission(
     redis_client: redis.Redis, keys: Keys
 ) -> None:
     """The mirrors are 'never read as truth: an outside write changes nothing'. But the script
@@ -123,7 +111,7 @@ def test_a_mirror_holding_the_right_value_in_another_spelling_breaks_admission(
     assert decision.granted
 
 
-def test_token_sum_drifts_low_after_an_aborted_grant_and_the_quota_is_exceeded(
+def test_token_sum_stays_the_logs_after_odd_mirror_writes(
     redis_client: redis.Redis, keys: Keys
 ) -> None:
     """Consequence of the aborted grant above: its member (with its tokens) is in the log but
@@ -156,7 +144,7 @@ def test_token_sum_drifts_low_after_an_aborted_grant_and_the_quota_is_exceeded(
     assert state_sum == log_sum, f"state sum {state_sum} != log sum {log_sum} (state {state!r})"
 
 
-def test_token_hint_is_a_window_late_when_estimates_are_off_by_different_factors(
+def test_token_hint_is_on_time_when_estimates_are_off_by_different_factors(
     redis_client: redis.Redis, keys: Keys
 ) -> None:
     """The token retry hint converts the settled tokens that must leave into estimates at the
@@ -184,54 +172,7 @@ def test_token_hint_is_a_window_late_when_estimates_are_off_by_different_factors
     )
 
 
-# --- the previous version (state "grants total", cum "gid:µs:est"), for rolling upgrades ---
-PREVIOUS = Path(__file__).resolve().parents[1] / "data" / "limiter_previous"
-
-
-def previous_source(name: str) -> str:
-    return (PREVIOUS / f"{name}.lua").read_text(encoding="utf-8")
-
-
-def previous_acquire(
-    client: redis.Redis, keys: Keys, tokens: int, seen: tuple[int, int], tpm: int = 1_000_000
-) -> tuple[list[str], str]:
-    """One try_acquire by a process still running the previous version: (reply, grant id)."""
-    names = [
-        keys.limiter_log,
-        keys.limiter_cum,
-        keys.limiter_waiting,
-        keys.limiter_waiting_until,
-        keys.limiter_seq,
-        keys.limiter_epoch,
-        keys.cooldown_until,
-        keys.cooldown_reason,
-        keys.rpm_current,
-        keys.tpm_current,
-        keys.stats,
-    ]
-    gid = os.urandom(12).hex()
-    args = [
-        f"{gid}:{tokens}",
-        "0",
-        "0",
-        seen[0],
-        seen[1],
-        "0",
-        RPM,
-        tpm,
-        WINDOW_MS,
-        WINDOW_TTL_MARGIN_MS,
-        "1.0",
-        2000,
-        LIMITER_EPOCH_TTL_MS,
-        STATS_TTL_MS,
-        64,
-    ]
-    raw = client.eval(previous_source("limiter_acquire"), len(names), *names, *args)
-    return str(raw).split(), gid
-
-
-def test_rolling_upgrade_previous_instances_take_the_new_state_for_a_loss(
+def test_rolling_upgrade_previous_instances_read_the_counter_as_live(
     redis_client: redis.Redis, keys: Keys
 ) -> None:
     """The state string changed format ("grants total" -> "grants total sum last_id last_us")
@@ -242,12 +183,12 @@ def test_rolling_upgrade_previous_instances_take_the_new_state_for_a_loss(
     see the counter lower than they saw and pause again, and so on for as long as both versions
     run. Upgrade note or key rename needed (or a format both versions parse).
     """
-    reply, _ = previous_acquire(redis_client, keys, 1, (0, 0))
+    reply, _ = previous_acquire(redis_client, keys, 1)
     assert reply[0] == "1"
     seen = (int(reply[6]), int(reply[7]))
     new = make(redis_client, keys)
     assert new.try_acquire(1).granted  # writes the new format
-    reply, _ = previous_acquire(redis_client, keys, 1, seen)
+    reply, _ = previous_acquire(redis_client, keys, 1, seen=seen)
     losses = int(redis_client.hget(keys.stats, "state_losses") or 0)
     assert reply[0] == "1" and losses == 0, (
         f"the previous version's next call: {reply}; state_losses={losses}; "
@@ -255,7 +196,7 @@ def test_rolling_upgrade_previous_instances_take_the_new_state_for_a_loss(
     )
 
 
-def test_rolling_upgrade_a_settle_by_the_previous_version_is_lost_from_the_sum(
+def test_rolling_upgrade_a_settle_by_the_previous_version_reaches_the_sum(
     redis_client: redis.Redis, keys: Keys
 ) -> None:
     """The previous settle script rewrites the log member and INCRBYs gemini:tpm:current, which
@@ -267,7 +208,7 @@ def test_rolling_upgrade_a_settle_by_the_previous_version_is_lost_from_the_sum(
     the 600 is taken off a sum that only held 10, so the sum stays 590 low after that too.
     """
     tpm = 1_000
-    reply, gid = previous_acquire(redis_client, keys, 10, (0, 0), tpm=tpm)  # its call starts
+    reply, gid = previous_acquire(redis_client, keys, 10, tpm=tpm)  # its call starts
     assert reply[0] == "1"
     new = make(redis_client, keys, tpm_limit=tpm)
     assert new.try_acquire(0).granted  # a new process: the state is now in the new format
@@ -291,7 +232,7 @@ def test_rolling_upgrade_a_settle_by_the_previous_version_is_lost_from_the_sum(
     )
 
 
-def test_a_loss_costs_an_o_n_rebuild_per_instance_not_once(
+def test_a_loss_costs_one_o_n_rebuild_not_one_per_instance(
     redis_client: redis.Redis, keys: Keys
 ) -> None:
     """'Only damage costs a one-off O(n) rebuild': but every instance whose newest grant is
@@ -325,7 +266,7 @@ def test_a_loss_costs_an_o_n_rebuild_per_instance_not_once(
     )
 
 
-def test_a_process_with_a_shorter_window_makes_the_others_see_a_loss(
+def test_a_process_with_a_shorter_window_makes_nobody_see_a_loss(
     redis_client: redis.Redis, keys: Keys
 ) -> None:
     """The window is each caller's own setting (GEMINI_RATE_WINDOW_MS + GEMINI_RATE_MARGIN_MS,

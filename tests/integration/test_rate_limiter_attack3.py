@@ -8,39 +8,28 @@ docstring says what went wrong); it holds now.
 
 from __future__ import annotations
 
-import os
+import functools
 import time
-from pathlib import Path
 
 import pytest
 import redis
 
-from control_plane.keys import LIMITER_EPOCH_TTL_MS, STATS_TTL_MS, WINDOW_TTL_MARGIN_MS, Keys
-from control_plane.rate_limiter import GeminiRateLimiter, peak_window_load
+from control_plane.keys import Keys
+from control_plane.rate_limiter import peak_window_load
+from tests.support.limiter import make_limiter, previous_acquire
 
 pytestmark = pytest.mark.integration
 
 RPM = 100
 WINDOW_MS = 2_000
-
-
-def make(client: redis.Redis, keys: Keys, **overrides: object) -> GeminiRateLimiter:
-    options: dict[str, object] = {
-        "rpm_limit": RPM,
-        "tpm_limit": 1_000_000,
-        "window_ms": WINDOW_MS,
-        "keys": keys,
-        "restart_fraction": 1.0,
-    }
-    options.update(overrides)
-    return GeminiRateLimiter(client, **options)  # type: ignore[arg-type]
+make = functools.partial(make_limiter, rpm_limit=RPM)
 
 
 def losses(client: redis.Redis, keys: Keys) -> int:
     return int(client.hget(keys.stats, "state_losses") or 0)
 
 
-def test_a_middle_window_is_pruned_when_the_longest_window_record_lapses(
+def test_a_middle_window_is_kept_when_the_longest_window_record_lapses(
     redis_client: redis.Redis, keys: Keys
 ) -> None:
     """The state records one (win, win_until): the longest window a recent caller counts over.
@@ -70,7 +59,7 @@ def test_a_middle_window_is_pruned_when_the_longest_window_record_lapses(
     )
 
 
-def test_a_429_cooldown_makes_every_instance_count_the_same_loss(
+def test_a_429_cooldown_does_not_make_instances_count_the_same_loss(
     redis_client: redis.Redis, keys: Keys
 ) -> None:
     """'One pause and one count per loss': later detections change nothing only while the
@@ -94,7 +83,7 @@ def test_a_429_cooldown_makes_every_instance_count_the_same_loss(
     )
 
 
-def test_a_429_before_the_detection_lets_a_loss_extend_the_pause_per_instance(
+def test_a_429_before_the_detection_does_not_let_a_loss_extend_the_pause(
     redis_client: redis.Redis, keys: Keys
 ) -> None:
     """Same root cause, other order: a 429 cooldown longer than one window already runs when the
@@ -123,9 +112,7 @@ def test_a_429_before_the_detection_lets_a_loss_extend_the_pause_per_instance(
     )
 
 
-def test_a_longer_window_instance_pauses_again_after_a_shorter_detectors_pause(
-    redis_client: redis.Redis, keys: Keys
-) -> None:
+def test_a_loss_pauses_for_the_longest_window_once(redis_client: redis.Redis, keys: Keys) -> None:
     """A loss pauses for the *detecting* caller's window, although the state (when it survived)
     records a longer window others count over. A process with the longer window whose newest
     grant was lost is then still inside that window when the pause ends: it detects the loss a
@@ -149,7 +136,7 @@ def test_a_longer_window_instance_pauses_again_after_a_shorter_detectors_pause(
     )
 
 
-def test_token_hint_is_late_when_the_room_is_made_past_the_scanned_grants(
+def test_token_hint_is_never_late_when_the_room_is_made_past_the_scanned_grants(
     redis_client: redis.Redis, keys: Keys
 ) -> None:
     """The exact settled-token hint only looks at the oldest 32 grants; past them the ratio
@@ -180,7 +167,7 @@ def test_token_hint_is_late_when_the_room_is_made_past_the_scanned_grants(
     )
 
 
-def test_a_settle_past_the_settlers_window_is_dropped_while_a_longer_window_counts_it(
+def test_a_settle_past_the_settlers_window_counts_while_a_longer_window_does(
     redis_client: redis.Redis, keys: Keys
 ) -> None:
     """limiter_settle ignores a grant older than *the settler's* window ('it no longer counts
@@ -210,7 +197,7 @@ def test_a_settle_past_the_settlers_window_is_dropped_while_a_longer_window_coun
     )
 
 
-def test_the_counter_evicted_alone_after_an_idle_window_is_taken_for_a_loss(
+def test_the_counter_evicted_alone_after_an_idle_window_is_rebuilt_without_a_pause(
     redis_client: redis.Redis, keys: Keys
 ) -> None:
     """The counter and the state both outlive the log by a day. After a quiet spell longer
@@ -229,48 +216,7 @@ def test_the_counter_evicted_alone_after_an_idle_window_is_taken_for_a_loss(
     assert decision.granted and not decision.state_lost, decision
 
 
-PREVIOUS = Path(__file__).resolve().parents[1] / "data" / "limiter_previous"
-
-
-def previous_acquire(
-    client: redis.Redis, keys: Keys, tokens: int, tpm: int, window_ms: int
-) -> list[str]:
-    """One try_acquire by a process still running the previous version (a rolling upgrade)."""
-    names = [
-        keys.limiter_log,
-        keys.limiter_cum,
-        keys.limiter_waiting,
-        keys.limiter_waiting_until,
-        keys.limiter_seq,
-        keys.limiter_epoch,
-        keys.cooldown_until,
-        keys.cooldown_reason,
-        keys.rpm_current,
-        keys.tpm_current,
-        keys.stats,
-    ]
-    args = [
-        f"{os.urandom(12).hex()}:{tokens}",
-        "0",
-        "0",
-        "0",
-        "0",
-        "0",
-        RPM,
-        tpm,
-        window_ms,
-        WINDOW_TTL_MARGIN_MS,
-        "1.0",
-        2000,
-        LIMITER_EPOCH_TTL_MS,
-        STATS_TTL_MS,
-        64,
-    ]
-    source = (PREVIOUS / "limiter_acquire.lua").read_text(encoding="utf-8")
-    return str(client.eval(source, len(names), *names, *args)).split()
-
-
-def test_rolling_upgrade_an_old_format_cum_member_makes_the_token_hint_a_window_late(
+def test_rolling_upgrade_an_old_format_cum_member_keeps_the_token_hint_on_time(
     redis_client: redis.Redis, keys: Keys
 ) -> None:
     """During a rolling upgrade the previous version still adds cum members 'gid:µs:est'. The
@@ -288,7 +234,8 @@ def test_rolling_upgrade_an_old_format_cum_member_makes_the_token_hint_a_window_
         assert grant is not None
         grants.append(grant)
     time.sleep(1.5)
-    reply = previous_acquire(redis_client, keys, 1, tpm, window_ms)  # an old process's grant
+    # an old process's grant
+    reply, _ = previous_acquire(redis_client, keys, 1, rpm=RPM, tpm=tpm, window_ms=window_ms)
     assert reply[0] == "1", reply
     denied = new.try_acquire(9_499)  # 4001 in the window: fits once 35 grants have left
     assert not denied.granted and denied.reason == "tpm", denied
